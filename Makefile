@@ -1,0 +1,28 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv if absent.
+PYTHON ?= python3.11
+TORCH ?= 2.13.0
+# TORCH may be a version (2.13.0) or a full pip requirement (torch>=2.5).
+TORCH_SPEC := $(if $(filter torch%,$(TORCH)),$(TORCH),torch==$(TORCH))
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.frameavg-installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/frameavg demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

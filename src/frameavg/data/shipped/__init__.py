@@ -1,0 +1,31 @@
+"""Small real datasets shipped inside the package (each folder keeps its LICENSE and SOURCE.txt).
+
+- ``rmd17_ethanol``: rMD17 ethanol, ``train.xyz`` (1000 frames), ``test_MD.xyz`` (1000 frames),
+  ``isolated_atoms.xyz``; energies eV, forces eV/Å (PBE/def2-SVP). MIT licence.
+- ``oc20_is2re_samples``: 3 + 8 OC20 IS2RE slabs (``is2re_bs3.extxyz``, ``is2re_bs8.extxyz``) with
+  ``y_init``/``y_relaxed`` (eV), ``pos_relaxed``, ``tags``, ``move_mask``. MIT code, OC20 data CC-BY-4.0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from frameavg.errors import DataError
+
+ROOT = Path(__file__).resolve().parent
+
+FILES = {
+    "rmd17_ethanol/train": "rmd17_ethanol/train.xyz",
+    "rmd17_ethanol/test": "rmd17_ethanol/test_MD.xyz",
+    "rmd17_ethanol/isolated_atoms": "rmd17_ethanol/isolated_atoms.xyz",
+    "oc20_is2re/bs3": "oc20_is2re_samples/is2re_bs3.extxyz",
+    "oc20_is2re/bs8": "oc20_is2re_samples/is2re_bs8.extxyz",
+}
+
+
+def shipped_path(name: str) -> Path:
+    """Path of a shipped data file by short name (see ``FILES``), e.g. ``"rmd17_ethanol/train"``."""
+    try:
+        return ROOT / FILES[name]
+    except KeyError:
+        raise DataError(f"no shipped dataset '{name}'; available: {', '.join(FILES)}") from None

@@ -1,0 +1,25 @@
+"""Exceptions users see. The CLI prints them as one line on stderr (traceback only with --debug)."""
+
+from __future__ import annotations
+
+
+class FrameavgError(Exception):
+    """Base class of every error frameavg raises on purpose (bad input, bad config, ...)."""
+
+
+class DataError(FrameavgError, ValueError):
+    """Invalid or unreadable input data; names the file and the structure when known."""
+
+    def __init__(self, message: str, *, source: str | None = None, index: int | None = None):
+        self.source = source
+        self.index = index
+        where = []
+        if source is not None:
+            where.append(str(source))
+        if index is not None:
+            where.append(f"structure {index}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class ConfigError(FrameavgError, ValueError):
+    """Invalid configuration (unknown key, bad value)."""
