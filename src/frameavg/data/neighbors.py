@@ -1,0 +1,155 @@
+"""Periodic neighbour lists (built on ``vesin``) and the ``RadiusGraph`` transform.
+
+Conventions (DESIGN.md §2): ``edge_index[0]`` is the neighbour (source j), ``edge_index[1]`` the
+centre (target i); both directions are present; the edge vector is
+``pos[j] - pos[i] + cell_offsets @ cell``. Periodicity may differ per axis (mixed ``pbc``), and
+cells smaller than the cutoff give edges to several images of the same atom (and of the atom
+itself).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform
+from vesin import NeighborList
+
+from frameavg.errors import DataError
+
+#: Non-strict ``max_neighbors`` keeps neighbours within this distance (Å) of the k-th one (as OCP).
+TIE_TOLERANCE = 0.01
+
+
+def neighbor_list(
+    pos: torch.Tensor,
+    cell: torch.Tensor | None,
+    pbc: torch.Tensor | None,
+    cutoff: float,
+    max_neighbors: int | None = None,
+    strict: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairs closer than ``cutoff`` (Å) in one structure.
+
+    Args:
+        pos: [N,3] positions, Å.
+        cell: [3,3] (or [1,3,3]) lattice vectors as rows, Å; ignored where ``pbc`` is False.
+        pbc: [3] (or [1,3]) bool periodicity per axis; None means not periodic.
+        cutoff: radius, Å (pairs with distance < cutoff).
+        max_neighbors: keep at most this many nearest neighbours per centre atom.
+        strict: if False, also keep neighbours within ``TIE_TOLERANCE`` of the k-th distance, so
+            that symmetry-equivalent neighbours are not cut arbitrarily.
+
+    Returns:
+        edge_index [2,E] long (row 0 neighbour j, row 1 centre i), sorted by centre then distance;
+        cell_offsets [E,3] with the dtype of ``pos`` (integer image shifts).
+    """
+    if cutoff <= 0:
+        raise DataError(f"cutoff must be positive, got {cutoff}")
+    points = pos.detach().cpu().numpy().astype(np.float64, copy=False)
+    periodic = np.zeros(3, dtype=bool) if pbc is None else pbc.detach().cpu().numpy().reshape(3).astype(bool)
+    box = np.zeros((3, 3)) if cell is None else cell.detach().cpu().numpy().reshape(3, 3).astype(np.float64)
+    if not periodic.any():
+        box = np.zeros((3, 3))
+    centre, neighbour, shifts, dist = NeighborList(cutoff=float(cutoff), full_list=True).compute(
+        points, box, periodic, quantities="ijSd"
+    )
+    order = np.lexsort((dist, centre))
+    centre, neighbour, shifts, dist = centre[order], neighbour[order], shifts[order], dist[order]
+    if max_neighbors is not None:
+        keep = _max_neighbors_mask(centre, dist, len(points), max_neighbors, strict)
+        centre, neighbour, shifts = centre[keep], neighbour[keep], shifts[keep]
+    edge_index = torch.from_numpy(np.stack([neighbour, centre]).astype(np.int64)).to(pos.device)
+    cell_offsets = torch.from_numpy(np.ascontiguousarray(shifts)).to(device=pos.device, dtype=pos.dtype)
+    return edge_index, cell_offsets
+
+
+def _max_neighbors_mask(centre, dist, n_atoms, k, strict) -> np.ndarray:
+    """Mask of edges (sorted by centre, then distance) kept by the ``max_neighbors`` rule."""
+    if k < 1:
+        raise DataError(f"max_neighbors must be >= 1, got {k}")
+    counts = np.bincount(centre, minlength=n_atoms)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(centre)) - starts[centre]
+    if strict:
+        return rank < k
+    over = counts > k
+    kth = np.full(n_atoms, np.inf)
+    kth[over] = dist[starts[over] + k - 1]
+    return dist <= kth[centre] + TIE_TOLERANCE
+
+
+def radius_graph_batch(
+    batch, cutoff: float, max_neighbors: int | None = None, strict: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Neighbour lists for every graph of a PyG ``Batch`` (or a single ``Data``).
+
+    Returns:
+        edge_index [2,E] with batch-global atom indices, cell_offsets [E,3], neighbors [B]
+        (edge count per graph).
+    """
+    ptr = batch.ptr.tolist() if hasattr(batch, "ptr") and batch.ptr is not None else [0, batch.num_nodes]
+    cells = getattr(batch, "cell", None)
+    pbcs = getattr(batch, "pbc", None)
+    edges, offsets, counts = [], [], []
+    for g in range(len(ptr) - 1):
+        lo, hi = ptr[g], ptr[g + 1]
+        ei, off = neighbor_list(
+            batch.pos[lo:hi],
+            None if cells is None else cells[g],
+            None if pbcs is None else pbcs[g],
+            cutoff,
+            max_neighbors,
+            strict,
+        )
+        edges.append(ei + lo)
+        offsets.append(off)
+        counts.append(ei.shape[1])
+    return (
+        torch.cat(edges, dim=1),
+        torch.cat(offsets, dim=0),
+        torch.tensor(counts, dtype=torch.long, device=batch.pos.device),
+    )
+
+
+class RadiusGraph(BaseTransform):
+    """PyG transform adding ``edge_index`` [2,E], ``cell_offsets`` [E,3] and ``neighbors`` [1].
+
+    Args:
+        cutoff: radius, Å.
+        max_neighbors: at most this many nearest neighbours per atom (None: no limit).
+        strict: exact ``max_neighbors`` (True) or keep ties within 0.01 Å (False, as OCP).
+    """
+
+    def __init__(self, cutoff: float, max_neighbors: int | None = None, strict: bool = True):
+        if cutoff <= 0:
+            raise DataError(f"cutoff must be positive, got {cutoff}")
+        self.cutoff = cutoff
+        self.max_neighbors = max_neighbors
+        self.strict = strict
+
+    def forward(self, data: Data) -> Data:
+        edge_index, cell_offsets, neighbors = radius_graph_batch(
+            data, self.cutoff, self.max_neighbors, self.strict
+        )
+        data.edge_index = edge_index
+        data.cell_offsets = cell_offsets
+        data.neighbors = neighbors
+        return data
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(cutoff={self.cutoff}, max_neighbors={self.max_neighbors}, "
+            f"strict={self.strict})"
+        )
+
+
+def edge_vectors(pos: torch.Tensor, edge_index: torch.Tensor, cell_offsets: torch.Tensor,
+                 cell: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
+    """Edge vectors [E,3] = pos[j] - pos[i] + cell_offsets @ cell[graph of i] (differentiable)."""
+    source, target = edge_index
+    vectors = pos[source] - pos[target]
+    if cell_offsets is not None and cell is not None:
+        graph = batch[target] if batch is not None else torch.zeros_like(target)
+        vectors = vectors + torch.einsum("ek,ekl->el", cell_offsets.to(pos.dtype), cell.to(pos.dtype)[graph])
+    return vectors
