@@ -1,0 +1,92 @@
+"""Metrics exactly as the OC20 evaluator defines them (fairchem ``modules/evaluator.py``).
+
+Energies are [B] (eV), forces [N,3] (eV/Å), ``natoms`` [B]. Force metrics are taken over the atoms
+passed in: callers pass only free atoms when evaluating on free atoms (OC20 default), via ``mask``.
+Thresholds: 0.02 eV for energies, 0.03 eV/Å (maximum absolute component) for forces; both strict
+(``<``) as in the OC20 evaluator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ENERGY_THRESHOLD = 0.02  # eV
+FORCES_THRESHOLD = 0.03  # eV/Å
+
+
+def energy_mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred - target).abs().mean()
+
+
+def energy_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((pred - target) ** 2).mean()
+
+
+def energy_within_threshold(pred, target, threshold: float = ENERGY_THRESHOLD) -> torch.Tensor:
+    """Fraction of structures with |ΔE| < threshold."""
+    return ((pred - target).abs() < threshold).float().mean()
+
+
+def forces_mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over all force components, eV/Å."""
+    return (pred - target).abs().mean()
+
+
+def forces_cos(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between predicted and target force vectors (per atom)."""
+    return torch.nn.functional.cosine_similarity(pred, target, dim=-1).mean()
+
+
+def forces_magnitude_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of force vector norms, eV/Å."""
+    return (pred.norm(dim=-1) - target.norm(dim=-1)).abs().mean()
+
+
+def energy_forces_within_threshold(
+    energy_pred, energy_target, forces_pred, forces_target, natoms: torch.Tensor,
+    energy_threshold: float = ENERGY_THRESHOLD, forces_threshold: float = FORCES_THRESHOLD,
+) -> torch.Tensor:
+    """Fraction of structures with |ΔE| < 0.02 eV and max |ΔF component| < 0.03 eV/Å.
+
+    ``natoms`` [B] counts the atoms of each structure present in ``forces_*`` (free atoms only
+    when the forces were masked); a structure with no atoms left passes on energy alone.
+    """
+    graph = torch.repeat_interleave(torch.arange(len(natoms), device=natoms.device), natoms)
+    max_error = torch.zeros(len(natoms), dtype=forces_pred.dtype, device=forces_pred.device)
+    component_max = (forces_pred - forces_target).abs().amax(dim=-1)
+    max_error = max_error.scatter_reduce(0, graph, component_max, reduce="amax", include_self=True)
+    ok = ((energy_pred - energy_target).abs() < energy_threshold) & (max_error < forces_threshold)
+    return ok.float().mean()
+
+
+def oc20_metrics(pred: dict, target: dict, natoms: torch.Tensor, free: torch.Tensor | None = None) -> dict:
+    """All OC20 metrics available from ``pred``/``target`` dicts with ``energy`` and/or ``forces``.
+
+    Args:
+        natoms: [B] atoms per structure. free: [N] bool, atoms the force metrics are taken on
+            (None: all atoms).
+    Returns: {metric name: float}.
+    """
+    out = {}
+    has_energy = "energy" in pred and "energy" in target
+    has_forces = "forces" in pred and "forces" in target
+    if has_energy:
+        e_pred, e_true = pred["energy"].detach(), target["energy"].detach()
+        out["energy_mae"] = energy_mae(e_pred, e_true).item()
+        out["energy_mse"] = energy_mse(e_pred, e_true).item()
+        out["energy_within_threshold"] = energy_within_threshold(e_pred, e_true).item()
+    if has_forces:
+        f_pred, f_true = pred["forces"].detach(), target["forces"].detach()
+        counts = natoms
+        if free is not None:
+            graph = torch.repeat_interleave(torch.arange(len(natoms), device=natoms.device), natoms)
+            counts = torch.bincount(graph[free], minlength=len(natoms))
+            f_pred, f_true = f_pred[free], f_true[free]
+        out["forces_mae"] = forces_mae(f_pred, f_true).item()
+        out["forces_cos"] = forces_cos(f_pred, f_true).item()
+        out["forces_magnitude_error"] = forces_magnitude_error(f_pred, f_true).item()
+        if has_energy:
+            out["energy_forces_within_threshold"] = energy_forces_within_threshold(
+                e_pred, e_true, f_pred, f_true, counts
+            ).item()
+    return out
