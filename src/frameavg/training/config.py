@@ -119,9 +119,20 @@ def parse_overrides(items) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value")
         key, raw = item.split("=", 1)
-        pairs.append((key.strip(), yaml.safe_load(raw) if raw else None))
+        pairs.append((key.strip(), _parse_value(raw)))
         i += 1
     return pairs
+
+
+def _parse_value(raw: str):
+    """YAML value, with numbers like ``2e-3`` (a string to YAML 1.1) read as floats."""
+    value = yaml.safe_load(raw) if raw else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def nest(dotted: str, value) -> dict:
