@@ -37,3 +37,12 @@ def test_bad_files_and_overrides(tmp_path):
         parse_overrides(["lr"])
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(None, ["optim=3"])
+
+
+def test_yaml_exponent_numbers_are_floats(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 1e-3}\n")
+    assert load_config(path)["optim"]["lr"] == pytest.approx(1e-3)
+    path.write_text("optim: {lr: fast}\n")
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(path)

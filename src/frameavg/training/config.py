@@ -158,6 +158,11 @@ def merge(base: dict, update: dict, *, where: str, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: '{full}' must be a mapping, got {value!r}")
             merge(base[key], value, where=where, prefix=f"{full}.")
+        elif isinstance(base.get(key), float) and isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 as a string
+                base[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: '{full}' must be a number, got {value!r}") from None
         else:
             base[key] = value
 
