@@ -38,12 +38,18 @@ LEGACY_KEYS = {"y": "energy", "force": "forces"}
 
 # Where a label is looked for when no explicit key mapping names its source, in order.
 DEFAULT_SOURCES = {
-    "energy": ("energy", "y", "free_energy"),
+    "energy": ("energy", "y"),
     "forces": ("forces", "force"),
 }
+# Fallback sources taken only from calculator results (ASE's own names, in eV), never from
+# info/arrays/database data where the same name may carry other units (SchNetPack's QM9: Hartree).
+CALCULATOR_SOURCES = {"energy": ("free_energy",)}
 
 # Array / info keys that are structural, never copied as labels.
-_STRUCTURAL_ARRAYS = {"numbers", "positions", "species", "tags", "move_mask", "fixed", "momenta", "masses"}
+_STRUCTURAL_ARRAYS = {
+    "numbers", "positions", "species", "tags", "move_mask", "fixed", "momenta", "masses",
+    "initial_charges", "initial_magmoms",
+}
 _NODE_DTYPES = {np.dtype(bool): torch.bool}
 
 
@@ -103,18 +109,14 @@ def atoms_to_data(
 
     labels = _collect_labels(atoms)
     mapped = dict(keys or {})
-    for field, key in mapped.items():
-        if key not in labels:
-            available = sorted(labels)
-            close = difflib.get_close_matches(key, available, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise fail(
-                f"key '{key}' (for field '{field}') not found; available keys: "
-                f"{', '.join(available) or 'none'}{hint}"
-            )
+    check_key_mapping(mapped, labels, fail)
+    calculator_results = getattr(getattr(atoms, "calc", None), "results", None) or {}
     for field, candidates in DEFAULT_SOURCES.items():
         if field not in mapped:
             found = next((c for c in candidates if c in labels), None)
+            if found is None:
+                fallback = CALCULATOR_SOURCES.get(field, ())
+                found = next((c for c in fallback if c in calculator_results), None)
             if found is not None:
                 mapped[field] = found
     taken = set(mapped.values())
@@ -124,13 +126,31 @@ def atoms_to_data(
     for field, key in mapped.items():
         _set_label(data, field, labels[key], n, dtype, fail)
 
+    check_required(data, required, labels, fail)
+    return data
+
+
+def check_key_mapping(keys: Mapping[str, str], available: Iterable[str], fail) -> None:
+    """Raise ``fail(msg)`` if a mapped source key is absent, suggesting the closest existing key."""
+    available = sorted(available)
+    for field, key in keys.items():
+        if key not in available:
+            close = difflib.get_close_matches(key, available, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise fail(
+                f"key '{key}' (for field '{field}') not found; available keys: "
+                f"{', '.join(available) or 'none'}{hint}"
+            )
+
+
+def check_required(data: Data, required: Iterable[str], available: Iterable[str], fail) -> None:
+    """Raise ``fail(msg)`` unless every field in ``required`` is present in ``data``."""
     missing = [f for f in required if f not in data]
     if missing:
         raise fail(
             f"missing required label(s) {', '.join(missing)}; "
-            f"available: {', '.join(sorted(labels)) or 'none'} (map them with a key mapping)"
+            f"available: {', '.join(sorted(available)) or 'none'} (map them with a key mapping)"
         )
-    return data
 
 
 def check_cell(cell: np.ndarray, pbc: np.ndarray, fail) -> None:
@@ -189,7 +209,7 @@ def _is_numeric(value) -> bool:
 
 
 def _set_label(data: Data, field: str, value, n: int, dtype, fail) -> None:
-    arr = np.asarray(value)
+    arr = np.array(value)  # a copy: database rows hand out read-only buffers
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise fail(f"label '{field}' contains NaN or inf")
     if arr.dtype.kind == "b":

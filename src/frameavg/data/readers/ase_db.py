@@ -1,0 +1,60 @@
+"""Reader for ASE databases: SQLite (``.db``, detected by its magic bytes) and ASE JSON (``.json``).
+
+Labels come from each row's calculator results (energy, forces, ...), its key-value pairs and its
+``data`` dictionary (as SchNetPack stores them), in that order of precedence.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Iterator
+
+import ase.db
+from torch_geometric.data import Data
+
+from frameavg.data.atomic_data import atoms_to_data
+from frameavg.data.readers.registry import ReadOptions, read_head, register
+from frameavg.errors import DataError
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def sniff(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    return read_head(path, 16) == SQLITE_MAGIC or path.suffix.lower() in (".db", ".json")
+
+
+@register(
+    "ase-db",
+    sniff=sniff,
+    description="ASE database: SQLite (.db) or ASE JSON (.json)",
+    aliases=("db", "json", "ase-json"),
+    order=50,
+)
+def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
+    source = str(path)
+    kind = "db" if read_head(path, 16) == SQLITE_MAGIC else "json"
+    index = 0
+    try:
+        database = ase.db.connect(source, type=kind, use_lock_file=False)
+        rows = database.select()
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            atoms = row.toatoms()
+            for key, value in {**(row.get("data") or {}), **row.key_value_pairs}.items():
+                atoms.info.setdefault(key, value)
+            yield atoms_to_data(
+                atoms, keys=options.keys, required=options.required, source=source, index=index, dtype=options.dtype
+            )
+            index += 1
+    except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"cannot read ASE database ({type(exc).__name__}: {exc})", source=source, index=index) from None
+    if index == 0:
+        raise DataError("no structures found", source=source)
