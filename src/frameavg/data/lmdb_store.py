@@ -243,7 +243,7 @@ def write_lmdb(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    env = lmdb.open(str(tmp), subdir=False, lock=False, map_size=_INITIAL_MAP_SIZE, meminit=False)
+    env = lmdb.open(str(tmp), subdir=False, lock=False, map_size=_INITIAL_MAP_SIZE)  # meminit: no stale bytes on disk
     count, fields, pending = 0, set(), []
     iterator = datas
     bar = None

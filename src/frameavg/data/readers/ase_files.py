@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import ase.io
-from ase.io.formats import filetype
+from ase.io.formats import filetype, ioformats
 from torch_geometric.data import Data
 
 from frameavg.data.atomic_data import atoms_to_data
@@ -36,7 +36,8 @@ def sniff_any(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        return filetype(str(path), read=True) not in _NOT_HERE
+        name = filetype(str(path), read=True)
+        return name in ioformats and ioformats[name].can_read and name not in _NOT_HERE
     except Exception:  # ASE raises various errors for unknown files
         return False
 
