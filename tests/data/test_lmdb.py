@@ -11,7 +11,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from frameavg.data import LmdbDataset, detect_format, read_structures, write_lmdb
-from frameavg.data.lmdb_store import META_KEY, RECORD_MAGIC
+from frameavg.data.lmdb_store import META_KEY, RECORD_MAGIC, release_env
 from frameavg.errors import DataError
 
 
@@ -72,6 +72,20 @@ def test_lmdb_key_mapping_required_and_typo(tmp_path, oc20):
         read_structures(out, keys={"energy": "y_relaxd"})
     with pytest.raises(DataError, match=r"oc20.lmdb, structure 0: missing required label\(s\) forces"):
         read_structures(out, required=("forces",))
+
+
+def test_several_readers_of_one_file_and_rewrites_in_one_process(tmp_path, oc20):
+    out = tmp_path / "shared.lmdb"
+    write_lmdb(oc20[:4], out)
+    first, second = LmdbDataset(out), LmdbDataset(out)
+    _assert_same(first[1], second[1])
+    assert first.metadata["length"] == 4 and len(read_structures(out)) == 4
+    _assert_same(first[3], oc20[3])
+    write_lmdb(oc20[4:], out)  # replaced while datasets are open: they see the new file
+    _assert_same(first[0], oc20[4])
+    os.truncate(out, out.stat().st_size // 2)
+    with pytest.raises(DataError, match="truncated LMDB"):
+        second[0]
 
 
 def test_write_is_atomic_and_failure_keeps_previous_file(tmp_path, oc20):
@@ -135,6 +149,7 @@ def test_newer_schema_and_missing_entries_are_refused(tmp_path, oc20):
     env.close()
     with pytest.raises(DataError, match="schema version 99"):
         read_structures(out)
+    release_env(out)  # LMDB allows one open handle per file and process
     env = lmdb.open(str(out), subdir=False, lock=False)
     with env.begin(write=True) as txn:
         txn.put(META_KEY, b'{"format": "frameavg-lmdb", "schema_version": 1, "length": 3}')

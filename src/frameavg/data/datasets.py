@@ -80,11 +80,7 @@ class LmdbDataset(Dataset):
     def metadata(self) -> dict:
         """Stored metadata of our format (of the first file), ``{}`` for legacy LMDBs."""
         file = lmdb_files(self.path)[0]
-        env = open_env(file)
-        try:
-            return read_meta(env, file) or {}
-        finally:
-            env.close()
+        return read_meta(open_env(file), file) or {}
 
     def __len__(self) -> int:
         return len(self.source)

@@ -73,28 +73,58 @@ def lmdb_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def open_env(path: Path) -> lmdb.Environment:
-    """Open an LMDB data file read-only, lock-free (safe in several DataLoader workers).
+# One read-only handle per file and process: LMDB refuses a second open of the same file in a
+# process, so every reader (datasets, detection, metadata) shares these. Keyed by absolute path;
+# entries remember the inode and the size the index needs, re-checked on every access.
+_ENVS: dict[str, tuple[lmdb.Environment, int, int]] = {}
+_ENVS_PID = os.getpid()
 
-    Checks that the file is not truncated: reading pages past the end of a memory-mapped file
-    would kill the process with SIGBUS instead of raising.
+
+def open_env(path: str | Path) -> lmdb.Environment:
+    """The shared read-only, lock-free handle of an LMDB data file (safe in DataLoader workers).
+
+    Checks on every call that the file was not truncated (reading pages past the end of a
+    memory-mapped file kills the process with SIGBUS instead of raising) and reopens the file if
+    it was replaced (``write_lmdb`` or another process). Do not close the returned handle; use
+    ``release_env``.
     """
+    global _ENVS_PID
+    if _ENVS_PID != os.getpid():  # a forked child must never use its parent's handles
+        _ENVS.clear()
+        _ENVS_PID = os.getpid()
+    key = os.path.abspath(path)
     try:
-        env = lmdb.open(
-            str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False,
-            max_readers=1,
-        )
-    except lmdb.Error as exc:
-        raise DataError(f"cannot open LMDB (corrupted or not an LMDB file): {exc}", source=str(path)) from None
-    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    size = path.stat().st_size
-    if size < needed:
-        env.close()
+        stat = os.stat(key)
+    except FileNotFoundError:
+        release_env(key)
+        raise DataError("no such file", source=str(path)) from None
+    cached = _ENVS.get(key)
+    if cached is not None and cached[1] != stat.st_ino:
+        release_env(key)
+        cached = None
+    if cached is None:
+        try:
+            env = lmdb.open(
+                key, subdir=False, readonly=True, lock=False, readahead=False, meminit=False, max_readers=1
+            )
+        except lmdb.Error as exc:
+            raise DataError(f"cannot open LMDB (corrupted or not an LMDB file): {exc}", source=str(path)) from None
+        cached = _ENVS[key] = (env, stat.st_ino, (env.info()["last_pgno"] + 1) * env.stat()["psize"])
+    env, _, needed = cached
+    if stat.st_size < needed:
+        release_env(key)
         raise DataError(
-            f"truncated LMDB: file has {size} bytes, its index needs {needed} (incomplete copy or write?)",
+            f"truncated LMDB: file has {stat.st_size} bytes, its index needs {needed} (incomplete copy or write?)",
             source=str(path),
         )
     return env
+
+
+def release_env(path: str | Path) -> None:
+    """Close this process's shared handle of ``path`` (it reopens on next use)."""
+    cached = _ENVS.pop(os.path.abspath(path), None)
+    if cached is not None:
+        cached[0].close()
 
 
 def read_meta(env: lmdb.Environment, source: Path) -> dict | None:
@@ -126,11 +156,7 @@ def lmdb_kind(path: str | Path) -> str:
     """``"frameavg"`` if every LMDB file at ``path`` is ours, ``"legacy"`` if none is."""
     kinds = set()
     for file in lmdb_files(path):
-        env = open_env(file)
-        try:
-            kinds.add("frameavg" if read_meta(env, file) is not None else "legacy")
-        finally:
-            env.close()
+        kinds.add("frameavg" if read_meta(open_env(file), file) is not None else "legacy")
     if len(kinds) > 1:
         raise DataError("folder mixes frameavg and legacy OC20 LMDB files", source=str(path))
     return kinds.pop()
@@ -250,7 +276,7 @@ def write_lmdb(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(datas, total=total, unit="structure", desc=f"writing {path.name}", dynamic_ncols=True)
+        bar = tqdm(datas, total=total, unit=" structures", desc=f"writing {path.name}", dynamic_ncols=True)
         iterator = bar
     try:
         for data in iterator:
@@ -273,6 +299,7 @@ def write_lmdb(
         _put_all(env, pending)
         env.sync(True)
         env.close()
+        release_env(path)
         os.replace(tmp, path)
     except BaseException:
         env.close()
@@ -306,8 +333,8 @@ def _json_default(obj):
 class LmdbSource:
     """Random access to the entries of one LMDB file or a folder of them.
 
-    Environments open lazily in each process (after a DataLoader worker forks, or after the
-    object is pickled to a spawned worker), read-only and without locks.
+    Handles come from ``open_env`` (opened lazily in each process: after a DataLoader worker
+    forks, or after the object is pickled to a spawned worker), read-only and without locks.
 
     Args:
         path: LMDB data file, or a folder of ``*.lmdb`` files (entries concatenated in name order).
@@ -316,12 +343,10 @@ class LmdbSource:
     """
 
     def __init__(self, path: str | Path, lengths: list[int], decode: Callable[[bytes, Path, int], Data]):
-        self.files = lmdb_files(path)
+        self.files = [Path(os.path.abspath(f)) for f in lmdb_files(path)]
         self.lengths = list(lengths)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self.decode = decode
-        self._envs: dict[int, lmdb.Environment] = {}
-        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -336,9 +361,8 @@ class LmdbSource:
 
     def raw(self, index: int) -> tuple[bytes, Path, int]:
         file, key = self.locate(index)
-        env = self._env(file)
         try:
-            with env.begin() as txn:
+            with open_env(self.files[file]).begin() as txn:
                 blob = txn.get(str(key).encode("ascii"))
         except lmdb.Error as exc:
             raise DataError(f"corrupted LMDB: {exc}", source=str(self.files[file]), index=key) from None
@@ -350,33 +374,12 @@ class LmdbSource:
         blob, file, key = self.raw(index)
         return self.decode(blob, file, key)
 
-    def _env(self, file: int) -> lmdb.Environment:
-        if self._pid != os.getpid():
-            self._envs, self._pid = {}, os.getpid()  # a forked copy: never reuse the parent's handles
-        env = self._envs.get(file)
-        if env is None:
-            env = self._envs[file] = open_env(self.files[file])
-        return env
-
     def close(self) -> None:
-        if self._pid == os.getpid():
-            for env in self._envs.values():
-                env.close()
-        self._envs = {}
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_envs"] = {}
-        return state
+        """Release this process's handles of the files (reopened if used again)."""
+        for file in self.files:
+            release_env(file)
 
 
 def count_entries(path: Path, length_of: Callable[[lmdb.Environment, Path], int]) -> list[int]:
     """Entries of each LMDB file at ``path`` (``length_of(env, file)`` reads one file's count)."""
-    lengths = []
-    for file in lmdb_files(path):
-        env = open_env(file)
-        try:
-            lengths.append(length_of(env, file))
-        finally:
-            env.close()
-    return lengths
+    return [length_of(open_env(file), file) for file in lmdb_files(path)]
