@@ -17,6 +17,7 @@ from frameavg.errors import FrameavgError
 COMMAND_MODULES = (
     "frameavg.cli.data_cmd",
     "frameavg.cli.demo_cmd",
+    "frameavg.cli.train_cmd",
     "frameavg.cli.checkpoint_cmd",
 )
 

@@ -23,9 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "model": {"name": "faenet"},  # other keys: the model's constructor arguments
     "frames": {
         "frames": "3D",  # 3D | 2D | none (no frame averaging)
-        "train": "stochastic",  # frame method during training
-        "eval": "all",  # frame method during validation/test/predict
-        "se3": False,  # only proper rotations (det=+1)
+        "train": "stochastic",  # frame method in training: all | stochastic | det | DA | se3-... variants
+        "eval": "all",  # frame method in validation/test/predict
     },
     "data": {
         "train": None,  # path (or shipped:NAME) of the training structures

@@ -1,0 +1,143 @@
+"""Lightning data module over the data layer: reads, splits, builds graphs, batches.
+
+The training loader is stateful (``state_dict``/``load_state_dict``): its shuffling order depends
+only on (seed, epoch), and a mid-epoch checkpoint records how many batches were consumed, so a
+resumed run sees exactly the batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import Sampler
+from torch_geometric.loader import DataLoader
+
+from frameavg.data.neighbors import RadiusGraph
+from frameavg.data.splits import random_split
+from frameavg.errors import ConfigError, DataError
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random permutation of ``range(n)`` drawn from ``seed + epoch``; can skip a prefix."""
+
+    def __init__(self, n: int, seed: int, batch_size: int):
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=generator)
+        rank, world = _rank_and_world()
+        if world > 1:  # same permutation on every rank, padded to a multiple of world, then sharded
+            order = torch.cat([order, order[: (-self.n) % world]])[rank::world]
+        start, self.skip_batches = self.skip_batches * self.batch_size, 0
+        return iter(order[start:].tolist())
+
+    def __len__(self) -> int:
+        return -(-self.n // _rank_and_world()[1])
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ResumableLoader(DataLoader):
+    """PyG ``DataLoader`` with a seeded per-epoch order whose position survives checkpoints."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, **kwargs):
+        self.epoch_sampler = EpochSeededSampler(len(dataset), seed, batch_size)
+        super().__init__(dataset, batch_size=batch_size, sampler=self.epoch_sampler, **kwargs)
+        self.consumed = 0
+        self._resumed = False
+
+    def __iter__(self):
+        if not self._resumed:
+            self.consumed = 0
+        self._resumed = False
+        self.epoch_sampler.skip_batches = self.consumed
+        for batch in super().__iter__():
+            self.consumed += 1
+            yield batch
+        self.epoch_sampler.epoch += 1
+        self.consumed = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch_sampler.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch_sampler.epoch = int(state["epoch"])
+        self.consumed = int(state["consumed"])
+        self._resumed = True
+
+
+def resolve_path(path: str):
+    """A file path, or ``shipped:NAME`` for data shipped in the package."""
+    if isinstance(path, str) and path.startswith("shipped:"):
+        from frameavg.data.shipped import shipped_path
+
+        return shipped_path(path.split(":", 1)[1])
+    return path
+
+
+class AtomisticDataModule(L.LightningDataModule):
+    """Train/val/test datasets from the ``data`` section of a training config."""
+
+    def __init__(self, data: dict, targets: dict, seed: int = 0):
+        super().__init__()
+        self.cfg, self.targets, self.seed = data, targets, seed
+        self.train_set = self.val_set = self.test_set = None
+
+    def required_labels(self) -> tuple[str, ...]:
+        return tuple(name for name, on in self.targets.items() if on)
+
+    def read(self, path) -> list:
+        from frameavg.data import read_structures
+
+        transform = RadiusGraph(self.cfg["cutoff"], self.cfg["max_neighbors"], strict=False)
+        structures = read_structures(
+            resolve_path(path),
+            format=self.cfg["format"],
+            keys=self.cfg["keys"] or None,
+            required=self.required_labels(),
+            trusted=self.cfg["trusted"],
+        )
+        return [transform(d) for d in structures]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None or stage in ("test", "predict"):
+            if stage == "test" and self.test_set is None and self.cfg["test"]:
+                self.test_set = self.read(self.cfg["test"])
+            return
+        if not self.cfg["train"]:
+            raise ConfigError("data.train is not set: give the path of the training structures")
+        full = self.read(self.cfg["train"])
+        if self.cfg["val"]:
+            self.val_set = self.read(self.cfg["val"])
+            train_idx = random_split(len(full), {"train": None}, seed=self.cfg["split_seed"])["train"]
+        else:
+            n_val = max(1, round(self.cfg["val_fraction"] * len(full)))
+            if n_val >= len(full):
+                raise DataError(f"{self.cfg['train']}: {len(full)} structures are too few to split off validation")
+            split = random_split(len(full), {"val": n_val, "train": None}, seed=self.cfg["split_seed"])
+            train_idx = split["train"]
+            self.val_set = [full[i] for i in split["val"]]
+        if self.cfg["max_train"]:
+            train_idx = train_idx[: self.cfg["max_train"]]
+        self.train_set = [full[i] for i in train_idx]
+        if self.cfg["test"]:
+            self.test_set = self.read(self.cfg["test"])
+
+    def train_dataloader(self):
+        return ResumableLoader(self.train_set, self.cfg["batch_size"], self.seed,
+                               num_workers=self.cfg["num_workers"], drop_last=False)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=self.cfg["eval_batch_size"], shuffle=False)
+
+    def test_dataloader(self):
+        return DataLoader(self.test_set, batch_size=self.cfg["eval_batch_size"], shuffle=False)

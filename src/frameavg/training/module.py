@@ -1,0 +1,159 @@
+"""The Lightning module: any model (optionally frame-averaged), losses, normalisation, metrics.
+
+The network predicts normalised energies (and forces in the same units per Å); the module maps
+them to eV / eV/Å with its ``EnergyNormalizer``, which is saved in the checkpoint together with the
+config, so a checkpoint alone rebuilds the model and predicts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from frameavg.errors import ConfigError
+from frameavg.training.losses import energy_loss, forces_loss
+from frameavg.training.metrics import oc20_metrics
+from frameavg.training.normalization import EnergyNormalizer
+
+
+def build_network(config: dict) -> torch.nn.Module:
+    """The model of ``config['model']``, wrapped in frame averaging per ``config['frames']``."""
+    from frameavg.models import build_model
+
+    model_cfg = dict(config["model"])
+    name = model_cfg.pop("name")
+    model = build_model(name, **model_cfg)
+    frames = config["frames"]
+    if str(frames["frames"]).lower() in ("none", "false", "null"):
+        return model
+    from frameavg.frames.averaging import FrameAveraging
+
+    return FrameAveraging(model, frames=frames["frames"], method=frames["train"], eval_method=frames["eval"],
+                          seed=config["seed"])
+
+
+class AtomisticTask(L.LightningModule):
+    """Trains ``build_network(config)`` on energies and/or forces."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        self.net = build_network(config)
+        self.normalizer = EnergyNormalizer()
+        self.predict_forces = bool(config["targets"]["forces"])
+        loss = config["loss"]
+        self.needs_gradient = self.predict_forces and (loss["gradient_weight"] > 0 or loss["conservation_weight"] > 0)
+
+    # ---- prediction -------------------------------------------------------------------------
+    def normalized_outputs(self, batch) -> dict:
+        """Network outputs in normalised units.
+
+        When forces are a target, ``pos`` gets ``requires_grad`` so that, if the network predicts
+        no ``forces`` (or a gradient/conservation loss is on), ``gradient_forces`` = -dE/dpos of the
+        (frame-averaged) energy with respect to the original positions is added.
+        """
+        if not self.predict_forces:
+            return dict(self.net(batch))
+        with torch.enable_grad():
+            batch.pos.requires_grad_(True)
+            out = dict(self.net(batch))
+            if "forces" not in out or (self.needs_gradient and self.training):
+                (grad,) = torch.autograd.grad(out["energy"].sum(), batch.pos, create_graph=self.training)
+                out["gradient_forces"] = -grad
+                out.setdefault("forces", out["gradient_forces"])
+        return out
+
+    def forward(self, batch) -> dict:
+        """Predictions in physical units: ``energy`` [B] eV (float64), ``forces`` [N,3] eV/Å."""
+        out = self.normalized_outputs(batch)
+        pred = {"energy": self.normalizer.denormalize_energy(out["energy"], batch.atomic_numbers, batch.batch)}
+        if self.predict_forces:
+            pred["forces"] = self.normalizer.denormalize_forces(out["forces"])
+        return pred
+
+    # ---- losses ------------------------------------------------------------------------------
+    def compute_loss(self, batch, out: dict) -> dict:
+        cfg = self.config["loss"]
+        losses = {}
+        if self.config["targets"]["energy"]:
+            target = self.normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
+            losses["energy"] = cfg["energy_weight"] * energy_loss(cfg["energy"], out["energy"], target.to(out["energy"].dtype))
+        if self.predict_forces:
+            mask = ~batch.fixed if cfg["train_on_free_atoms"] and "fixed" in batch else None
+            target = self.normalizer.normalize_forces(batch.forces).to(out["forces"].dtype)
+            losses["forces"] = cfg["forces_weight"] * forces_loss(cfg["forces"], out["forces"], target, mask)
+            if "gradient_forces" in out and out["gradient_forces"] is not out["forces"]:
+                if cfg["gradient_weight"] > 0:  # direct forces follow the conservative ones
+                    losses["gradient"] = cfg["gradient_weight"] * forces_loss(
+                        cfg["forces"], out["forces"], out["gradient_forces"].detach(), mask)
+                if cfg["conservation_weight"] > 0:  # the energy's gradient follows the reference forces
+                    losses["conservation"] = cfg["conservation_weight"] * forces_loss(
+                        cfg["forces"], out["gradient_forces"], target, mask)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def training_step(self, batch, batch_idx):
+        losses = self.compute_loss(batch, self.normalized_outputs(batch))
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.global_step} ({ {k: v.item() for k, v in losses.items()} }); "
+                "the last good checkpoint is kept — lower optim.lr or check the data"
+            )
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=batch.num_graphs,
+                      prog_bar=True, on_step=True, on_epoch=True)
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        out = self.normalized_outputs(batch)
+        losses = self.compute_loss(batch, {k: v.detach() for k, v in out.items()})
+        pred = {"energy": self.normalizer.denormalize_energy(out["energy"].detach(), batch.atomic_numbers, batch.batch)}
+        target = {"energy": batch.energy}
+        if self.predict_forces:
+            pred["forces"] = self.normalizer.denormalize_forces(out["forces"].detach())
+            target["forces"] = batch.forces
+        free = ~batch.fixed if "fixed" in batch and self.config["loss"]["train_on_free_atoms"] else None
+        metrics = oc20_metrics(pred, target, batch.natoms, free)
+        logged = {f"val/{k}": v for k, v in losses.items()} | {f"val/{k}": v for k, v in metrics.items()}
+        self.log_dict(logged, batch_size=batch.num_graphs, prog_bar=False, on_epoch=True, sync_dist=True)
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.config["optim"]
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        kind = cfg["scheduler"]
+        if kind == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=cfg["plateau_factor"], patience=cfg["plateau_patience"])
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": cfg["monitor"], "interval": "epoch"}}
+        if kind not in ("cosine", "constant"):
+            raise ConfigError(f"unknown optim.scheduler '{kind}' (choose cosine, plateau or constant)")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup, floor = int(cfg["warmup_steps"]), float(cfg["min_lr_ratio"])
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if kind == "constant":
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        import frameavg
+
+        checkpoint["frameavg"] = {"version": frameavg.__version__, "torch": "%s" % torch.__version__}  # plain str: TorchVersion is not weights_only-safe
+        generator = getattr(self.net, "generator", None)  # stochastic frames: resume the same stream
+        if generator is not None:
+            checkpoint["frame_generator_state"] = generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        generator = getattr(self.net, "generator", None)
+        if generator is not None and "frame_generator_state" in checkpoint:
+            generator.set_state(checkpoint["frame_generator_state"])
