@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/frameavg demo
+	$(BIN)/frameavg train configs/rmd17_ethanol.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

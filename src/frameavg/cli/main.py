@@ -16,7 +16,6 @@ from frameavg.errors import FrameavgError
 
 COMMAND_MODULES = (
     "frameavg.cli.data_cmd",
-    "frameavg.cli.demo_cmd",
     "frameavg.cli.train_cmd",
     "frameavg.cli.checkpoint_cmd",
 )
