@@ -50,6 +50,8 @@ def test_extxyz_to_lmdb_to_dataset_identical_with_two_workers(shared_data, tmp_p
         _assert_same(got, want)
     for i in (0, 17, 39, -1):
         _assert_same(dataset[i], structures[i])
+    respawned = pickle.loads(pickle.dumps(dataset))  # as a spawned worker receives it; # trusted
+    _assert_same(respawned[5], structures[5])
 
 
 def test_oc20_round_trip_keeps_tags_fixed_labels_and_strings(shared_data, tmp_path, oc20):
@@ -237,6 +239,7 @@ def test_legacy_folder_of_lmdbs_and_dataset_with_workers(tmp_path, oc20):
     _write_legacy(folder / "data.0001.lmdb", oc20[3:], with_length=False)
     dataset = LmdbDataset(folder, trusted=True)
     assert len(dataset) == len(oc20) and dataset.metadata == {}
+    _check_is2re([pickle.loads(pickle.dumps(dataset))[4]], oc20[4:5])  # trusted
     batches = list(DataLoader(dataset, batch_size=4, num_workers=2))
     assert sum(b.num_graphs for b in batches) == len(oc20)
     _check_is2re([dataset[i] for i in range(len(dataset))], oc20)

@@ -15,6 +15,7 @@ strings under ``attrs``, and the CRC-32 of the payload. Nothing is ever unpickle
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -218,7 +219,7 @@ def decode_data(blob: bytes, *, source: str | None = None, index: int | None = N
         if dtype not in _NUMPY_DTYPES or start < 0 or start + nbytes > len(payload):
             raise fail(f"bad field '{name}'")
         array = np.frombuffer(payload[start : start + nbytes], dtype=np.dtype(dtype))
-        if array.size != int(np.prod(shape)):
+        if array.size != math.prod(shape):
             raise fail(f"field '{name}' size does not match its shape {list(shape)}")
         data[name] = torch.from_numpy(array.reshape(shape).copy())
     for name, value in attrs.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -22,20 +23,20 @@ def sniff(path: Path) -> bool:
 
 def open_source(path: Path, options: ReadOptions) -> LmdbSource:
     """Random access to our LMDB file(s), applying key mapping, ``required`` and ``dtype``."""
+    decode = partial(_decode, keys=dict(options.keys or {}), required=tuple(options.required), dtype=options.dtype)
+    return LmdbSource(path, count_entries(path, _length_of), decode)  # picklable: spawned workers
 
-    def length_of(env, file):
-        meta = read_meta(env, file)
-        if meta is None:
-            raise DataError("not a frameavg LMDB (legacy OC20 LMDB? use format='oc20-lmdb')", source=str(file))
-        return int(meta["length"])
 
-    keys, required, dtype = dict(options.keys or {}), tuple(options.required), options.dtype
+def _length_of(env, file: Path) -> int:
+    meta = read_meta(env, file)
+    if meta is None:
+        raise DataError("not a frameavg LMDB (legacy OC20 LMDB? use format='oc20-lmdb')", source=str(file))
+    return int(meta["length"])
 
-    def decode(blob: bytes, file: Path, key: int) -> Data:
-        data = decode_data(blob, source=str(file), index=key)
-        return apply_options(data, keys, required, dtype, source=str(file), index=key)
 
-    return LmdbSource(path, count_entries(path, length_of), decode)
+def _decode(blob: bytes, file: Path, key: int, *, keys, required, dtype) -> Data:
+    data = decode_data(blob, source=str(file), index=key)
+    return apply_options(data, keys, required, dtype, source=str(file), index=key)
 
 
 def apply_options(data: Data, keys, required, dtype, *, source, index) -> Data:

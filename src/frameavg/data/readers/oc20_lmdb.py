@@ -19,6 +19,7 @@ conventions vary between OC20 releases; recompute them with ``RadiusGraph``.
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -126,28 +127,31 @@ def open_source(path: Path, options: ReadOptions) -> LmdbSource:
     """Random access to legacy LMDB file(s); requires ``options.trusted``."""
     if not options.trusted:
         raise DataError(UNTRUSTED_MESSAGE, source=str(path))
+    decode = partial(
+        _decode, trusted=options.trusted, keys=options.keys, required=options.required, dtype=options.dtype
+    )
+    lengths = count_entries(path, partial(_length_of, trusted=options.trusted))
+    return LmdbSource(path, lengths, decode)  # picklable: spawned workers
 
-    def length_of(env, file):
-        with env.begin() as txn:
-            raw = txn.get(b"length")
-        if raw is None:
-            return env.stat()["entries"]
-        length = unpickle(raw, trusted=options.trusted, source=str(file), index="length")
-        if not isinstance(length, (int, np.integer)) or length < 0:
-            raise DataError(f"corrupted 'length' entry: {length!r}", source=str(file))
-        return int(length)
 
-    def decode(blob: bytes, file: Path, key: int) -> Data:
-        obj = unpickle(blob, trusted=options.trusted, source=str(file), index=key)
-        try:
-            fields = legacy_fields(obj)
-        except TypeError as exc:
-            raise DataError(f"not a legacy OC20 entry: {exc}", source=str(file), index=key) from None
-        return legacy_to_data(
-            fields, keys=options.keys, required=options.required, dtype=options.dtype, source=str(file), index=key
-        )
+def _length_of(env, file: Path, *, trusted: bool) -> int:
+    with env.begin() as txn:
+        raw = txn.get(b"length")
+    if raw is None:
+        return env.stat()["entries"]
+    length = unpickle(raw, trusted=trusted, source=str(file), index="length")
+    if not isinstance(length, (int, np.integer)) or length < 0:
+        raise DataError(f"corrupted 'length' entry: {length!r}", source=str(file))
+    return int(length)
 
-    return LmdbSource(path, count_entries(path, length_of), decode)
+
+def _decode(blob: bytes, file: Path, key: int, *, trusted, keys, required, dtype) -> Data:
+    obj = unpickle(blob, trusted=trusted, source=str(file), index=key)
+    try:
+        fields = legacy_fields(obj)
+    except TypeError as exc:
+        raise DataError(f"not a legacy OC20 entry: {exc}", source=str(file), index=key) from None
+    return legacy_to_data(fields, keys=keys, required=required, dtype=dtype, source=str(file), index=key)
 
 
 @register(
