@@ -271,9 +271,10 @@ def test_no_ungated_pickle_loads_in_the_package():
     import frameavg
 
     root = os.path.dirname(frameavg.__file__)
+    needle = "pickle" + ".loads("  # spelled apart so that this test is not itself a match
     for folder, _, files in os.walk(root):
         for name in files:
             if name.endswith(".py"):
                 for line in open(os.path.join(folder, name)):
-                    if "pickle.loads(" in line and not line.strip().startswith(("#", '"', "'")):
+                    if needle in line and not line.strip().startswith(("#", '"', "'")):
                         assert line.rstrip().endswith("# trusted"), f"{name}: {line.strip()}"
