@@ -59,7 +59,6 @@ def run_train(args) -> int:
 
 def _load(args):
     from frameavg.data.neighbors import RadiusGraph
-    from frameavg.training.data_module import resolve_path
     from frameavg.training.run import load_task
 
     from frameavg.data import read_structures
@@ -72,7 +71,7 @@ def _load(args):
             keys = dict(item.split("=", 1) for item in args.keys.split(","))
         except ValueError:
             raise FrameavgError(f"--keys must look like energy=U0,forces=F, got '{args.keys}'") from None
-    structures = read_structures(resolve_path(args.data), format=args.format, keys=keys or None,
+    structures = read_structures(args.data, format=args.format, keys=keys or None,
                                  trusted=args.trusted)
     transform = RadiusGraph(data_cfg["cutoff"], data_cfg["max_neighbors"], strict=False)
     return task, [transform(d) for d in structures]

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "conservation_weight": 0.0,  # -dE/dx of the model vs the reference forces
         "train_on_free_atoms": True,
     },
+    # std None: the training force RMS when forces are a target, else the energy residual std
     "normalize": {"energy": True, "element_references": True, "mean": None, "std": None},
     "optim": {
         "lr": 1e-3,

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, Subset
 from torch_geometric.loader import DataLoader
 
 from frameavg.data.neighbors import RadiusGraph
@@ -75,15 +75,6 @@ class ResumableLoader(DataLoader):
         self._resumed = True
 
 
-def resolve_path(path: str):
-    """A file path, or ``shipped:NAME`` for data shipped in the package."""
-    if isinstance(path, str) and path.startswith("shipped:"):
-        from frameavg.data.shipped import shipped_path
-
-        return shipped_path(path.split(":", 1)[1])
-    return path
-
-
 class AtomisticDataModule(L.LightningDataModule):
     """Train/val/test datasets from the ``data`` section of a training config."""
 
@@ -95,18 +86,16 @@ class AtomisticDataModule(L.LightningDataModule):
     def required_labels(self) -> tuple[str, ...]:
         return tuple(name for name, on in self.targets.items() if on)
 
-    def read(self, path) -> list:
-        from frameavg.data import read_structures
+    def read(self, path):
+        """A dataset with graphs: in-memory files get their edges once here, LMDBs on access."""
+        from frameavg.data import StructureDataset, open_dataset
 
         transform = RadiusGraph(self.cfg["cutoff"], self.cfg["max_neighbors"], strict=False)
-        structures = read_structures(
-            resolve_path(path),
-            format=self.cfg["format"],
-            keys=self.cfg["keys"] or None,
-            required=self.required_labels(),
-            trusted=self.cfg["trusted"],
-        )
-        return [transform(d) for d in structures]
+        dataset = open_dataset(path, self.cfg["format"], transform=transform, keys=self.cfg["keys"] or None,
+                               required=self.required_labels(), trusted=self.cfg["trusted"])
+        if isinstance(dataset, StructureDataset):
+            return StructureDataset([dataset[i] for i in range(len(dataset))])
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None or stage in ("test", "predict"):
@@ -125,10 +114,10 @@ class AtomisticDataModule(L.LightningDataModule):
                 raise DataError(f"{self.cfg['train']}: {len(full)} structures are too few to split off validation")
             split = random_split(len(full), {"val": n_val, "train": None}, seed=self.cfg["split_seed"])
             train_idx = split["train"]
-            self.val_set = [full[i] for i in split["val"]]
+            self.val_set = Subset(full, split["val"].tolist())
         if self.cfg["max_train"]:
             train_idx = train_idx[: self.cfg["max_train"]]
-        self.train_set = [full[i] for i in train_idx]
+        self.train_set = Subset(full, train_idx.tolist())
         if self.cfg["test"]:
             self.test_set = self.read(self.cfg["test"])
 

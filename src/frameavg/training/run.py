@@ -22,11 +22,13 @@ def fit_normalizer(config: dict, train_set: list) -> EnergyNormalizer:
     cfg = config["normalize"]
     if not config["targets"]["energy"] or not cfg["energy"]:
         return EnergyNormalizer()
-    batch = Batch.from_data_list(train_set)
+    batch = Batch.from_data_list([train_set[i] for i in range(len(train_set))])
     fitted = EnergyNormalizer.fit(batch.atomic_numbers, batch.batch, batch.energy,
                                   use_element_references=cfg["element_references"])
     mean = fitted.mean.item() if cfg["mean"] is None else cfg["mean"]
-    std = fitted.std.item() if cfg["std"] is None else cfg["std"]
+    std = cfg["std"]
+    if std is None:  # with forces, one scale for both: the force RMS (energy std is far smaller)
+        std = batch.forces.double().pow(2).mean().sqrt().item() if config["targets"]["forces"] else fitted.std.item()
     return EnergyNormalizer(mean, std, fitted.element_references)
 
 
@@ -103,7 +105,7 @@ def _fresh_dir(run_dir: Path) -> Path:
 
 def baseline_metrics(task: AtomisticTask, structures: list) -> dict:
     """Metrics of the per-element-mean baseline: E = sum of element references + mean, F = 0."""
-    batch = Batch.from_data_list(structures)
+    batch = Batch.from_data_list([structures[i] for i in range(len(structures))])
     zeros = torch.zeros(batch.num_graphs, dtype=torch.float64)
     pred = {"energy": task.normalizer.denormalize_energy(zeros, batch.atomic_numbers, batch.batch)}
     target = {"energy": batch.energy}

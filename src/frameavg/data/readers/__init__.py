@@ -35,9 +35,14 @@ def available_formats() -> dict[str, str]:
 
 
 def resolve_path(path: str | Path) -> Path:
-    """``path`` as a Path; the bare name ``qm9pack`` means the installed qm9pack CSV folder."""
+    """``path`` as a Path. Special names: ``qm9pack`` (the installed qm9pack CSV folder) and
+    ``shipped:NAME`` (data shipped in the package, see ``frameavg.data.shipped``)."""
     if str(path) == "qm9pack" and not Path(path).exists():
         return qm9.qm9pack_folder()
+    if str(path).startswith("shipped:"):
+        from frameavg.data.shipped import shipped_path
+
+        return shipped_path(str(path).split(":", 1)[1])
     return check_path(path)
 
 
