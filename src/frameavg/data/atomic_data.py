@@ -10,7 +10,7 @@ pbc               [1,3] bool   periodicity per axis
 natoms            [1] long     number of atoms
 tags              [N] long     OC20 tags (0 subsurface, 1 surface, 2 adsorbate); only if present
 fixed             [N] bool     atoms held fixed (FixAtoms / OC20 ``move_mask``); all False if none
-energy            [1] float    eV, when available
+energy            [1] float64  eV, when available (graph-level float labels are float64)
 forces            [N,3] float  eV/Å, when available
 ================  ===========  ================================================================
 
@@ -216,6 +216,9 @@ def _set_label(data: Data, field: str, value, n: int, dtype, fail) -> None:
         tensor = torch.as_tensor(arr)
     elif arr.dtype.kind in "iu":
         tensor = torch.as_tensor(arr.astype(np.int64))
+    elif arr.ndim == 0 or field == "energy":
+        # graph-level floats stay float64: total energies (1e3-1e5 eV) lose meV in float32
+        tensor = torch.as_tensor(arr, dtype=torch.float64)
     else:
         tensor = torch.as_tensor(arr, dtype=dtype)
     if field in ("energy",) or arr.ndim == 0:
