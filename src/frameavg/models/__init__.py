@@ -8,10 +8,12 @@ from torch import nn
 
 from frameavg.errors import ConfigError
 from frameavg.models.faenet import FAENet
+from frameavg.models.raw_mpnn import RawCoordinateMPNN
 
 #: Model classes by configuration name.
 MODELS: dict[str, type[nn.Module]] = {
     "faenet": FAENet,
+    "raw-mpnn": RawCoordinateMPNN,
 }
 
 
@@ -28,4 +30,4 @@ def build_model(name: str, **kwargs) -> nn.Module:
         raise ConfigError(f"model {name!r}: {exc}") from exc
 
 
-__all__ = ["FAENet", "MODELS", "build_model"]
+__all__ = ["FAENet", "MODELS", "RawCoordinateMPNN", "build_model"]

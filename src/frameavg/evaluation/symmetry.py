@@ -1,0 +1,365 @@
+"""How symmetric is a model, measured: invariance of energies and equivariance of forces.
+
+For a model ``forward(batch) -> {"energy": [B], "forces": [N,3]}`` (any model, frame-averaged or
+not) and a list of structures, every check transforms each structure, rebuilds its neighbour list,
+predicts again and compares with the transformed original prediction:
+
+===========  ===================================================================================
+check        transform (energy must not change; forces must follow as F[perm] @ R.T)
+===========  ===================================================================================
+rotation     random proper rotation (Haar on SO(3); about z for ``dim="2D"``)
+reflection   random improper orthogonal map (about z: a vertical mirror, for ``dim="2D"``)
+translation  random shift of all atoms (σ = 2 Å per axis)
+permutation  random reordering of the atoms
+image        periodic only: every atom moved by a random lattice vector (components −1, 0, 1
+             along periodic axes)
+cell         periodic only: the cell replaced by an equivalent one (unimodular integer change of
+             basis mixing periodic axes), atoms wrapped into it
+batch        each structure predicted alone vs inside a batch of ``batch_size``
+repeat       the same batch predicted twice (determinism; stochastic frames differ by design)
+===========  ===================================================================================
+
+Errors: energy |ΔE| per structure (eV) and relative |ΔE|/max(|E|, 1e-6·max|E|); forces |ΔF| per
+atom (vector norm, eV/Å) and relative to the largest force norm of the data set (the mean
+relative error divides by the mean force norm). Transformed structures carry the model inputs
+only (pos, atomic_numbers, cell, pbc, natoms, tags, fixed), not the labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch, Data
+
+from frameavg.data.neighbors import RadiusGraph
+from frameavg.errors import ConfigError, DataError
+
+CHECKS = ("rotation", "reflection", "translation", "permutation", "image", "cell", "batch", "repeat")
+PERIODIC_CHECKS = ("image", "cell")
+INPUT_FIELDS = ("pos", "atomic_numbers", "cell", "pbc", "natoms", "tags", "fixed")
+
+
+# --------------------------------------------------------------------------------------------
+# transforms of one structure
+
+
+@dataclass
+class Transformed:
+    """A transformed structure and how outputs must follow: forces_new = forces[permutation] @ rotation.T."""
+
+    data: Data
+    rotation: np.ndarray
+    permutation: np.ndarray
+
+
+def model_inputs(data: Data) -> Data:
+    """The input fields of ``data`` only (see INPUT_FIELDS)."""
+    return Data(**{key: data[key] for key in INPUT_FIELDS if key in data})
+
+
+def is_periodic(data: Data) -> bool:
+    return "pbc" in data and bool(data.pbc.any()) and "cell" in data and bool((data.cell != 0).any())
+
+
+def transform_structure(data: Data, check: str, rng: np.random.Generator, dim: str = "3D") -> Transformed:
+    """Apply a random transform of kind ``check`` (see module docstring) to one structure."""
+    if check not in CHECKS[:6]:
+        raise ConfigError(f"unknown transform '{check}' (choose from {', '.join(CHECKS[:6])})")
+    data = model_inputs(data)
+    dtype = data.pos.dtype
+    pos = data.pos.detach().double().numpy()
+    cell = data.cell.detach().double().numpy().reshape(3, 3) if "cell" in data else np.zeros((3, 3))
+    n = pos.shape[0]
+    rotation, permutation = np.eye(3), np.arange(n)
+    if check in ("rotation", "reflection"):
+        rotation = random_rotation(rng, proper=check == "rotation", about_z=dim == "2D")
+        pos, cell = pos @ rotation.T, cell @ rotation.T
+    elif check == "translation":
+        pos = pos + rng.normal(scale=2.0, size=3)
+    elif check == "permutation":
+        permutation = rng.permutation(n)
+    elif check == "image":
+        periodic = data.pbc.reshape(3).numpy()
+        shifts = rng.integers(-1, 2, size=(n, 3)) * periodic
+        pos = pos + shifts @ cell
+    elif check == "cell":
+        change = random_unimodular(rng, data.pbc.reshape(3).numpy())
+        cell = change @ cell
+        periodic = data.pbc.reshape(3).numpy()
+        frac = pos @ np.linalg.inv(cell)
+        frac[:, periodic] -= np.floor(frac[:, periodic])
+        pos = frac @ cell
+    out = data.clone()
+    out.pos = torch.as_tensor(pos, dtype=dtype)
+    if "cell" in data:
+        out.cell = torch.as_tensor(cell, dtype=data.cell.dtype).reshape(1, 3, 3)
+    if check == "permutation":
+        index = torch.as_tensor(permutation)
+        for key in ("pos", "atomic_numbers", "tags", "fixed"):
+            if key in out:
+                out[key] = out[key][index]
+    return Transformed(out, rotation, permutation)
+
+
+def random_rotation(rng: np.random.Generator, *, proper: bool, about_z: bool = False) -> np.ndarray:
+    """Haar-random matrix [3,3] on SO(3) (proper) or on its improper coset; about z for slabs."""
+    if about_z:
+        angle = rng.uniform(0, 2 * math.pi)
+        c, s = math.cos(angle), math.sin(angle)
+        rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        return rot if proper else rot @ np.diag([1.0, -1.0, 1.0])
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if (np.linalg.det(q) > 0) != proper:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def random_unimodular(rng: np.random.Generator, periodic: np.ndarray, steps: int = 3) -> np.ndarray:
+    """Integer matrix with det ±1 mixing the periodic lattice vectors only (rows: new vectors)."""
+    axes = np.flatnonzero(periodic)
+    change = np.eye(3, dtype=np.int64)
+    if len(axes) < 2:
+        if len(axes) == 1:
+            change[axes[0], axes[0]] = -1  # a 1D lattice has only ±a as bases
+        return change.astype(float)
+    for _ in range(steps):
+        i, j = rng.choice(axes, size=2, replace=False)
+        shear = np.eye(3, dtype=np.int64)
+        shear[i, j] = rng.choice([-1, 1])
+        change = shear @ change
+    return change.astype(float)
+
+
+# --------------------------------------------------------------------------------------------
+# predictions
+
+
+def predict(model, structures: list[Data], *, graph=None, batch_size: int = 32) -> tuple[torch.Tensor, list[torch.Tensor | None], list]:
+    """Energies [S] (float64), per-structure forces [n,3] (None if the model gives none and its
+    energy does not depend on positions) and the frames info of each batch (FrameAveraging only).
+
+    ``graph``: transform adding the neighbour list (e.g. ``RadiusGraph(6.0)``), or None.
+    Forces: the model's ``forces`` output, else −∂E/∂pos by autograd.
+    """
+    energies, forces, frames = [], [], []
+    for start in range(0, len(structures), batch_size):
+        chunk = [graph(d.clone()) if graph is not None else d for d in structures[start:start + batch_size]]
+        batch = Batch.from_data_list(chunk)
+        with torch.no_grad():
+            out = model(batch)
+        if "energy" not in out:
+            raise ConfigError(f"model output has no 'energy' (keys: {', '.join(out)})")
+        energy = out["energy"].reshape(-1)
+        f = out.get("forces")
+        if f is None:  # forces as -dE/dpos
+            with torch.enable_grad():
+                batch.pos = batch.pos.detach().requires_grad_(True)
+                energy = model(batch)["energy"].reshape(-1)
+                f = -torch.autograd.grad(energy.sum(), batch.pos)[0] if energy.requires_grad else None
+        energies.append(energy.detach().double())
+        ptr = batch.ptr.tolist()
+        forces.extend(None if f is None else f.detach().double()[ptr[i]:ptr[i + 1]] for i in range(len(chunk)))
+        frames.append(_last_frames(model))
+    return torch.cat(energies), forces, frames
+
+
+def _last_frames(model):
+    """Frames of the latest call of the (first) FrameAveraging inside ``model``, if any."""
+    from frameavg.frames.averaging import FrameAveraging
+
+    modules = model.modules() if hasattr(model, "modules") else ()
+    return next((m.last_frames for m in modules if isinstance(m, FrameAveraging)), None)
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+@dataclass
+class SymmetryRow:
+    """Errors of one check over all structures and trials (None: not applicable / no forces)."""
+
+    check: str
+    expected: bool | None
+    structures: int
+    energy_abs_mean: float
+    energy_abs_max: float
+    energy_rel_mean: float
+    energy_rel_max: float
+    forces_abs_mean: float | None = None
+    forces_abs_max: float | None = None
+    forces_rel_mean: float | None = None
+    forces_rel_max: float | None = None
+
+
+@dataclass
+class SymmetryReport:
+    rows: list[SymmetryRow]
+    degeneracy: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def row(self, check: str) -> SymmetryRow:
+        for row in self.rows:
+            if row.check == check:
+                return row
+        raise KeyError(f"no check '{check}' in this report (checks: {', '.join(r.check for r in self.rows)})")
+
+    def to_dict(self) -> dict:
+        return {"meta": self.meta, "checks": [asdict(r) for r in self.rows], "degeneracy": self.degeneracy}
+
+    def table(self) -> str:
+        """Plain-text table of the report."""
+        head = ["check", "claim", "n", "|dE| mean", "|dE| max", "rel max", "|dF| mean", "|dF| max", "rel max"]
+        lines = []
+        for r in self.rows:
+            claim = {True: "yes", False: "no", None: "-"}[r.expected]
+            lines.append([
+                r.check, claim, str(r.structures), _fmt(r.energy_abs_mean), _fmt(r.energy_abs_max), _fmt(r.energy_rel_max),
+                _fmt(r.forces_abs_mean), _fmt(r.forces_abs_max), _fmt(r.forces_rel_max),
+            ])
+        widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+        out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]
+        if self.degeneracy:
+            out.append("")
+            out.append("by degeneracy class (max over all transform checks):")
+            for name, d in self.degeneracy.items():
+                out.append(f"  {name:8s} {d['count']:5d} structures  |dE| max {_fmt(d['energy_abs_max'])}"
+                           f"  |dF| max {_fmt(d['forces_abs_max'])}  frames/structure {d['frames_mean']:.1f}")
+        return "\n".join(out)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def symmetry_report(
+    model,
+    structures: list[Data],
+    *,
+    checks=CHECKS,
+    dim: str = "3D",
+    cutoff: float | None = 6.0,
+    max_neighbors: int | None = None,
+    trials: int = 1,
+    batch_size: int = 32,
+    seed: int = 0,
+    expected: dict | None = None,
+) -> SymmetryReport:
+    """Measure the symmetry errors of ``model`` on ``structures`` (see module docstring).
+
+    Args:
+        model: ``forward(batch) -> dict`` with ``energy`` [B] (and ``forces`` [N,3] or energies
+            differentiable in ``pos``). Put it in the mode you want measured (``model.eval()``).
+        structures: ``Data`` objects (``frameavg.data.atoms_to_data`` / ``read_structures``).
+        checks: subset of CHECKS; periodic checks skip non-periodic structures.
+        dim: ``3D`` or ``2D`` (rotations and reflections about z, for slab models).
+        cutoff, max_neighbors: neighbour list rebuilt for every transformed structure (the same
+            settings the model expects); ``cutoff=None`` for models that build their own graph.
+        trials: random transforms per structure and check.
+        expected: ``{check: bool}``, the symmetries the model claims (shown in the table).
+    """
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        raise ConfigError(f"unknown check(s) {unknown}; choose from {', '.join(CHECKS)}")
+    if not structures:
+        raise DataError("no structures to evaluate")
+    graph = RadiusGraph(cutoff, max_neighbors) if cutoff is not None else None
+    rng = np.random.default_rng(seed)
+    structures = [model_inputs(d) for d in structures]
+    energy, forces, frames = predict(model, structures, graph=graph, batch_size=batch_size)
+    energy_floor = 1e-6 * float(energy.abs().max())
+    force_norms = [f.norm(dim=-1) for f in forces if f is not None]
+    force_max = float(torch.cat(force_norms).max()) if force_norms else None
+    force_mean = float(torch.cat(force_norms).mean()) if force_norms else None
+    worst_energy = torch.zeros(len(structures), dtype=torch.float64)
+    worst_force = torch.zeros(len(structures), dtype=torch.float64)
+
+    rows = []
+    for check in checks:
+        de_all, df_all, who = [], [], []
+        for _ in range(trials if check not in ("batch", "repeat") else 1):
+            if check == "batch":
+                idx = list(range(len(structures)))
+                e2, f2, _ = predict(model, structures, graph=graph, batch_size=1)
+                rotations = [np.eye(3)] * len(idx)
+                perms = [np.arange(d.pos.shape[0]) for d in structures]
+            elif check == "repeat":
+                idx = list(range(len(structures)))
+                e2, f2, _ = predict(model, structures, graph=graph, batch_size=batch_size)
+                rotations = [np.eye(3)] * len(idx)
+                perms = [np.arange(d.pos.shape[0]) for d in structures]
+            else:
+                idx = [i for i, d in enumerate(structures) if check not in PERIODIC_CHECKS or is_periodic(d)]
+                if not idx:
+                    break
+                moved = [transform_structure(structures[i], check, rng, dim) for i in idx]
+                e2, f2, _ = predict(model, [m.data for m in moved], graph=graph, batch_size=batch_size)
+                rotations = [m.rotation for m in moved]
+                perms = [m.permutation for m in moved]
+            e1 = energy[idx]
+            de = (e2 - e1).abs()
+            de_all.append(de)
+            who.extend(idx)
+            for k, i in enumerate(idx):
+                if forces[i] is None or f2[k] is None:
+                    continue
+                target = forces[i][torch.as_tensor(perms[k])] @ torch.as_tensor(rotations[k]).T
+                diff = (f2[k] - target).norm(dim=-1)
+                df_all.append(diff)
+                worst_force[i] = max(float(worst_force[i]), float(diff.max()))
+            for k, i in enumerate(idx):
+                worst_energy[i] = max(float(worst_energy[i]), float(de[k]))
+        if not de_all:
+            continue
+        de = torch.cat(de_all)
+        rel = de / torch.clamp(energy[who].abs(), min=energy_floor if energy_floor > 0 else 1e-300)
+        row = SymmetryRow(
+            check=check,
+            expected=None if expected is None else expected.get(check),
+            structures=len(set(who)),
+            energy_abs_mean=float(de.mean()),
+            energy_abs_max=float(de.max()),
+            energy_rel_mean=float(rel.mean()),
+            energy_rel_max=float(rel.max()),
+        )
+        if df_all and force_max:
+            df = torch.cat(df_all)
+            row.forces_abs_mean = float(df.mean())
+            row.forces_abs_max = float(df.max())
+            row.forces_rel_mean = float(df.mean()) / force_mean
+            row.forces_rel_max = float(df.max()) / force_max
+        rows.append(row)
+
+    report = SymmetryReport(rows=rows)
+    report.degeneracy = _by_degeneracy(frames, worst_energy, worst_force, force_max is not None)
+    report.meta = {"structures": len(structures), "periodic": sum(is_periodic(d) for d in structures),
+                   "dim": dim, "cutoff": cutoff, "max_neighbors": max_neighbors, "trials": trials, "seed": seed,
+                   "dtype": str(structures[0].pos.dtype).removeprefix("torch.")}
+    return report
+
+
+def _by_degeneracy(frames, worst_energy, worst_force, has_forces) -> dict:
+    """Worst errors per degeneracy class of the frames (FrameAveraging models only)."""
+    if not frames or any(f is None or f.eigenvalues is None for f in frames):
+        return {}
+    from frameavg.frames.compute import DEGENERACY
+
+    classes = torch.cat([f.degeneracy for f in frames]).cpu()
+    counts = torch.cat([f.set_size for f in frames]).cpu().double()
+    out = {}
+    for code, name in enumerate(DEGENERACY):
+        mask = classes == code
+        if not bool(mask.any()):
+            continue
+        out[name] = {
+            "count": int(mask.sum()),
+            "energy_abs_max": float(worst_energy[mask].max()),
+            "forces_abs_max": float(worst_force[mask].max()) if has_forces else None,
+            "frames_mean": float(counts[mask].mean()),
+        }
+    return out

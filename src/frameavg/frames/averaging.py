@@ -1,0 +1,288 @@
+"""``FrameAveraging``: make any ``forward(batch) -> dict`` model E(3)-invariant/equivariant.
+
+All frames of all graphs run through the model as ONE enlarged batch: every graph is repeated
+once per frame with canonical positions and cell; the neighbour list is reused (a rotation does
+not change it) with shifted atom indices, and every other field is gathered, never deep-copied.
+Outputs are mapped back: per-graph and per-atom invariants are averaged over each graph's frames,
+vector outputs (forces) are rotated back with ``v @ U.T`` before averaging, rank-2 tensor outputs
+(stress) with ``U T U.T``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+from frameavg.errors import ConfigError
+from frameavg.frames.compute import DEFAULT_MAX_FRAMES, DEFAULT_TOL, Frames, compute_frames
+from frameavg.frames.methods import FrameMethod
+
+FORCE_MODES = ("model", "gradient", "both", None)
+DEFAULT_VECTOR_KEYS = ("forces", "force", "dipole")
+DEFAULT_TENSOR_KEYS = ("stress",)
+_HANDLED = {"pos", "batch", "ptr", "cell", "edge_index"}
+
+
+class FrameAveraging(nn.Module):
+    """Wrap ``model`` so that its outputs are averaged over frames.
+
+    Args:
+        model: any module whose ``forward(batch)`` returns a dict of tensors (energy [B],
+            forces [N,3], ...). It sees a PyG ``Batch`` with canonical ``pos``/``cell`` and every
+            other field of the input.
+        frames: ``3D`` or ``2D`` (PCA in x,y about z: slabs).
+        method: ``all`` | ``stochastic`` | ``det`` | ``DA`` or ``se3-`` variants (see FrameMethod),
+            used in training mode.
+        eval_method: method used in eval mode (default: ``method``); e.g. train ``stochastic``,
+            evaluate ``all``.
+        forces: ``model`` (the model's own ``forces`` output, rotated back), ``gradient``
+            (−∂E/∂pos of the frame-averaged energy w.r.t. the ORIGINAL positions, by autograd
+            through frames and model), ``both`` (model forces in ``forces``, gradient in
+            ``forces_gradient``) or None (outputs as the model gives them, averaged).
+        energy_key: the invariant output differentiated by ``forces="gradient"``.
+        vector_keys / tensor_keys: outputs rotated back as vectors [...,3] / rank-2 tensors [...,3,3];
+            besides ``vector_keys``, every output whose name contains "force" is a vector.
+        cutoff: radius of the frame cloud of periodic graphs, Å (see frames.cloud).
+        tol: relative tolerance of degeneracy decisions (see frames.compute).
+        max_frames: cap on a graph's frame set.
+        seed: seed of the generator used by ``stochastic`` and ``DA``.
+
+    After each call ``last_frames`` holds the ``Frames`` used (degeneracy flags, frame counts).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        frames: str = "3D",
+        method: str = "all",
+        eval_method: str | None = None,
+        *,
+        forces: str | None = "model",
+        energy_key: str = "energy",
+        vector_keys: tuple[str, ...] = DEFAULT_VECTOR_KEYS,
+        tensor_keys: tuple[str, ...] = DEFAULT_TENSOR_KEYS,
+        cutoff: float = 6.0,
+        tol: float = DEFAULT_TOL,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if forces not in FORCE_MODES:
+            raise ConfigError(f"forces must be one of {FORCE_MODES}, got {forces!r}")
+        self.model = model
+        self.train_spec = FrameMethod.parse(method, frames)
+        self.eval_spec = FrameMethod.parse(eval_method or method, frames)
+        self.forces = forces
+        self.energy_key = energy_key
+        self.vector_keys = tuple(vector_keys) + (("forces_gradient",) if forces == "both" else ())
+        self.tensor_keys = tuple(tensor_keys)
+        self.cutoff = cutoff
+        self.tol = tol
+        self.max_frames = max_frames
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_frames: Frames | None = None
+
+    @property
+    def spec(self) -> FrameMethod:
+        """The frame method of the current mode (train or eval)."""
+        return self.train_spec if self.training else self.eval_spec
+
+    def reset_generator(self, seed: int | None = None) -> None:
+        """Restart the stochastic/DA random stream (reproducible evaluations)."""
+        self.generator.manual_seed(self.seed if seed is None else seed)
+
+    def forward(self, batch) -> dict:
+        gradient = self.forces in ("gradient", "both")
+        with torch.enable_grad() if gradient else contextlib.nullcontext():
+            pos = batch.pos
+            if gradient and not pos.requires_grad:
+                pos = pos.detach().requires_grad_(True)
+            graph_of_atom, num_graphs = _graph_vector(batch)
+            frames = compute_frames(
+                pos,
+                graph_of_atom,
+                num_graphs,
+                method=self.spec,
+                cell=getattr(batch, "cell", None),
+                pbc=getattr(batch, "pbc", None),
+                atomic_numbers=getattr(batch, "atomic_numbers", None),
+                edge_index=getattr(batch, "edge_index", None),
+                cell_offsets=getattr(batch, "cell_offsets", None),
+                cutoff=self.cutoff,
+                tol=self.tol,
+                max_frames=self.max_frames,
+                generator=self.generator,
+            )
+            self.last_frames = frames
+            expanded, edges = expand_batch(batch, frames, graph_of_atom)
+            raw = self.model(expanded)
+            if not isinstance(raw, dict):
+                raise ConfigError(f"FrameAveraging needs a model returning a dict, got {type(raw).__name__}")
+            out = average_outputs(
+                raw, frames, num_atoms=pos.shape[0], edges=edges,
+                vector_keys=self.vector_keys, tensor_keys=self.tensor_keys, energy_key=self.energy_key,
+            )
+            if gradient:
+                if self.energy_key not in out:
+                    raise ConfigError(f"forces='gradient' needs the model output '{self.energy_key}'")
+                (grad,) = torch.autograd.grad(out[self.energy_key].sum(), pos, create_graph=self.training)
+                key = "forces_gradient" if self.forces == "both" else "forces"
+                if self.forces == "gradient" and "forces" in out:
+                    out["forces_model"] = out.pop("forces")
+                out[key] = -grad
+        return out
+
+
+def _graph_vector(batch) -> tuple[torch.Tensor, int]:
+    vector = getattr(batch, "batch", None)
+    if vector is None:
+        return torch.zeros(batch.pos.shape[0], dtype=torch.long, device=batch.pos.device), 1
+    return vector, int(batch.num_graphs)
+
+
+def expand_batch(
+    batch, frames: Frames, graph_of_atom: torch.Tensor | None = None
+) -> tuple[Batch, tuple[torch.Tensor, torch.Tensor, int] | None]:
+    """One enlarged ``Batch`` holding every frame copy of every graph (see module docstring).
+
+    Returns the batch and, when the input has edges, ``(edge_ids, edge_frame, num_edges)``: the
+    original edge and the expanded graph of every expanded edge, and the input's edge count.
+    """
+    if graph_of_atom is None:
+        graph_of_atom, _ = _graph_vector(batch)
+    num_graphs = frames.num_graphs
+    num_atoms = batch.pos.shape[0]
+    counts = torch.bincount(graph_of_atom, minlength=num_graphs)
+    out = Batch()
+    out.pos = frames.pos
+    out.batch = frames.batch
+    out.ptr = frames.ptr
+    out._num_graphs = int(frames.graph.shape[0])
+    if frames.cell is not None:
+        out.cell = frames.cell
+
+    edges = edge_ids = None
+    edge_index = getattr(batch, "edge_index", None)
+    num_edges = None
+    if edge_index is not None:
+        num_edges = edge_index.shape[1]
+        edge_graph = graph_of_atom[edge_index[1]]
+        if num_edges and bool((edge_graph[1:] < edge_graph[:-1]).any()):
+            raise ConfigError("edge_index must be grouped by graph (as PyG batches are)")
+        edge_counts = torch.bincount(edge_graph, minlength=num_graphs)
+        edge_ids, edge_frame = _expanded_ids(edge_counts, frames.graph)
+        atom_ptr = torch.cumsum(counts, 0) - counts
+        shift = (frames.ptr[:-1] - atom_ptr[frames.graph])[edge_frame]
+        out.edge_index = edge_index[:, edge_ids] + shift.unsqueeze(0)
+        edges = (edge_ids, edge_frame, num_edges)
+    else:
+        edge_counts = None
+
+    slices = getattr(batch, "_slice_dict", None) or {}
+    increments = getattr(batch, "_inc_dict", None) or {}
+    for key, value in batch.items():
+        if key in _HANDLED:
+            continue
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            out[key] = value
+            continue
+        level = _field_level(key, value, slices.get(key), counts, edge_counts, num_atoms, num_edges, num_graphs)
+        if level == "node":
+            owner, expanded = frames.batch, value[frames.node_index]
+        elif level == "edge":
+            owner, expanded = edges[1], value[edge_ids]
+        else:
+            owner, expanded = torch.arange(frames.graph.shape[0], device=value.device), value[frames.graph]
+        inc = increments.get(key)
+        if isinstance(inc, torch.Tensor) and bool((inc != 0).any()):
+            # PyG offset this field by the atoms of preceding graphs (keys named *index*/face):
+            # re-offset every copy by the atoms preceding it in the enlarged batch.
+            atom_ptr = torch.cumsum(counts, 0) - counts
+            if not torch.equal(inc.to(counts.device), atom_ptr):
+                raise ConfigError(f"field '{key}' has batch increments FrameAveraging cannot replicate")
+            shift = (frames.ptr[:-1] - atom_ptr[frames.graph])[owner]
+            expanded = expanded + shift.reshape(-1, *([1] * (expanded.dim() - 1))).to(expanded.dtype)
+        out[key] = expanded
+    return out, edges
+
+
+def _expanded_ids(counts: torch.Tensor, frame_graph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Original id and expanded graph of every element of every frame copy (elements grouped by graph)."""
+    start = torch.cumsum(counts, 0) - counts
+    sizes = counts[frame_graph]
+    total = int(sizes.sum())
+    new_start = torch.cumsum(sizes, 0) - sizes
+    owner = torch.repeat_interleave(torch.arange(frame_graph.shape[0], device=counts.device), sizes, output_size=total)
+    return torch.arange(total, device=counts.device) + (start[frame_graph] - new_start)[owner], owner
+
+
+def _field_level(key, value, slices, counts, edge_counts, num_atoms, num_edges, num_graphs) -> str:
+    if slices is not None:
+        diffs = slices.diff().to(counts.device)
+        if torch.equal(diffs, counts):
+            return "node"
+        if edge_counts is not None and torch.equal(diffs, edge_counts):
+            return "edge"
+        if value.shape[0] == num_graphs:
+            return "graph"
+        raise ConfigError(f"cannot tell whether field '{key}' is per atom, per edge or per graph")
+    size = value.shape[0]
+    if size == num_atoms:
+        return "node"
+    if num_edges is not None and size == num_edges:
+        return "edge"
+    if size == num_graphs:
+        return "graph"
+    raise ConfigError(f"field '{key}' has leading size {size}: not atoms ({num_atoms}), edges or graphs ({num_graphs})")
+
+
+def average_outputs(
+    outputs: dict,
+    frames: Frames,
+    *,
+    num_atoms: int,
+    edges: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    vector_keys=DEFAULT_VECTOR_KEYS,
+    tensor_keys=DEFAULT_TENSOR_KEYS,
+    energy_key: str = "energy",
+) -> dict:
+    """Map model outputs on the enlarged batch back to the input batch (weighted frame average)."""
+    num_frames_total = frames.graph.shape[0]
+    num_expanded_atoms = frames.node_index.shape[0]
+    result = {}
+    for key, value in outputs.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            result[key] = value
+            continue
+        size = value.shape[0]
+        if size == num_expanded_atoms and key != energy_key:
+            rotation, weight, target, length = frames.rotation[frames.batch], frames.weight[frames.batch], frames.node_index, num_atoms
+        elif size == num_frames_total:
+            rotation, weight, target, length = frames.rotation, frames.weight, frames.graph, frames.num_graphs
+        elif edges is not None and size == edges[0].shape[0]:
+            edge_ids, edge_frame, length = edges
+            rotation, weight, target = frames.rotation[edge_frame], frames.weight[edge_frame], edge_ids
+        else:
+            raise ConfigError(
+                f"model output '{key}' has leading size {size}: not atoms ({num_expanded_atoms}), "
+                f"graphs ({num_frames_total}) or edges of the enlarged batch"
+            )
+        if key in vector_keys or "force" in key:
+            if value.shape[-1] != 3:
+                raise ConfigError(f"vector output '{key}' must end with dimension 3, got {tuple(value.shape)}")
+            value = torch.einsum("n...j,nij->n...i", value, rotation.to(value.dtype))
+        elif key in tensor_keys:
+            if tuple(value.shape[-2:]) != (3, 3):
+                raise ConfigError(f"tensor output '{key}' must end with 3x3, got {tuple(value.shape)}")
+            r = rotation.to(value.dtype)
+            value = torch.einsum("nij,n...jk,nlk->n...il", r, value, r)
+        w = weight.to(value.dtype).reshape(-1, *([1] * (value.dim() - 1)))
+        result[key] = torch.zeros(length, *value.shape[1:], dtype=value.dtype, device=value.device).index_add(
+            0, target, w * value
+        )
+    return result
+

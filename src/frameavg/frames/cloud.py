@@ -1,0 +1,144 @@
+"""The point cloud a graph's frame is computed from.
+
+* Non-periodic graph: the atom positions relative to their centroid, weight 1 (plain PCA).
+* Periodic graph: the edge vectors ``pos[j] − pos[i] + offsets @ cell`` (i.e. minimum-image and
+  all further images within ``cutoff``) from every *reference atom* i to its neighbours j, weighted
+  by a cosine envelope ``w(d) = ½(cos(πd/cutoff) + 1)``. Reference atoms are the atoms of the
+  graph's rarest element (ties: the heavier element), e.g. the adsorbate of a slab or the metal
+  of an oxide.
+
+The periodic cloud depends only on the set of edge vectors around the reference atoms, which is a
+function of the periodic structure itself: it does not change when an atom is moved to another
+periodic image, when the cell is replaced by an equivalent one (a unimodular change of basis) or
+when atoms are permuted, and it rotates with the structure. The envelope makes it continuous when
+atoms cross the cutoff. Wrapped positions, by contrast, jump by a lattice vector when an atom
+crosses a cell face, which is why PCA of wrapped positions is not image invariant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from frameavg.errors import DataError
+
+MAX_Z = 118
+
+
+@dataclass
+class FrameCloud:
+    """Weighted vectors (float64) whose second moment defines each graph's frame.
+
+    vectors [M,3] Å, weight [M], graph [M] (owning graph), translation [B,3] (the centroid that
+    canonical positions are measured from), periodic [B] bool.
+    """
+
+    vectors: torch.Tensor
+    weight: torch.Tensor
+    graph: torch.Tensor
+    translation: torch.Tensor
+    periodic: torch.Tensor
+
+
+def periodic_graphs(cell: torch.Tensor | None, pbc: torch.Tensor | None, num_graphs: int, device) -> torch.Tensor:
+    """[B] bool: graphs with at least one periodic axis and a non-zero cell."""
+    if pbc is None or cell is None:
+        return torch.zeros(num_graphs, dtype=torch.bool, device=device)
+    return pbc.reshape(num_graphs, 3).any(dim=1) & (cell.reshape(num_graphs, 9) != 0).any(dim=1)
+
+
+def reference_atoms(atomic_numbers: torch.Tensor | None, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """[N] bool: the atoms of each graph's rarest element (ties: the heavier one); all atoms if Z is unknown."""
+    if atomic_numbers is None:
+        return torch.ones_like(batch, dtype=torch.bool)
+    z = atomic_numbers.long()
+    key = batch * (MAX_Z + 1) + z
+    counts = torch.bincount(key, minlength=num_graphs * (MAX_Z + 1))[key]
+    fewest = torch.full((num_graphs,), torch.iinfo(torch.long).max, dtype=torch.long, device=z.device)
+    fewest = fewest.scatter_reduce(0, batch, counts, reduce="amin")
+    rarest = counts == fewest[batch]
+    heaviest = torch.full((num_graphs,), -1, dtype=torch.long, device=z.device)
+    heaviest = heaviest.scatter_reduce(0, batch, torch.where(rarest, z, -1), reduce="amax")
+    return rarest & (z == heaviest[batch])
+
+
+def cosine_envelope(distance: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """½(cos(πd/cutoff) + 1) for d < cutoff, else 0."""
+    inside = distance < cutoff
+    value = 0.5 * (torch.cos(math.pi * distance.clamp(max=cutoff) / cutoff) + 1.0)
+    return torch.where(inside, value, torch.zeros_like(value))
+
+
+def frame_cloud(
+    pos: torch.Tensor,
+    batch: torch.Tensor,
+    num_graphs: int,
+    *,
+    cell: torch.Tensor | None = None,
+    pbc: torch.Tensor | None = None,
+    atomic_numbers: torch.Tensor | None = None,
+    edge_index: torch.Tensor | None = None,
+    cell_offsets: torch.Tensor | None = None,
+    cutoff: float = 6.0,
+) -> FrameCloud:
+    """Build the frame cloud of every graph of a batch (see the module docstring).
+
+    Args:
+        pos [N,3], batch [N] (sorted graph index), cell [B,3,3], pbc [B,3], atomic_numbers [N];
+        edge_index [2,E] / cell_offsets [E,3]: the batch's neighbour list (row 0 neighbour j,
+        row 1 centre i); built here for periodic graphs (vesin, ``cutoff``) when absent.
+        cutoff: radius of the periodic cloud and of its envelope, Å.
+    """
+    pos64 = pos.to(torch.float64)
+    counts = torch.bincount(batch, minlength=num_graphs)
+    translation = torch.zeros(num_graphs, 3, dtype=torch.float64, device=pos.device).index_add(0, batch, pos64)
+    translation = translation / counts.clamp(min=1).unsqueeze(-1).to(torch.float64)
+    periodic = periodic_graphs(cell, pbc, num_graphs, pos.device)
+    molecular_atoms = ~periodic[batch]
+    vectors = [(pos64 - translation[batch])[molecular_atoms]]
+    graphs = [batch[molecular_atoms]]
+    weights = [torch.ones(len(graphs[0]), dtype=torch.float64, device=pos.device)]
+
+    if bool(periodic.any()):
+        if cutoff is None or cutoff <= 0:
+            raise DataError(f"periodic frames need a positive cutoff, got {cutoff}")
+        if edge_index is None or cell_offsets is None:
+            edge_index, cell_offsets = _periodic_edges(pos, batch, num_graphs, cell, pbc, periodic, cutoff)
+        source, target = edge_index[0], edge_index[1]
+        is_reference = reference_atoms(atomic_numbers, batch, num_graphs)
+        keep = is_reference[target] & periodic[batch[target]]
+        source, target, offsets = source[keep], target[keep], cell_offsets[keep]
+        edge_graph = batch[target]
+        edge_vec = pos64[source] - pos64[target] + torch.einsum(
+            "ek,ekl->el", offsets.to(torch.float64), cell.to(torch.float64)[edge_graph]
+        )
+        envelope = cosine_envelope(torch.linalg.vector_norm(edge_vec, dim=-1), cutoff)
+        inside = envelope > 0
+        vectors.append(edge_vec[inside])
+        graphs.append(edge_graph[inside])
+        weights.append(envelope[inside])
+
+    return FrameCloud(
+        vectors=torch.cat(vectors),
+        weight=torch.cat(weights),
+        graph=torch.cat(graphs),
+        translation=translation,
+        periodic=periodic,
+    )
+
+
+def _periodic_edges(pos, batch, num_graphs, cell, pbc, periodic, cutoff):
+    """Neighbour lists (vesin) of the periodic graphs only; batch-global atom indices."""
+    from frameavg.data.neighbors import neighbor_list
+
+    ptr = torch.zeros(num_graphs + 1, dtype=torch.long, device=pos.device)
+    ptr[1:] = torch.cumsum(torch.bincount(batch, minlength=num_graphs), 0)
+    edges, offsets = [], []
+    for g in torch.nonzero(periodic).flatten().tolist():
+        lo, hi = int(ptr[g]), int(ptr[g + 1])
+        ei, off = neighbor_list(pos[lo:hi], cell[g], pbc[g], cutoff)
+        edges.append(ei + lo)
+        offsets.append(off)
+    return torch.cat(edges, dim=1), torch.cat(offsets, dim=0)

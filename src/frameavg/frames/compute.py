@@ -1,0 +1,609 @@
+"""Batched PCA frames for a whole batch of graphs, with exact handling of degenerate spectra.
+
+Conventions: a frame is an orthogonal matrix U [3,3] whose columns are the canonical axes. A
+graph's canonical positions are ``(pos − t) @ U`` (t: centroid), its canonical cell is
+``cell @ U`` (rows rotated by the same matrix, so ``offsets @ cell`` edge vectors stay
+consistent) and a vector output ``v`` predicted in the frame maps back as ``v @ U.T``.
+
+Frame sets (per graph, computed from the graph's frame cloud, see ``frames.cloud``), with
+C = Σ w v vᵀ and eigenvalues λ1 >= λ2 >= λ3 (relative gaps compared with ``tol``·λ1):
+
+* ``none`` (distinct spectrum): U = [±u1, ±u2, ±u3] — 8 frames, 4 with det=+1. In 2D mode the
+  PCA is of (x,y) only and U = [±u1, ±u2, e_z]: 4 frames, 2 with det=+1. Planar structures
+  (λ3 = 0) are in this class: their eigenvectors are well defined.
+* ``pair`` (λ1≈λ2 or λ2≈λ3; in 2D λ1≈λ2): the plane of the degenerate pair and the distinct axis
+  a are well defined, directions inside the plane are not. Inside the plane we use complex
+  harmonic moments m_p = Σ w (x + iy)^p of the cloud and take the smallest p with
+  |m_p| > tol·Σ w|x + iy|^p; its phase fixes p in-plane directions e1 = angle arg(m_p)/p + 2πj/p,
+  which rotate with the structure, whatever in-plane basis (x, y) was used. Frames:
+  [e1, ±a×e1, ±a] (ordered as the eigenvalues): 4p frames (2p with det=+1). Benzene gets p=6.
+  If no p <= 12 qualifies, the in-plane directions of the innermost shell of the cloud are used.
+* ``linear`` (λ2≈λ3≈0, e.g. CO2; in 2D no in-plane extent): all atoms on one axis, so rotations
+  about it do not change canonical positions; frames [±a, ±b, ±a×b] for an arbitrary b ⟂ a
+  (8 / 4), and averaging over the signs of b cancels the components of vector outputs that the
+  arbitrary b would otherwise leave.
+* ``triple`` (λ1≈λ2≈λ3, e.g. methane, cubic crystals): the covariance carries no direction. We use
+  the shell of cloud vectors (equal length within tol) that yields the fewest frames among the
+  4 innermost shells, and from every ordered pair (a, b) of shell vectors at the smallest angle
+  (within tol) the frame [â, b⊥, â×b⊥] (and its mirror image). For a structure with exact
+  symmetry this set is finite and maps onto itself under the symmetry, so averaging is exact
+  (methane: 24 frames = |Td|; fcc Cu: 48).
+* ``point`` (no extent: one atom; a periodic graph without neighbours within the cutoff): the
+  identity basis with its sign flips.
+
+``tol`` is the single relative margin used for every "equal within tolerance" decision (eigen
+gaps, moments, shell radii, angles, third-moment signs). Frame sets are exact (invariant up to
+float error) whenever the structure is at least ``tol`` away from a decision boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from frameavg.errors import DataError
+from frameavg.frames.cloud import FrameCloud, frame_cloud
+from frameavg.frames.linalg import random_orthogonal, random_z_rotations, symmetric_eigh
+from frameavg.frames.methods import FrameMethod
+
+#: Degeneracy classes, indexed by ``Frames.degeneracy``.
+DEGENERACY = ("none", "pair", "linear", "triple", "point")
+NONE, PAIR, LINEAR, TRIPLE, POINT = range(5)
+
+DEFAULT_TOL = 1e-3
+DEFAULT_MAX_FRAMES = 192
+MAX_HARMONIC = 12
+MAX_SHELLS = 4
+# Below this second moment (Å²) a cloud has no extent at all.
+ZERO_EXTENT = 1e-20
+# Floor of the tolerance in geometric decisions (collinear vectors, zero-length vectors), so that
+# even tol=0 (degeneracy detection effectively off) never builds a frame from a null vector.
+MIN_GEOMETRIC_TOL = 1e-9
+
+_SIGNS3 = torch.tensor([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)], dtype=torch.float64)
+_SIGNS2 = torch.tensor([[a, b] for a in (1, -1) for b in (1, -1)], dtype=torch.float64)
+
+
+@dataclass
+class Frames:
+    """Frames of a batch of B graphs, expanded into G' = Σ_b F_b frame copies of the graphs.
+
+    Expanded graphs are ordered by original graph, then frame; the atoms of each expanded graph
+    are the atoms of its original graph in their original order.
+
+    Attributes:
+        pos [N',3]: canonical positions (dtype of the input positions), Å.
+        cell [G',3,3] or None: canonical cells (rows rotated by the frame).
+        rotation [G',3,3]: the frame U of each expanded graph (canonical = (x − t) @ U; vectors
+            map back with ``v @ U.T``).
+        graph [G']: original graph of each expanded graph.
+        frame_index [G']: index of the frame within its graph's frame set.
+        weight [G']: averaging weight (1/F_b; sums to 1 over a graph's frames).
+        batch [N']: expanded graph of each expanded atom; ptr [G'+1].
+        node_index [N']: original atom of each expanded atom.
+        num_frames [B]: frames per graph (after stochastic selection).
+        set_size [B]: size of each graph's full frame set.
+        translation [B,3]: the centroid t.
+        eigenvalues [B,3] (3D) or [B,2] (2D): spectrum of the frame cloud's second moment, Å².
+        degeneracy [B]: index into ``DEGENERACY``.
+        harmonic_order [B]: p used inside a degenerate plane (0 if none).
+        truncated [B] bool: frame set cut at ``max_frames`` (averaging is then approximate).
+        method: the FrameMethod used.
+    """
+
+    pos: torch.Tensor
+    cell: torch.Tensor | None
+    rotation: torch.Tensor
+    graph: torch.Tensor
+    frame_index: torch.Tensor
+    weight: torch.Tensor
+    batch: torch.Tensor
+    ptr: torch.Tensor
+    node_index: torch.Tensor
+    num_frames: torch.Tensor
+    set_size: torch.Tensor
+    translation: torch.Tensor
+    eigenvalues: torch.Tensor | None
+    degeneracy: torch.Tensor
+    harmonic_order: torch.Tensor
+    truncated: torch.Tensor
+    method: FrameMethod
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.num_frames.shape[0])
+
+    def degeneracy_names(self) -> list[str]:
+        return [DEGENERACY[i] for i in self.degeneracy.tolist()]
+
+
+def compute_frames(
+    pos: torch.Tensor,
+    batch: torch.Tensor | None = None,
+    num_graphs: int | None = None,
+    *,
+    method: str | FrameMethod = "all",
+    dim: str = "3D",
+    cell: torch.Tensor | None = None,
+    pbc: torch.Tensor | None = None,
+    atomic_numbers: torch.Tensor | None = None,
+    edge_index: torch.Tensor | None = None,
+    cell_offsets: torch.Tensor | None = None,
+    cutoff: float = 6.0,
+    tol: float = DEFAULT_TOL,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    generator: torch.Generator | None = None,
+) -> Frames:
+    """Frames and canonical copies of every graph of a batch (no Python loop over graphs except
+    for the rare triple-degenerate ones).
+
+    Args:
+        pos [N,3] Å; batch [N] sorted graph index (None: one graph); num_graphs B.
+        method: ``all``, ``stochastic``, ``det``, ``DA`` or their ``se3-`` variants (FrameMethod).
+        dim: ``3D`` or ``2D`` (PCA in x,y, z kept).
+        cell [B,3,3], pbc [B,3]: periodic graphs use the image-invariant cloud of ``frames.cloud``.
+        atomic_numbers [N]: picks the reference atoms of periodic clouds (all atoms if None).
+        edge_index [2,E], cell_offsets [E,3]: neighbour list reused for periodic clouds.
+        cutoff: radius of periodic clouds, Å. tol: relative tolerance of all degeneracy decisions.
+        max_frames: cap on a graph's frame set. generator: source of randomness (stochastic, DA).
+
+    Differentiable with respect to ``pos`` (and ``cell``): forces of frame-averaged energies can be
+    taken by autograd through the frames.
+    """
+    spec = FrameMethod.parse(method, dim) if isinstance(method, str) else method
+    if batch is None:
+        batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    counts = _validate(pos, batch, num_graphs, cell, pbc)
+
+    if spec.kind == "DA":
+        translation = torch.zeros(num_graphs, 3, dtype=torch.float64, device=pos.device).index_add(
+            0, batch, pos.to(torch.float64)
+        ) / counts.unsqueeze(-1).to(torch.float64)
+        sampler = random_z_rotations if spec.dim == "2D" else random_orthogonal
+        rotation = sampler(num_graphs, proper=spec.proper, generator=generator, device=pos.device)
+        graph = torch.arange(num_graphs, device=pos.device)
+        zeros = torch.zeros(num_graphs, dtype=torch.long, device=pos.device)
+        info = _SetInfo(None, zeros, zeros, torch.zeros(num_graphs, dtype=torch.bool, device=pos.device))
+        set_size = torch.ones(num_graphs, dtype=torch.long, device=pos.device)
+    else:
+        cloud = frame_cloud(
+            pos, batch, num_graphs, cell=cell, pbc=pbc, atomic_numbers=atomic_numbers,
+            edge_index=edge_index, cell_offsets=cell_offsets, cutoff=cutoff,
+        )
+        _check_extent(cloud, counts, num_graphs)
+        rotation, graph, info = frame_sets(cloud, num_graphs, spec, tol=tol, max_frames=max_frames)
+        translation = cloud.translation
+        set_size = torch.bincount(graph, minlength=num_graphs)
+        if spec.kind == "stochastic":
+            rotation, graph = _pick_one(rotation, graph, set_size, generator)
+
+    return _expand(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info)
+
+
+def frames_for_batch(batch, method: str | FrameMethod = "all", dim: str = "3D", **kwargs) -> Frames:
+    """``compute_frames`` reading pos, batch, cell, pbc, atomic_numbers and the neighbour list
+    (edge_index, cell_offsets) from a PyG ``Batch``/``Data``."""
+    num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
+    vector = getattr(batch, "batch", None)
+    return compute_frames(
+        batch.pos,
+        vector,
+        num_graphs,
+        method=method,
+        dim=dim,
+        cell=getattr(batch, "cell", None),
+        pbc=getattr(batch, "pbc", None),
+        atomic_numbers=getattr(batch, "atomic_numbers", None),
+        edge_index=getattr(batch, "edge_index", None),
+        cell_offsets=getattr(batch, "cell_offsets", None),
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _validate(pos, batch, num_graphs, cell, pbc) -> torch.Tensor:
+    if pos.dim() != 2 or pos.shape[-1] != 3:
+        raise DataError(f"positions must have shape [N,3], got {tuple(pos.shape)}")
+    if not pos.is_floating_point():
+        raise DataError(f"positions must be floating point, got {pos.dtype}")
+    if batch.shape[0] != pos.shape[0]:
+        raise DataError(f"batch vector has {batch.shape[0]} entries for {pos.shape[0]} atoms")
+    if batch.numel() and bool((batch[1:] < batch[:-1]).any()):
+        raise DataError("batch vector must be sorted (atoms of each graph contiguous), as PyG batches are")
+    counts = torch.bincount(batch, minlength=num_graphs)
+    if counts.shape[0] != num_graphs or bool((counts == 0).any()):
+        empty = torch.nonzero(counts[:num_graphs] == 0).flatten().tolist()
+        raise DataError(f"graph(s) {empty} have no atoms (or batch indices exceed num_graphs={num_graphs})")
+    finite = torch.isfinite(pos).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.unique(batch[~finite]).tolist()
+        atom = int(torch.nonzero(~finite)[0])
+        raise DataError(f"non-finite position (NaN or inf) at atom {atom}, in graph(s) {bad}; frames are undefined")
+    if cell is not None and pbc is not None and not bool(torch.isfinite(cell).all()):
+        bad = torch.nonzero(~torch.isfinite(cell.reshape(num_graphs, 9)).all(dim=1)).flatten().tolist()
+        raise DataError(f"non-finite cell in graph(s) {bad}")
+    return counts
+
+
+def _check_extent(cloud: FrameCloud, counts: torch.Tensor, num_graphs: int) -> None:
+    """Several atoms of a non-periodic graph all at one point have no frame: a clear error."""
+    extent = torch.zeros(num_graphs, dtype=torch.float64, device=counts.device).index_add(
+        0, cloud.graph, cloud.weight * (cloud.vectors.detach() ** 2).sum(-1)
+    )
+    collapsed = (extent <= ZERO_EXTENT) & (counts > 1) & ~cloud.periodic
+    if bool(collapsed.any()):
+        bad = torch.nonzero(collapsed).flatten().tolist()
+        raise DataError(
+            f"graph(s) {bad}: all atoms are at the same position (zero extent); frames are undefined"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# frame sets
+
+
+@dataclass
+class _SetInfo:
+    eigenvalues: torch.Tensor | None
+    degeneracy: torch.Tensor
+    harmonic_order: torch.Tensor
+    truncated: torch.Tensor
+
+
+def frame_sets(
+    cloud: FrameCloud, num_graphs: int, spec: FrameMethod, *, tol: float, max_frames: int
+) -> tuple[torch.Tensor, torch.Tensor, _SetInfo]:
+    """The frame set of every graph: rotations [K,3,3] float64 and their graph [K] (sorted)."""
+    device = cloud.vectors.device
+    dim = 3 if spec.dim == "3D" else 2
+    v = cloud.vectors if dim == 3 else cloud.vectors[:, :2]
+    w, g = cloud.weight, cloud.graph
+    moment = torch.zeros(num_graphs, dim, dim, dtype=torch.float64, device=device).index_add(
+        0, g, w[:, None, None] * v[:, :, None] * v[:, None, :]
+    )
+    values, vectors = symmetric_eigh(moment, tol)
+    lam = values.detach()
+    extent = torch.zeros(num_graphs, dtype=torch.float64, device=device).index_add(
+        0, g, w * (cloud.vectors.detach() ** 2).sum(-1)
+    )
+
+    degeneracy = torch.full((num_graphs,), NONE, dtype=torch.long, device=device)
+    close = (lam[:, :-1] - lam[:, 1:]) <= tol * lam[:, :1]
+    if dim == 3:
+        degeneracy[close[:, 0] & ~close[:, 1]] = PAIR
+        pair23 = ~close[:, 0] & close[:, 1]
+        degeneracy[pair23] = PAIR
+        degeneracy[pair23 & (lam[:, 1] + lam[:, 2] <= tol * lam[:, 0])] = LINEAR
+        degeneracy[close[:, 0] & close[:, 1]] = TRIPLE
+    else:
+        degeneracy[close[:, 0]] = PAIR
+        degeneracy[lam[:, 0] <= tol * extent] = LINEAR
+    degeneracy[extent <= ZERO_EXTENT] = POINT
+
+    rotations, owners = [], []
+    harmonic = torch.zeros(num_graphs, dtype=torch.long, device=device)
+    truncated = torch.zeros(num_graphs, dtype=torch.bool, device=device)
+
+    simple = (degeneracy == NONE) | (degeneracy == POINT)
+    rot, own = _sign_frames(v, w, g, vectors, degeneracy, simple, spec, tol, num_graphs)
+    rotations.append(rot)
+    owners.append(own)
+
+    planar = (degeneracy == PAIR) | (degeneracy == LINEAR)
+    if bool(planar.any()):
+        rot, own, order = _plane_frames(cloud, vectors, lam, degeneracy, planar, spec, tol)
+        rotations.append(rot)
+        owners.append(own)
+        harmonic = harmonic.index_put((torch.nonzero(planar).flatten(),), order)
+
+    triple = degeneracy == TRIPLE
+    if bool(triple.any()):
+        for b in torch.nonzero(triple).flatten().tolist():
+            rot = shell_frames(cloud.vectors[g == b], proper=spec.proper, tol=tol)
+            rotations.append(rot)
+            owners.append(torch.full((rot.shape[0],), b, dtype=torch.long, device=device))
+
+    rotation, owner = torch.cat(rotations), torch.cat(owners)
+    if len(rotations) > 1:
+        order = torch.argsort(owner, stable=True)
+        rotation, owner = rotation[order], owner[order]
+    size = torch.bincount(owner, minlength=num_graphs)
+    if bool((size > max_frames).any()):
+        truncated = size > max_frames
+        rank = torch.arange(owner.shape[0], device=device) - (torch.cumsum(size, 0) - size)[owner]
+        keep = rank < max_frames
+        rotation, owner = rotation[keep], owner[keep]
+    return rotation, owner, _SetInfo(lam, degeneracy, harmonic, truncated)
+
+
+def _third_moment_rule(v, w, g, axes, num_graphs, tol):
+    """Per graph and axis: sign of Σ w (v·u)³ and whether it is decisive (|Σ| > tol·Σ w|v·u|³).
+
+    Projections on the principal axes are rotation invariant, so the rule is too (unlike the sum
+    of coordinates used by the original implementation)."""
+    proj = torch.einsum("md,mdk->mk", v.detach(), axes.detach()[g])
+    dim = axes.shape[-1]
+    third = torch.zeros(num_graphs, dim, dtype=torch.float64, device=v.device).index_add(0, g, w[:, None] * proj**3)
+    norm = torch.zeros_like(third).index_add(0, g, w[:, None] * proj.abs() ** 3)
+    decisive = third.abs() > tol * norm
+    strength = torch.where(norm > 0, third.abs() / norm.clamp(min=1e-300), torch.zeros_like(norm))
+    return torch.sign(third), decisive, strength
+
+
+def _sign_frames(v, w, g, vectors, degeneracy, selected, spec, tol, num_graphs):
+    """Sign-flip frames of graphs with a distinct spectrum (identity basis for ``point``)."""
+    device = v.device
+    dim = vectors.shape[-1]
+    eye = torch.eye(dim, dtype=torch.float64, device=device).expand_as(vectors)
+    axes = torch.where((degeneracy == POINT)[:, None, None], eye, vectors)
+    signs = (_SIGNS3 if dim == 3 else _SIGNS2).to(device)
+    mask = selected[:, None].expand(-1, signs.shape[0]).clone()
+    if spec.proper:
+        det = torch.linalg.det(axes.detach())
+        mask &= (det[:, None] * signs.prod(-1)[None, :]) > 0
+    if spec.kind == "det":
+        rule, decisive, strength = _third_moment_rule(v, w, g, axes, num_graphs, tol)
+        if spec.proper:
+            # fix the dim−1 most decisive axes; the last sign follows from det = +1
+            rank = torch.argsort(torch.argsort(-strength, dim=1), dim=1)
+            decisive = decisive & (rank < dim - 1)
+        agree = (signs[None, :, :] == rule[:, None, :]) | ~decisive[:, None, :]
+        mask &= agree.all(-1)
+    frames = axes[:, None, :, :] * signs[None, :, None, :]
+    if dim == 2:
+        full = torch.zeros(*frames.shape[:2], 3, 3, dtype=frames.dtype, device=device)
+        full[..., :2, :2] = frames
+        full[..., 2, 2] = 1.0
+        frames = full
+    owner = torch.arange(num_graphs, device=device)[:, None].expand_as(mask)
+    return frames[mask], owner[mask]
+
+
+def _plane_frames(cloud, vectors, lam, degeneracy, planar, spec, tol):
+    """Frames of graphs with a degenerate pair (``pair``) or no extent inside it (``linear``)."""
+    device = vectors.device
+    idx = torch.nonzero(planar).flatten()
+    count = idx.shape[0]
+    local = torch.full((planar.shape[0],), -1, dtype=torch.long, device=device)
+    local[idx] = torch.arange(count, device=device)
+    vec = vectors[idx]
+    if spec.dim == "3D":
+        # the distinct eigenvalue is the last one (λ1≈λ2) or the first one (λ2≈λ3)
+        axis_last = (lam[idx, 0] - lam[idx, 1]) <= tol * lam[idx, 0]
+        axis = torch.where(axis_last[:, None], vec[:, :, 2], vec[:, :, 0])
+        b1 = torch.where(axis_last[:, None], vec[:, :, 0], vec[:, :, 1])
+        b2 = torch.where(axis_last[:, None], vec[:, :, 1], vec[:, :, 2])
+    else:
+        axis_last = torch.ones(count, dtype=torch.bool, device=device)
+        axis = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device).expand(count, 3)
+        b1 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64, device=device).expand(count, 3)
+        b2 = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64, device=device).expand(count, 3)
+    linear = degeneracy[idx] == LINEAR
+
+    in_plane = local[cloud.graph] >= 0
+    owner = local[cloud.graph[in_plane]]
+    v, w = cloud.vectors[in_plane], cloud.weight[in_plane]
+    x = (v * b1[owner]).sum(-1)
+    y = (v * b2[owner]).sum(-1)
+
+    order, phase = _harmonic_orientation(x, y, w, owner, count, ~linear, tol)
+    # linear: directions ±b1 (any b1 ⟂ axis does; signs average out the arbitrariness)
+    order = torch.where(linear, torch.full_like(order, 2), order)
+    unresolved = (order == 0) & ~linear
+
+    directions, dir_owner = [], []
+    resolved = order > 0
+    if bool(resolved.any()):
+        reps = order[resolved]
+        which = torch.nonzero(resolved).flatten().repeat_interleave(reps)
+        start = torch.cumsum(reps, 0) - reps
+        j = torch.arange(which.shape[0], device=device) - start.repeat_interleave(reps)
+        angle = phase[which] + 2 * math.pi * j.to(torch.float64) / order[which].to(torch.float64)
+        directions.append(torch.cos(angle)[:, None] * b1[which] + torch.sin(angle)[:, None] * b2[which])
+        dir_owner.append(which)
+    if bool(unresolved.any()):
+        for k in torch.nonzero(unresolved).flatten().tolist():
+            sel = owner == k
+            dirs = _innermost_directions(x[sel], y[sel], tol)
+            directions.append(dirs[:, :1] * b1[k] + dirs[:, 1:] * b2[k])
+            dir_owner.append(torch.full((dirs.shape[0],), k, dtype=torch.long, device=device))
+            order[k] = dirs.shape[0]
+    e1 = torch.cat(directions)
+    which = torch.cat(dir_owner)
+
+    # axis signs (3D only; det mode fixes it by the third moment when decisive) and handedness
+    if spec.dim == "3D":
+        axis_sign = torch.zeros(count, dtype=torch.float64, device=device)
+        if spec.kind == "det":
+            rule, decisive, _ = _third_moment_rule(v, w, owner, axis[:, :, None], count, tol)
+            axis_sign = torch.where(decisive[:, 0], rule[:, 0], axis_sign)
+        axis_choices = torch.tensor([1.0, -1.0], dtype=torch.float64, device=device)
+    else:
+        axis_sign = torch.ones(count, dtype=torch.float64, device=device)
+        axis_choices = torch.tensor([1.0], dtype=torch.float64, device=device)
+    hand_choices = torch.tensor([1.0] if spec.proper else [1.0, -1.0], dtype=torch.float64, device=device)
+
+    s = axis_choices[None, :, None].expand(e1.shape[0], -1, hand_choices.shape[0])
+    h = hand_choices[None, None, :].expand_as(s)
+    keep = (axis_sign[which][:, None, None] == 0) | (s == axis_sign[which][:, None, None])
+    a = s[..., None] * axis[which][:, None, None, :]
+    first = e1[:, None, None, :].expand_as(a)
+    second = h[..., None] * torch.linalg.cross(a, first)
+    cols_last = torch.stack([first, second, a], dim=-1)
+    cols_first = torch.stack([a, first, second], dim=-1)
+    frames = torch.where(axis_last[which][:, None, None, None, None], cols_last, cols_first)
+    frame_owner = idx[which][:, None, None].expand_as(keep)
+    return frames[keep], frame_owner[keep], order
+
+
+def _harmonic_orientation(x, y, w, owner, count, active, tol):
+    """Smallest harmonic order p with |m_p| > tol·Σ w r^p, and arg(m_p)/p (0 where none)."""
+    device = x.device
+    re, im = x, y
+    moments_re, moments_im, norms = [], [], []
+    radius = torch.sqrt(x.detach() ** 2 + y.detach() ** 2)
+    for p in range(1, MAX_HARMONIC + 1):
+        if p > 1:
+            re, im = re * x - im * y, re * y + im * x
+        moments_re.append(re)
+        moments_im.append(im)
+        norms.append(radius**p)
+    shape = (count, MAX_HARMONIC)
+    m_re = torch.zeros(shape, dtype=torch.float64, device=device).index_add(0, owner, w[:, None] * torch.stack(moments_re, -1))
+    m_im = torch.zeros(shape, dtype=torch.float64, device=device).index_add(0, owner, w[:, None] * torch.stack(moments_im, -1))
+    norm = torch.zeros(shape, dtype=torch.float64, device=device).index_add(0, owner, w[:, None] * torch.stack(norms, -1))
+    magnitude = torch.sqrt(m_re.detach() ** 2 + m_im.detach() ** 2)
+    ok = (magnitude > tol * norm) & (norm > 0) & active[:, None]
+    found = ok.any(dim=1)
+    first = torch.argmax(ok.to(torch.int8), dim=1)
+    order = torch.where(found, first + 1, torch.zeros_like(first))
+    pick_re = m_re.gather(1, first[:, None]).squeeze(1)
+    pick_im = m_im.gather(1, first[:, None]).squeeze(1)
+    safe_re = torch.where(found, pick_re, torch.ones_like(pick_re))
+    safe_im = torch.where(found, pick_im, torch.zeros_like(pick_im))
+    phase = torch.atan2(safe_im, safe_re) / (first + 1).to(torch.float64)
+    phase = torch.where(found, phase, torch.zeros_like(phase))
+    return order, phase
+
+
+def _innermost_directions(x, y, tol):
+    """Unit in-plane directions [k,2] of the innermost non-zero shell of in-plane radii."""
+    radius = torch.sqrt(x**2 + y**2)
+    nonzero = radius.detach() > max(tol, MIN_GEOMETRIC_TOL) * radius.detach().max()
+    r = radius[nonzero]
+    inner = r.detach() <= r.detach().min() * (1 + tol)
+    return torch.stack([x[nonzero][inner], y[nonzero][inner]], -1) / r[inner][:, None]
+
+
+def shell_frames(vectors: torch.Tensor, *, proper: bool, tol: float, max_shells: int = MAX_SHELLS) -> torch.Tensor:
+    """Frames [K,3,3] of a cloud without a preferred direction (triple-degenerate spectrum).
+
+    Shells are groups of cloud vectors with equal length (within tol). Among the ``max_shells``
+    innermost shells that contain two non-collinear vectors, the one giving the fewest frames is
+    used; every ordered pair (a, b) of its vectors at the smallest angle (within tol) gives the
+    frame [â, b⊥, â×b⊥] (columns), plus the mirror image [â, b⊥, −â×b⊥] unless ``proper``.
+    If no single shell qualifies, a is taken from the innermost shell and b from the nearest
+    shell holding a vector non-collinear with it.
+    """
+    norms = torch.linalg.vector_norm(vectors, dim=-1)
+    nonzero = norms.detach() > max(tol, MIN_GEOMETRIC_TOL) * norms.detach().max()
+    vectors, norms = vectors[nonzero], norms[nonzero]
+    order = torch.argsort(norms.detach())
+    vectors, norms = vectors[order], norms[order]
+    radii = norms.detach()
+    new_shell = torch.ones_like(radii, dtype=torch.bool)
+    new_shell[1:] = radii[1:] > radii[:-1] * (1 + tol)
+    shell_id = torch.cumsum(new_shell.long(), 0) - 1
+    unit = vectors / norms[:, None]
+
+    def members_of(shell: int) -> torch.Tensor:
+        # equal vectors (e.g. the same neighbour direction seen from several equivalent reference
+        # atoms of a crystal) would only repeat frames: keep one of each
+        members = torch.nonzero(shell_id == shell).flatten()
+        gap = torch.cdist(vectors[members].detach(), vectors[members].detach())
+        twin = (gap <= tol * radii[members].max()) & torch.ones_like(gap, dtype=torch.bool).tril(diagonal=-1)
+        return members[~twin.any(dim=1)]
+
+    num_shells = int(shell_id.max()) + 1
+    best = None
+    for s in range(min(max_shells, num_shells)):
+        members = members_of(s)
+        pairs = _closest_pairs(unit[members].detach(), unit[members].detach(), tol)
+        if pairs is None:
+            continue
+        count = pairs[0].shape[0] * (1 if proper else 2)
+        if best is None or count < best[0]:
+            best = (count, members[pairs[0]], members[pairs[1]])
+    if best is None:
+        first = members_of(0)
+        for s in range(1, num_shells):
+            members = members_of(s)
+            pairs = _closest_pairs(unit[first].detach(), unit[members].detach(), tol)
+            if pairs is not None:
+                best = (None, first[pairs[0]], members[pairs[1]])
+                break
+    if best is None:  # only reachable for collinear clouds, which are never triple-degenerate
+        eye = torch.eye(3, dtype=vectors.dtype, device=vectors.device)
+        return eye[None] if proper else torch.stack([eye, eye * eye.new_tensor([1.0, 1.0, -1.0])])
+    _, ia, ib = best
+    e1 = unit[ia]
+    b = vectors[ib]
+    b_perp = b - (b * e1).sum(-1, keepdim=True) * e1
+    e2 = b_perp / torch.linalg.vector_norm(b_perp, dim=-1, keepdim=True)
+    e3 = torch.linalg.cross(e1, e2)
+    frames = torch.stack([e1, e2, e3], dim=-1)
+    if not proper:
+        frames = torch.cat([frames, torch.stack([e1, e2, -e3], dim=-1)])
+    return frames
+
+
+def _closest_pairs(unit_a: torch.Tensor, unit_b: torch.Tensor, tol: float):
+    """Index pairs (i, j) of non-collinear a_i, b_j at the smallest angle (within tol), or None."""
+    cos = unit_a @ unit_b.T
+    noncollinear = cos.abs() < 1 - max(tol, MIN_GEOMETRIC_TOL)
+    if not bool(noncollinear.any()):
+        return None
+    best = cos[noncollinear].max()
+    ia, ib = torch.nonzero(noncollinear & (cos >= best - tol), as_tuple=True)
+    return ia, ib
+
+
+# --------------------------------------------------------------------------------------------
+# selection and expansion
+
+
+def _pick_one(rotation, graph, set_size, generator):
+    """One frame per graph, uniformly from its set (seeded generator)."""
+    num_graphs = set_size.shape[0]
+    start = torch.cumsum(set_size, 0) - set_size
+    u = torch.rand(num_graphs, generator=generator, dtype=torch.float64).to(set_size.device)
+    choice = start + torch.minimum((u * set_size).long(), set_size - 1)
+    return rotation[choice], graph[choice]
+
+
+def _expand(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info) -> Frames:
+    device = pos.device
+    num_frames = torch.bincount(graph, minlength=counts.shape[0])
+    first_of_graph = torch.cumsum(num_frames, 0) - num_frames
+    frame_index = torch.arange(graph.shape[0], device=device) - first_of_graph[graph]
+    weight = 1.0 / num_frames[graph].to(torch.float64)
+
+    ptr = torch.cumsum(counts, 0) - counts
+    sizes = counts[graph]
+    total = int(sizes.sum())
+    new_ptr = torch.zeros(graph.shape[0] + 1, dtype=torch.long, device=device)
+    new_ptr[1:] = torch.cumsum(sizes, 0)
+    expanded_batch = torch.repeat_interleave(torch.arange(graph.shape[0], device=device), sizes, output_size=total)
+    node_index = torch.arange(total, device=device) + (ptr[graph] - new_ptr[:-1])[expanded_batch]
+
+    centred = pos.to(torch.float64)[node_index] - translation[graph][expanded_batch]
+    canonical = torch.bmm(centred.unsqueeze(1), rotation[expanded_batch]).squeeze(1).to(pos.dtype)
+    canonical_cell = None
+    if cell is not None:
+        canonical_cell = torch.bmm(cell.to(torch.float64).reshape(-1, 3, 3)[graph], rotation).to(cell.dtype)
+    return Frames(
+        pos=canonical,
+        cell=canonical_cell,
+        rotation=rotation.to(pos.dtype),
+        graph=graph,
+        frame_index=frame_index,
+        weight=weight.to(pos.dtype),
+        batch=expanded_batch,
+        ptr=new_ptr,
+        node_index=node_index,
+        num_frames=num_frames,
+        set_size=set_size,
+        translation=translation,
+        eigenvalues=info.eigenvalues,
+        degeneracy=info.degeneracy,
+        harmonic_order=info.harmonic_order,
+        truncated=info.truncated,
+        method=spec,
+    )

@@ -1,0 +1,45 @@
+"""Names of frame dimensions and averaging methods, parsed once into a small value object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from frameavg.errors import ConfigError
+
+FRAME_DIMS = ("3D", "2D")
+METHODS = ("all", "stochastic", "det", "DA", "se3-all", "se3-stochastic", "se3-det", "se3-DA")
+_KINDS = ("all", "stochastic", "det", "DA")
+
+
+@dataclass(frozen=True)
+class FrameMethod:
+    """How frames are used.
+
+    kind: ``all`` (average over the whole frame set, exact), ``stochastic`` (one frame of the set
+        per graph per call), ``det`` (the smallest subset that rotation-invariant rules single
+        out; one frame for a generic structure) or ``DA`` (a uniformly random rotation per graph;
+        data augmentation, no PCA).
+    proper: keep only frames with det=+1 (SE(3)/SO(3) variants, prefix ``se3-``): outputs are then
+        invariant to rotations but not to reflections.
+    dim: ``3D`` (PCA of all three coordinates) or ``2D`` (PCA in x,y; z kept: slabs).
+    """
+
+    kind: str
+    proper: bool
+    dim: str
+
+    @classmethod
+    def parse(cls, method: str, dim: str = "3D") -> "FrameMethod":
+        if dim not in FRAME_DIMS:
+            raise ConfigError(f"unknown frame dimension '{dim}' (choose from {', '.join(FRAME_DIMS)})")
+        if method not in METHODS:
+            raise ConfigError(f"unknown frame method '{method}' (choose from {', '.join(METHODS)})")
+        proper = method.startswith("se3-")
+        return cls(kind=method.removeprefix("se3-"), proper=proper, dim=dim)
+
+    @property
+    def name(self) -> str:
+        return ("se3-" if self.proper else "") + self.kind
+
+    def __str__(self) -> str:
+        return f"{self.dim}/{self.name}"

@@ -1,0 +1,204 @@
+"""FrameAveraging makes a raw-coordinate model invariant/equivariant on every real dataset, on
+degenerate structures, in batches; gradient forces; enlarged-batch bookkeeping; train/eval modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+from frameavg.errors import ConfigError
+from frameavg.evaluation.symmetry import symmetry_report, transform_structure
+from frameavg.evaluation.testing import (
+    assert_batch_independent,
+    assert_equivariant,
+    assert_invariant,
+    assert_symmetric,
+)
+from frameavg.frames.averaging import FrameAveraging, expand_batch
+from frameavg.frames.compute import frames_for_batch
+from frameavg.models import build_model
+
+from .structures import CUTOFF, DATASETS, graphs, load, qm7, raw_model, reference
+
+PERIODIC = ("oc20_is2re", "oc20_s2ef", "xu_kitchin", "oxides_bulk")
+
+
+def _checks(name):
+    base = ("rotation", "reflection", "translation", "permutation")
+    return base + (("image", "cell") if name in PERIODIC else ())
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_all_frames_make_raw_model_exactly_invariant_float64(shared_data, name):
+    structures, dim = load(shared_data, name)
+    model = FrameAveraging(raw_model(), frames=dim, method="all").eval()
+    assert_symmetric(model, structures, atol=1e-10, checks=_checks(name), dim=dim, cutoff=CUTOFF, seed=1)
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_all_frames_make_raw_model_invariant_float32(shared_data, name):
+    """Relative errors < 1e-5. Forces also pass below 1e-6 eV/Å absolute: in near-symmetric
+    crystals the frame-averaged forces nearly cancel (max |F| ~ 1e-3 eV/Å for this model), so
+    float32 rounding of the O(0.1) per-frame forces dominates any relative measure."""
+    structures, dim = load(shared_data, name, dtype=torch.float32)
+    model = FrameAveraging(raw_model(torch.float32), frames=dim, method="all").eval()
+    assert_symmetric(model, structures, atol=0.0, rtol=1e-5, forces_atol=1e-6, forces_rtol=1e-5,
+                     checks=_checks(name), dim=dim, cutoff=CUTOFF, seed=2)
+
+
+@pytest.mark.parametrize("name, dim", [("qm7", "3D"), ("oc20_is2re", "2D")])
+def test_raw_model_alone_is_not_invariant(shared_data, name, dim):
+    """The same checks fail without frames: the tests above can fail."""
+    structures, _ = load(shared_data, name)
+    with pytest.raises(AssertionError, match="rotation"):
+        assert_invariant(raw_model(), structures, atol=1e-6, checks=("rotation",), dim=dim, cutoff=CUTOFF)
+    with pytest.raises(AssertionError, match="rotation"):
+        assert_equivariant(raw_model(), structures, atol=1e-6, checks=("rotation",), dim=dim, cutoff=CUTOFF)
+
+
+# (structure, class, whether plain PCA frames visibly fail on it in float32)
+DEGENERATE = [("C6H6", "pair", True), ("CH4", "triple", True), ("CO2", "linear", False), ("Cu", "triple", True),
+              ("NaCl", "triple", None)]
+
+
+@pytest.mark.parametrize("name, degeneracy, plain_fails", DEGENERATE)
+def test_degenerate_structures_are_exact_and_plain_pca_is_not(name, degeneracy, plain_fails):
+    """Benzene, methane, CO2 and cubic crystals (ASE reference geometries): with the degeneracy
+    handling, errors stay at float precision in float64 and float32. Plain PCA frames (``tol=0``:
+    no degeneracy detected, as in the original implementation) follow whatever eigenvectors
+    rounding picks; in float32 their energy or force errors are > 1e-2 (CO2 needs no handling; for
+    NaCl this model's outputs happen to vary little with the arbitrary orientation)."""
+    periodic = name in ("Cu", "NaCl")
+    checks = ("rotation", "reflection") + (("image", "cell") if periodic else ())
+    handled = FrameAveraging(raw_model(), "3D", "all").eval()
+    report = assert_symmetric(handled, [reference(name)], atol=1e-10, checks=checks, cutoff=CUTOFF, trials=3)
+    assert list(report.degeneracy) == [degeneracy]
+    data32 = reference(name, torch.float32)
+    handled32 = FrameAveraging(raw_model(torch.float32), "3D", "all").eval()
+    assert_symmetric(handled32, [data32], atol=0.0, rtol=1e-5, forces_atol=1e-6, checks=checks, cutoff=CUTOFF, trials=3)
+    if plain_fails is None:
+        return
+    plain = FrameAveraging(raw_model(torch.float32), "3D", "all", tol=0.0).eval()
+    row = symmetry_report(plain, [data32], checks=("rotation",), cutoff=CUTOFF, trials=3).row("rotation")
+    worst = max(row.energy_abs_max, row.forces_abs_max)
+    assert worst > 1e-2 if plain_fails else worst < 1e-6
+
+
+def test_real_near_degenerate_molecules_are_exact_in_float32(shared_data):
+    """QM7 methane, ethane, acetylene, neopentane and benzene (eigenvalue gaps 1e-6..1e-4)."""
+    structures = [qm7(shared_data, i, torch.float32) for i in (0, 1, 3, 65, 238)]
+    model = FrameAveraging(raw_model(torch.float32), "3D", "all").eval()
+    report = assert_symmetric(model, structures, atol=0.0, rtol=1e-5, cutoff=CUTOFF, trials=2)
+    assert set(report.degeneracy) == {"triple", "pair", "linear"}
+
+
+def test_batched_equals_one_by_one(shared_data):
+    molecules, _ = load(shared_data, "qm7")
+    crystals, _ = load(shared_data, "oxides_bulk")
+    model = FrameAveraging(raw_model(), "3D", "all").eval()
+    assert_batch_independent(model, molecules + crystals, atol=1e-12, batch_size=14, cutoff=CUTOFF)
+    slabs, _ = load(shared_data, "xu_kitchin")
+    assert_batch_independent(FrameAveraging(raw_model(), "2D", "all").eval(), slabs, atol=1e-12, cutoff=CUTOFF)
+
+
+@pytest.mark.parametrize("name, dim", [
+    ("qm7", "3D"),
+    pytest.param("oc20_is2re", "2D", marks=pytest.mark.slow),
+    pytest.param("oxides_bulk", "3D", marks=pytest.mark.slow),
+])
+def test_gradient_forces_are_equivariant_and_match_finite_differences(shared_data, name, dim):
+    structures = load(shared_data, name)[0][:3]
+    model = FrameAveraging(raw_model(direct_forces=False), dim, "all", forces="gradient").eval()
+    assert_equivariant(model, structures, atol=1e-10, dim=dim, cutoff=CUTOFF,
+                       checks=_checks(name) if name != "qm7" else ("rotation", "reflection"))
+    data = structures[0]
+    batch = graphs([data])
+    forces = model(batch)["forces"]
+    step = 1e-5
+    for atom, axis in [(0, 0), (1, 2), (data.pos.shape[0] - 1, 1)]:
+        energies = []
+        for sign in (1, -1):
+            moved = batch.clone()
+            moved.pos = batch.pos.clone()
+            moved.pos[atom, axis] += sign * step
+            energies.append(float(model(moved)["energy"].detach()))
+        numeric = -(energies[0] - energies[1]) / (2 * step)
+        assert abs(numeric - float(forces[atom, axis])) < 1e-8
+
+
+def test_forces_both_keeps_model_and_gradient_forces(ethanol):
+    model = FrameAveraging(raw_model(), "3D", "all", forces="both").eval()
+    out = model(graphs(ethanol[:2]))
+    assert out["forces"].shape == out["forces_gradient"].shape == (18, 3)
+    assert not torch.allclose(out["forces"], out["forces_gradient"])
+    assert_equivariant(model, ethanol[:2], atol=1e-10, checks=("rotation",), cutoff=CUTOFF)
+
+
+def test_enlarged_batch_reuses_edges_and_gathers_every_field(shared_data):
+    structures, _ = load(shared_data, "oc20_is2re")
+    batch = graphs(structures)
+    batch.tags = torch.arange(batch.num_nodes) % 3
+    batch.label = torch.arange(batch.num_graphs, dtype=torch.float64)[:, None].repeat(1, 2)
+    frames = frames_for_batch(batch, "all", "2D")
+    expanded, (edge_ids, edge_frame, _) = expand_batch(batch, frames)
+    assert expanded.num_graphs == int(frames.num_frames.sum())
+    assert torch.equal(expanded.tags, batch.tags[frames.node_index])
+    assert torch.equal(expanded.atomic_numbers, batch.atomic_numbers[frames.node_index])
+    assert torch.equal(expanded.label, batch.label[frames.graph])
+    assert torch.equal(expanded.natoms, batch.natoms[frames.graph])
+    # every expanded edge vector is the original one in the frame: (pos_j - pos_i + n @ cell) @ U
+    src, dst = expanded.edge_index
+    vec = expanded.pos[src] - expanded.pos[dst] + torch.einsum("ek,ekl->el", expanded.cell_offsets, expanded.cell[expanded.batch[dst]])
+    s0, d0 = batch.edge_index[:, edge_ids]
+    original = batch.pos[s0] - batch.pos[d0] + torch.einsum("ek,ekl->el", batch.cell_offsets[edge_ids], batch.cell[batch.batch[d0]])
+    assert torch.allclose(vec, (original.unsqueeze(1) @ frames.rotation[edge_frame]).squeeze(1), atol=1e-10)
+    assert torch.equal(expanded.batch[dst], edge_frame)
+
+
+def test_train_mode_is_stochastic_and_eval_mode_uses_all_frames(shared_data):
+    structures, _ = load(shared_data, "qm9")
+    model = FrameAveraging(raw_model(), "3D", "stochastic", eval_method="all", seed=3)
+    batch = graphs(structures)
+    model.train()
+    first = model(batch)["energy"]
+    assert model.last_frames.num_frames.tolist() == [1] * len(structures)
+    model.reset_generator()
+    assert torch.equal(model(batch)["energy"], first)  # seeded: reproducible
+    model.eval()
+    model(batch)
+    assert model.last_frames.num_frames.tolist() == model.last_frames.set_size.tolist()
+    assert min(model.last_frames.num_frames.tolist()) >= 8
+
+
+@pytest.mark.slow
+def test_faenet_becomes_invariant_under_all_frames(shared_data):
+    structures, dim = load(shared_data, "oc20_is2re")
+    torch.manual_seed(0)
+    faenet = build_model("faenet", hidden_channels=64, num_filters=32, num_gaussians=16, num_interactions=2,
+                         tag_hidden_channels=8, pg_hidden_channels=8, cutoff=CUTOFF, regress_forces="direct")
+    model = FrameAveraging(faenet.double(), dim, "all").eval()
+    assert_symmetric(model, structures[:2], atol=1e-10, checks=_checks("oc20_is2re"), dim=dim, cutoff=CUTOFF)
+
+
+class _Bad(nn.Module):
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, batch):
+        return self.output(batch)
+
+
+def test_unusable_model_outputs_are_config_errors(ethanol):
+    batch = graphs(ethanol[:2])
+    with pytest.raises(ConfigError, match="returning a dict"):
+        FrameAveraging(_Bad(lambda b: b.pos.sum()))(batch)
+    with pytest.raises(ConfigError, match="'odd' has leading size 5"):
+        FrameAveraging(_Bad(lambda b: {"odd": torch.zeros(5)}))(batch)
+    with pytest.raises(ConfigError, match="vector output 'forces' must end with dimension 3"):
+        FrameAveraging(_Bad(lambda b: {"forces": torch.zeros(b.num_nodes, 2)}))(batch)
+    with pytest.raises(ConfigError, match="forces must be one of"):
+        FrameAveraging(raw_model(), forces="magic")
