@@ -1,0 +1,44 @@
+"""`frameavg symmetry` through the real entry point: table, JSON, bare vs frame-averaged model, errors."""
+
+import json
+
+from frameavg.cli.main import main
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_report_frame_averaged_raw_model_on_slabs(shared_data, capsys):
+    path = shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz"
+    code, out, _ = _run(capsys, ["symmetry", "--data", str(path), "--limit", "2", "--frames", "2D", "--method", "all",
+                                 "--checks", "rotation,reflection,image,cell,batch", "--cutoff", "5", "--json"])
+    assert code == 0
+    report = json.loads(out)  # exactly one JSON document
+    assert report["meta"]["model"].startswith("raw-mpnn") and report["meta"]["method"] == "all"
+    assert [c["check"] for c in report["checks"]] == ["rotation", "reflection", "image", "cell", "batch"]
+    for check in report["checks"]:
+        assert check["expected"] is True
+        assert check["energy_abs_max"] < 1e-10 and check["forces_abs_max"] < 1e-10
+    assert sum(d["count"] for d in report["degeneracy"].values()) == 2
+
+
+def test_table_shows_bare_model_is_not_invariant(shared_data, capsys):
+    path = shared_data / "rmd17_ethanol" / "train.xyz"
+    code, out, _ = _run(capsys, ["symmetry", "--data", str(path), "--limit", "3", "--frames", "none",
+                                 "--checks", "rotation,permutation", "--cutoff", "5"])
+    assert code == 0
+    lines = out.splitlines()
+    assert "frames none" in lines[0]
+    rotation = next(line for line in lines if line.startswith("rotation"))
+    assert rotation.split()[1] == "no" and float(rotation.split()[4]) > 1e-4
+
+
+def test_bad_input_is_a_one_line_error(shared_data, capsys):
+    code, _, err = _run(capsys, ["symmetry", "--data", str(shared_data / "missing.xyz")])
+    assert code == 1 and err.startswith("frameavg: error:") and len(err.strip().splitlines()) == 1
+    code, _, err = _run(capsys, ["symmetry", "--data", str(shared_data / "rmd17_ethanol" / "train.xyz"),
+                                 "--model", "no-such-model", "--limit", "1"])
+    assert code == 1 and "unknown model 'no-such-model'" in err
