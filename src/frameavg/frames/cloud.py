@@ -96,29 +96,32 @@ def frame_cloud(
     translation = torch.zeros(num_graphs, 3, dtype=torch.float64, device=pos.device).index_add(0, batch, pos64)
     translation = translation / counts.clamp(min=1).unsqueeze(-1).to(torch.float64)
     periodic = periodic_graphs(cell, pbc, num_graphs, pos.device)
+    centred = pos64 - translation.index_select(0, batch)
+    if not bool(periodic.any()):
+        ones = torch.ones(pos.shape[0], dtype=torch.float64, device=pos.device)
+        return FrameCloud(vectors=centred, weight=ones, graph=batch, translation=translation, periodic=periodic)
     molecular_atoms = ~periodic[batch]
-    vectors = [(pos64 - translation[batch])[molecular_atoms]]
+    vectors = [centred[molecular_atoms]]
     graphs = [batch[molecular_atoms]]
     weights = [torch.ones(len(graphs[0]), dtype=torch.float64, device=pos.device)]
 
-    if bool(periodic.any()):
-        if cutoff is None or cutoff <= 0:
-            raise DataError(f"periodic frames need a positive cutoff, got {cutoff}")
-        if edge_index is None or cell_offsets is None:
-            edge_index, cell_offsets = _periodic_edges(pos, batch, num_graphs, cell, pbc, periodic, cutoff)
-        source, target = edge_index[0], edge_index[1]
-        is_reference = reference_atoms(atomic_numbers, batch, num_graphs)
-        keep = is_reference[target] & periodic[batch[target]]
-        source, target, offsets = source[keep], target[keep], cell_offsets[keep]
-        edge_graph = batch[target]
-        edge_vec = pos64[source] - pos64[target] + torch.einsum(
-            "ek,ekl->el", offsets.to(torch.float64), cell.to(torch.float64)[edge_graph]
-        )
-        envelope = cosine_envelope(torch.linalg.vector_norm(edge_vec, dim=-1), cutoff)
-        inside = envelope > 0
-        vectors.append(edge_vec[inside])
-        graphs.append(edge_graph[inside])
-        weights.append(envelope[inside])
+    if cutoff is None or cutoff <= 0:
+        raise DataError(f"periodic frames need a positive cutoff, got {cutoff}")
+    if edge_index is None or cell_offsets is None:
+        edge_index, cell_offsets = _periodic_edges(pos, batch, num_graphs, cell, pbc, periodic, cutoff)
+    is_reference = reference_atoms(atomic_numbers, batch, num_graphs) & periodic.index_select(0, batch)
+    chosen = torch.nonzero(is_reference.index_select(0, edge_index[1])).flatten()
+    source, target = edge_index[0].index_select(0, chosen), edge_index[1].index_select(0, chosen)
+    offsets = cell_offsets.index_select(0, chosen).to(torch.float64)
+    edge_graph = batch.index_select(0, target)
+    lattice = cell.to(torch.float64).reshape(-1, 3, 3).index_select(0, edge_graph)  # rows a1, a2, a3
+    edge_vec = (pos64.index_select(0, source) - pos64.index_select(0, target) + offsets[:, 0:1] * lattice[:, 0]
+                + offsets[:, 1:2] * lattice[:, 1] + offsets[:, 2:3] * lattice[:, 2])
+    envelope = cosine_envelope(torch.linalg.vector_norm(edge_vec, dim=-1), cutoff)
+    inside = torch.nonzero(envelope > 0).flatten()
+    vectors.append(edge_vec.index_select(0, inside))
+    graphs.append(edge_graph.index_select(0, inside))
+    weights.append(envelope.index_select(0, inside))
 
     return FrameCloud(
         vectors=torch.cat(vectors),

@@ -174,8 +174,8 @@ def compute_frames(
             pos, batch, num_graphs, cell=cell, pbc=pbc, atomic_numbers=atomic_numbers,
             edge_index=edge_index, cell_offsets=cell_offsets, cutoff=cutoff,
         )
-        _check_extent(cloud, counts, num_graphs)
         rotation, graph, info = frame_sets(cloud, num_graphs, spec, tol=tol, max_frames=max_frames)
+        _check_extent(info.extent, counts, cloud.periodic)
         translation = cloud.translation
         set_size = torch.bincount(graph, minlength=num_graphs)
         if spec.kind == "stochastic":
@@ -232,12 +232,9 @@ def _validate(pos, batch, num_graphs, cell, pbc) -> torch.Tensor:
     return counts
 
 
-def _check_extent(cloud: FrameCloud, counts: torch.Tensor, num_graphs: int) -> None:
+def _check_extent(extent: torch.Tensor, counts: torch.Tensor, periodic: torch.Tensor) -> None:
     """Several atoms of a non-periodic graph all at one point have no frame: a clear error."""
-    extent = torch.zeros(num_graphs, dtype=torch.float64, device=counts.device).index_add(
-        0, cloud.graph, cloud.weight * (cloud.vectors.detach() ** 2).sum(-1)
-    )
-    collapsed = (extent <= ZERO_EXTENT) & (counts > 1) & ~cloud.periodic
+    collapsed = (extent <= ZERO_EXTENT) & (counts > 1) & ~periodic
     if bool(collapsed.any()):
         bad = torch.nonzero(collapsed).flatten().tolist()
         raise DataError(
@@ -255,6 +252,7 @@ class _SetInfo:
     degeneracy: torch.Tensor
     harmonic_order: torch.Tensor
     truncated: torch.Tensor
+    extent: torch.Tensor | None = None
 
 
 def frame_sets(
@@ -265,62 +263,56 @@ def frame_sets(
     dim = 3 if spec.dim == "3D" else 2
     v = cloud.vectors if dim == 3 else cloud.vectors[:, :2]
     w, g = cloud.weight, cloud.graph
-    moment = torch.zeros(num_graphs, dim, dim, dtype=torch.float64, device=device).index_add(
-        0, g, w[:, None, None] * v[:, :, None] * v[:, None, :]
-    )
-    values, vectors = symmetric_eigh(moment, tol)
+    outer = ((w[:, None] * v)[:, :, None] * v[:, None, :]).reshape(-1, dim * dim)
+    moment = torch.zeros(num_graphs, dim * dim, dtype=torch.float64, device=device).index_add(0, g, outer)
+    values, vectors = symmetric_eigh(moment.reshape(num_graphs, dim, dim), tol)
     lam = values.detach()
     extent = torch.zeros(num_graphs, dtype=torch.float64, device=device).index_add(
-        0, g, w * (cloud.vectors.detach() ** 2).sum(-1)
+        0, g, w.detach() * (cloud.vectors.detach() ** 2).sum(-1)
     )
 
-    degeneracy = torch.full((num_graphs,), NONE, dtype=torch.long, device=device)
     close = (lam[:, :-1] - lam[:, 1:]) <= tol * lam[:, :1]
     if dim == 3:
-        degeneracy[close[:, 0] & ~close[:, 1]] = PAIR
-        pair23 = ~close[:, 0] & close[:, 1]
-        degeneracy[pair23] = PAIR
-        degeneracy[pair23 & (lam[:, 1] + lam[:, 2] <= tol * lam[:, 0])] = LINEAR
-        degeneracy[close[:, 0] & close[:, 1]] = TRIPLE
+        c12, c23 = close[:, 0], close[:, 1]
+        thin = ~c12 & (lam[:, 1] + lam[:, 2] <= tol * lam[:, 0])
+        degeneracy = torch.where(c12 & c23, TRIPLE, torch.where(c12 | c23, torch.where(thin, LINEAR, PAIR), NONE))
     else:
-        degeneracy[close[:, 0]] = PAIR
-        degeneracy[lam[:, 0] <= tol * extent] = LINEAR
-    degeneracy[extent <= ZERO_EXTENT] = POINT
-
-    rotations, owners = [], []
-    harmonic = torch.zeros(num_graphs, dtype=torch.long, device=device)
-    truncated = torch.zeros(num_graphs, dtype=torch.bool, device=device)
-
-    simple = (degeneracy == NONE) | (degeneracy == POINT)
-    rot, own = _sign_frames(v, w, g, vectors, degeneracy, simple, spec, tol, num_graphs)
-    rotations.append(rot)
-    owners.append(own)
+        degeneracy = torch.where(lam[:, 0] <= tol * extent, LINEAR, torch.where(close[:, 0], PAIR, NONE))
+    degeneracy = torch.where(extent <= ZERO_EXTENT, POINT, degeneracy)
 
     planar = (degeneracy == PAIR) | (degeneracy == LINEAR)
-    if bool(planar.any()):
+    triple = degeneracy == TRIPLE
+    any_planar, any_triple = torch.stack([planar.any(), triple.any()]).tolist()
+    harmonic = torch.zeros(num_graphs, dtype=torch.long, device=device)
+    truncated = torch.zeros(num_graphs, dtype=torch.bool, device=device)
+    info = _SetInfo(lam, degeneracy, harmonic, truncated, extent)
+
+    simple = (degeneracy == NONE) | (degeneracy == POINT)
+    rotation, owner = _sign_frames(v, w, g, vectors, degeneracy, simple, spec, tol, num_graphs)
+    if not (any_planar or any_triple):
+        return rotation, owner, info
+
+    rotations, owners = [rotation], [owner]
+    if any_planar:
         rot, own, order = _plane_frames(cloud, vectors, lam, degeneracy, planar, spec, tol)
         rotations.append(rot)
         owners.append(own)
-        harmonic = harmonic.index_put((torch.nonzero(planar).flatten(),), order)
-
-    triple = degeneracy == TRIPLE
-    if bool(triple.any()):
+        info.harmonic_order = harmonic.index_put((torch.nonzero(planar).flatten(),), order)
+    if any_triple:
         for b in torch.nonzero(triple).flatten().tolist():
             rot = shell_frames(cloud.vectors[g == b], proper=spec.proper, tol=tol)
             rotations.append(rot)
             owners.append(torch.full((rot.shape[0],), b, dtype=torch.long, device=device))
-
     rotation, owner = torch.cat(rotations), torch.cat(owners)
-    if len(rotations) > 1:
-        order = torch.argsort(owner, stable=True)
-        rotation, owner = rotation[order], owner[order]
+    order = torch.argsort(owner, stable=True)
+    rotation, owner = rotation.index_select(0, order), owner.index_select(0, order)
     size = torch.bincount(owner, minlength=num_graphs)
     if bool((size > max_frames).any()):
-        truncated = size > max_frames
+        info.truncated = size > max_frames
         rank = torch.arange(owner.shape[0], device=device) - (torch.cumsum(size, 0) - size)[owner]
         keep = rank < max_frames
         rotation, owner = rotation[keep], owner[keep]
-    return rotation, owner, _SetInfo(lam, degeneracy, harmonic, truncated)
+    return rotation, owner, info
 
 
 def _third_moment_rule(v, w, g, axes, num_graphs, tol):
@@ -367,109 +359,86 @@ def _sign_frames(v, w, g, vectors, degeneracy, selected, spec, tol, num_graphs):
 
 
 def _plane_frames(cloud, vectors, lam, degeneracy, planar, spec, tol):
-    """Frames of graphs with a degenerate pair (``pair``) or no extent inside it (``linear``)."""
+    """Frames of graphs with a degenerate pair (``pair``) or no extent inside it (``linear``).
+
+    Per graph: a basis (b1, b2, axis) whose first two vectors span the degenerate plane (any
+    orthonormal pair: the result does not depend on it), in-plane directions e1 from harmonic
+    moments (``linear``: ±b1), then frames [e1, h·(s·axis × e1), s·axis] for the axis signs s
+    (3D only) and handedness h (both unless proper), columns ordered like the eigenvalues.
+    """
     device = vectors.device
     idx = torch.nonzero(planar).flatten()
     count = idx.shape[0]
     local = torch.full((planar.shape[0],), -1, dtype=torch.long, device=device)
     local[idx] = torch.arange(count, device=device)
-    vec = vectors[idx]
     if spec.dim == "3D":
         # the distinct eigenvalue is the last one (λ1≈λ2) or the first one (λ2≈λ3)
-        axis_last = (lam[idx, 0] - lam[idx, 1]) <= tol * lam[idx, 0]
-        axis = torch.where(axis_last[:, None], vec[:, :, 2], vec[:, :, 0])
-        b1 = torch.where(axis_last[:, None], vec[:, :, 0], vec[:, :, 1])
-        b2 = torch.where(axis_last[:, None], vec[:, :, 1], vec[:, :, 2])
+        lam_p = lam.index_select(0, idx)
+        axis_last = (lam_p[:, 0] - lam_p[:, 1]) <= tol * lam_p[:, 0]
+        columns = torch.where(axis_last[:, None], torch.tensor([0, 1, 2], device=device), torch.tensor([1, 2, 0], device=device))
+        basis = vectors.index_select(0, idx).gather(2, columns[:, None, :].expand(-1, 3, -1))
     else:
         axis_last = torch.ones(count, dtype=torch.bool, device=device)
-        axis = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device).expand(count, 3)
-        b1 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64, device=device).expand(count, 3)
-        b2 = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64, device=device).expand(count, 3)
-    linear = degeneracy[idx] == LINEAR
+        basis = torch.eye(3, dtype=torch.float64, device=device).expand(count, 3, 3)
+    linear = degeneracy.index_select(0, idx) == LINEAR
 
-    in_plane = local[cloud.graph] >= 0
-    owner = local[cloud.graph[in_plane]]
-    v, w = cloud.vectors[in_plane], cloud.weight[in_plane]
-    x = (v * b1[owner]).sum(-1)
-    y = (v * b2[owner]).sum(-1)
+    member = local.index_select(0, cloud.graph)
+    rows = torch.nonzero(member >= 0).flatten()
+    owner = member.index_select(0, rows)
+    v, w = cloud.vectors.index_select(0, rows), cloud.weight.index_select(0, rows)
+    proj = (v[:, :, None] * basis.index_select(0, owner)).sum(1)  # (x, y, height) in the basis
 
-    order, phase = _harmonic_orientation(x, y, w, owner, count, ~linear, tol)
-    # linear: directions ±b1 (any b1 ⟂ axis does; signs average out the arbitrariness)
-    order = torch.where(linear, torch.full_like(order, 2), order)
-    unresolved = (order == 0) & ~linear
+    order, phase = _harmonic_orientation(proj[:, 0], proj[:, 1], w, owner, count, ~linear, tol)
+    order = torch.where(linear, 2, order)  # linear: directions ±b1
+    unresolved = (order == 0).tolist()
 
-    directions, dir_owner = [], []
-    resolved = order > 0
-    if bool(resolved.any()):
-        reps = order[resolved]
-        which = torch.nonzero(resolved).flatten().repeat_interleave(reps)
-        start = torch.cumsum(reps, 0) - reps
-        j = torch.arange(which.shape[0], device=device) - start.repeat_interleave(reps)
-        angle = phase[which] + 2 * math.pi * j.to(torch.float64) / order[which].to(torch.float64)
-        directions.append(torch.cos(angle)[:, None] * b1[which] + torch.sin(angle)[:, None] * b2[which])
-        dir_owner.append(which)
-    if bool(unresolved.any()):
-        for k in torch.nonzero(unresolved).flatten().tolist():
+    b1, b2, axis = basis[:, :, 0], basis[:, :, 1], basis[:, :, 2]
+    reps = torch.where(order == 0, 0, order)
+    which = torch.repeat_interleave(torch.arange(count, device=device), reps)
+    j = torch.arange(which.shape[0], device=device) - (torch.cumsum(reps, 0) - reps).index_select(0, which)
+    angle = phase.index_select(0, which) + 2 * math.pi * j.to(torch.float64) / reps.index_select(0, which).to(torch.float64)
+    e1 = torch.cos(angle)[:, None] * b1.index_select(0, which) + torch.sin(angle)[:, None] * b2.index_select(0, which)
+    if any(unresolved):  # no harmonic up to MAX_HARMONIC: directions of the innermost in-plane shell
+        e1, which = [e1], [which]
+        for k in [k for k, u in enumerate(unresolved) if u]:
             sel = owner == k
-            dirs = _innermost_directions(x[sel], y[sel], tol)
-            directions.append(dirs[:, :1] * b1[k] + dirs[:, 1:] * b2[k])
-            dir_owner.append(torch.full((dirs.shape[0],), k, dtype=torch.long, device=device))
+            dirs = _innermost_directions(proj[sel, 0], proj[sel, 1], tol)
+            e1.append(dirs[:, :1] * b1[k] + dirs[:, 1:] * b2[k])
+            which.append(torch.full((dirs.shape[0],), k, dtype=torch.long, device=device))
             order[k] = dirs.shape[0]
-    e1 = torch.cat(directions)
-    which = torch.cat(dir_owner)
+        e1, which = torch.cat(e1), torch.cat(which)
 
-    # axis signs (3D only; det mode fixes it by the third moment when decisive) and handedness
-    if spec.dim == "3D":
-        axis_sign = torch.zeros(count, dtype=torch.float64, device=device)
-        if spec.kind == "det":
-            rule, decisive, _ = _third_moment_rule(v, w, owner, axis[:, :, None], count, tol)
-            axis_sign = torch.where(decisive[:, 0], rule[:, 0], axis_sign)
-        axis_choices = torch.tensor([1.0, -1.0], dtype=torch.float64, device=device)
-    else:
-        axis_sign = torch.ones(count, dtype=torch.float64, device=device)
-        axis_choices = torch.tensor([1.0], dtype=torch.float64, device=device)
-    hand_choices = torch.tensor([1.0] if spec.proper else [1.0, -1.0], dtype=torch.float64, device=device)
-
-    s = axis_choices[None, :, None].expand(e1.shape[0], -1, hand_choices.shape[0])
-    h = hand_choices[None, None, :].expand_as(s)
-    keep = (axis_sign[which][:, None, None] == 0) | (s == axis_sign[which][:, None, None])
-    a = s[..., None] * axis[which][:, None, None, :]
-    first = e1[:, None, None, :].expand_as(a)
-    second = h[..., None] * torch.linalg.cross(a, first)
-    cols_last = torch.stack([first, second, a], dim=-1)
-    cols_first = torch.stack([a, first, second], dim=-1)
-    frames = torch.where(axis_last[which][:, None, None, None, None], cols_last, cols_first)
-    frame_owner = idx[which][:, None, None].expand_as(keep)
+    # choices (axis sign s, handedness h); det mode fixes s by the third moment along the axis
+    s_values = [1.0, -1.0] if spec.dim == "3D" else [1.0]
+    h_values = [1.0] if spec.proper else [1.0, -1.0]
+    choices = torch.tensor([[a, h] for a in s_values for h in h_values], dtype=torch.float64, device=device)
+    keep = torch.ones(which.shape[0], choices.shape[0], dtype=torch.bool, device=device)
+    if spec.kind == "det" and spec.dim == "3D":
+        rule, decisive, _ = _third_moment_rule(v, w, owner, axis[:, :, None], count, tol)
+        keep = ~decisive[which] | (choices[None, :, 0] == rule[which])
+    a = choices[None, :, 0, None] * axis.index_select(0, which)[:, None, :]
+    first = e1[:, None, :].expand_as(a)
+    second = choices[None, :, 1, None] * torch.linalg.cross(a, first)
+    frames = torch.stack([first, second, a], dim=-1)  # columns e1, e2, axis
+    frames = torch.where(axis_last.index_select(0, which)[:, None, None, None], frames, frames[..., [2, 0, 1]])
+    frame_owner = idx.index_select(0, which)[:, None].expand_as(keep)
     return frames[keep], frame_owner[keep], order
 
 
 def _harmonic_orientation(x, y, w, owner, count, active, tol):
     """Smallest harmonic order p with |m_p| > tol·Σ w r^p, and arg(m_p)/p (0 where none)."""
-    device = x.device
-    re, im = x, y
-    moments_re, moments_im, norms = [], [], []
-    radius = torch.sqrt(x.detach() ** 2 + y.detach() ** 2)
-    for p in range(1, MAX_HARMONIC + 1):
-        if p > 1:
-            re, im = re * x - im * y, re * y + im * x
-        moments_re.append(re)
-        moments_im.append(im)
-        norms.append(radius**p)
-    shape = (count, MAX_HARMONIC)
-    m_re = torch.zeros(shape, dtype=torch.float64, device=device).index_add(0, owner, w[:, None] * torch.stack(moments_re, -1))
-    m_im = torch.zeros(shape, dtype=torch.float64, device=device).index_add(0, owner, w[:, None] * torch.stack(moments_im, -1))
-    norm = torch.zeros(shape, dtype=torch.float64, device=device).index_add(0, owner, w[:, None] * torch.stack(norms, -1))
-    magnitude = torch.sqrt(m_re.detach() ** 2 + m_im.detach() ** 2)
-    ok = (magnitude > tol * norm) & (norm > 0) & active[:, None]
+    z = torch.complex(x, y)
+    powers = torch.cumprod(z[:, None].expand(-1, MAX_HARMONIC), dim=1)  # z, z², ..., exact gradients at 0
+    radii = torch.cumprod(z.detach().abs()[:, None].expand(-1, MAX_HARMONIC), dim=1)
+    moments = torch.zeros(count, MAX_HARMONIC, dtype=powers.dtype, device=x.device).index_add(0, owner, w[:, None] * powers)
+    norm = torch.zeros(count, MAX_HARMONIC, dtype=radii.dtype, device=x.device).index_add(0, owner, w.detach()[:, None] * radii)
+    ok = (moments.detach().abs() > tol * norm) & (norm > 0) & active[:, None]
     found = ok.any(dim=1)
     first = torch.argmax(ok.to(torch.int8), dim=1)
     order = torch.where(found, first + 1, torch.zeros_like(first))
-    pick_re = m_re.gather(1, first[:, None]).squeeze(1)
-    pick_im = m_im.gather(1, first[:, None]).squeeze(1)
-    safe_re = torch.where(found, pick_re, torch.ones_like(pick_re))
-    safe_im = torch.where(found, pick_im, torch.zeros_like(pick_im))
-    phase = torch.atan2(safe_im, safe_re) / (first + 1).to(torch.float64)
-    phase = torch.where(found, phase, torch.zeros_like(phase))
+    pick = moments.gather(1, first[:, None]).squeeze(1)
+    pick = torch.where(found, pick, torch.ones_like(pick))  # no angle (nor its gradient) of 0
+    phase = torch.where(found, torch.angle(pick) / (first + 1).to(torch.float64), torch.zeros_like(pick.real))
     return order, phase
 
 
@@ -571,25 +540,26 @@ def _pick_one(rotation, graph, set_size, generator):
 def _expand(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info) -> Frames:
     device = pos.device
     num_frames = torch.bincount(graph, minlength=counts.shape[0])
-    first_of_graph = torch.cumsum(num_frames, 0) - num_frames
-    frame_index = torch.arange(graph.shape[0], device=device) - first_of_graph[graph]
-    weight = 1.0 / num_frames[graph].to(torch.float64)
+    frame_index = torch.arange(graph.shape[0], device=device) - (torch.cumsum(num_frames, 0) - num_frames).index_select(0, graph)
+    weight = (1.0 / num_frames.to(torch.float64)).index_select(0, graph)
 
-    ptr = torch.cumsum(counts, 0) - counts
-    sizes = counts[graph]
-    total = int(sizes.sum())
+    sizes = counts.index_select(0, graph)
     new_ptr = torch.zeros(graph.shape[0] + 1, dtype=torch.long, device=device)
     new_ptr[1:] = torch.cumsum(sizes, 0)
+    total = int(new_ptr[-1])
     expanded_batch = torch.repeat_interleave(torch.arange(graph.shape[0], device=device), sizes, output_size=total)
-    node_index = torch.arange(total, device=device) + (ptr[graph] - new_ptr[:-1])[expanded_batch]
+    shift = (torch.cumsum(counts, 0) - counts).index_select(0, graph) - new_ptr[:-1]
+    node_index = torch.arange(total, device=device) + shift.index_select(0, expanded_batch)
 
-    centred = pos.to(torch.float64)[node_index] - translation[graph][expanded_batch]
-    canonical = torch.bmm(centred.unsqueeze(1), rotation[expanded_batch]).squeeze(1).to(pos.dtype)
+    centred = (pos.to(torch.float64) - translation.index_select(0, batch)).index_select(0, node_index)
+    frame_of_atom = rotation.index_select(0, expanded_batch)  # rows of U: canonical = Σ_j c_j U[j]
+    canonical = (centred[:, 0:1] * frame_of_atom[:, 0] + centred[:, 1:2] * frame_of_atom[:, 1]
+                 + centred[:, 2:3] * frame_of_atom[:, 2])
     canonical_cell = None
     if cell is not None:
-        canonical_cell = torch.bmm(cell.to(torch.float64).reshape(-1, 3, 3)[graph], rotation).to(cell.dtype)
+        canonical_cell = torch.bmm(cell.to(torch.float64).reshape(-1, 3, 3).index_select(0, graph), rotation).to(cell.dtype)
     return Frames(
-        pos=canonical,
+        pos=canonical.to(pos.dtype),
         cell=canonical_cell,
         rotation=rotation.to(pos.dtype),
         graph=graph,

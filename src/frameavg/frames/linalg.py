@@ -47,7 +47,10 @@ def symmetric_eigh(matrix: torch.Tensor, tol: float) -> tuple[torch.Tensor, torc
     ``tol``: eigenvalue pairs with |λ_i − λ_j| <= tol·max|λ| are treated as degenerate by the
     backward pass (see ``_SymmetricEigh``).
     """
-    values, vectors = _SymmetricEigh.apply(matrix, tol)
+    if matrix.requires_grad and torch.is_grad_enabled():
+        values, vectors = _SymmetricEigh.apply(matrix, tol)
+    else:
+        values, vectors = torch.linalg.eigh(matrix)
     return values.flip(-1), vectors.flip(-1)
 
 
