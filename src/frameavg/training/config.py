@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
         "max_train": None,  # keep only the first N training structures (after shuffling)
         "format": None,
         "keys": {},  # {our_field: key_in_file}, e.g. {energy: U0}
+        "options": {},  # reader-specific options, e.g. {targets: [U0]} for QM9
         "trusted": False,  # allow pickled legacy OC20 LMDBs
         "cutoff": 6.0,
         "max_neighbors": None,
@@ -154,7 +155,7 @@ def merge(base: dict, update: dict, *, where: str, prefix: str = "") -> None:
             close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"{where}: unknown config key '{full}'{hint}")
-        if isinstance(base.get(key), dict) and key != "keys":
+        if isinstance(base.get(key), dict) and key not in ("keys", "options"):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: '{full}' must be a mapping, got {value!r}")
             merge(base[key], value, where=where, prefix=f"{full}.")

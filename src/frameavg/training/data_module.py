@@ -20,12 +20,16 @@ from frameavg.errors import ConfigError, DataError
 
 
 class EpochSeededSampler(Sampler[int]):
-    """Random permutation of ``range(n)`` drawn from ``seed + epoch``; can skip a prefix."""
+    """Random permutation of ``range(n)`` drawn from ``seed + epoch`` (Lightning calls
+    ``set_epoch``); under DDP each rank takes its shard; can skip a prefix of batches."""
 
     def __init__(self, n: int, seed: int, batch_size: int):
         self.n, self.seed, self.batch_size = n, seed, batch_size
         self.epoch = 0
         self.skip_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -47,13 +51,20 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 class ResumableLoader(DataLoader):
-    """PyG ``DataLoader`` with a seeded per-epoch order whose position survives checkpoints."""
+    """PyG ``DataLoader`` whose position in the epoch survives checkpoints.
 
-    def __init__(self, dataset, batch_size: int, seed: int, **kwargs):
+    Lightning saves ``state_dict()`` in mid-epoch checkpoints (the number of batches consumed)
+    and restores it on resume; the next iteration then skips those batches of the same
+    (seed, epoch) permutation.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, resume: dict | None = None, **kwargs):
         self.epoch_sampler = EpochSeededSampler(len(dataset), seed, batch_size)
         super().__init__(dataset, batch_size=batch_size, sampler=self.epoch_sampler, **kwargs)
         self.consumed = 0
         self._resumed = False
+        if resume is not None:
+            self.load_state_dict(resume)
 
     def __iter__(self):
         if not self._resumed:
@@ -63,15 +74,17 @@ class ResumableLoader(DataLoader):
         for batch in super().__iter__():
             self.consumed += 1
             yield batch
-        self.epoch_sampler.epoch += 1
-        self.consumed = 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch_sampler.epoch, "consumed": self.consumed}
+        return {"consumed": self.consumed, "epoch": self.epoch_sampler.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch_sampler.epoch = int(state["epoch"])
-        self.consumed = int(state["consumed"])
+        """Continue at batch ``consumed`` of ``epoch`` (the next epoch if that one was finished)."""
+        epoch, consumed = int(state.get("epoch", 0)), int(state["consumed"])
+        if consumed >= len(self):
+            epoch, consumed = epoch + 1, 0
+        self.epoch_sampler.set_epoch(epoch)
+        self.consumed = consumed
         self._resumed = True
 
 
@@ -82,6 +95,9 @@ class AtomisticDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg, self.targets, self.seed = data, targets, seed
         self.train_set = self.val_set = self.test_set = None
+        #: position of the train loader when resuming (``ResumableLoader.state_dict()``); set
+        #: before ``fit`` because Lightning creates the loader's iterator before restoring state
+        self.resume_loader_state: dict | None = None
 
     def required_labels(self) -> tuple[str, ...]:
         return tuple(name for name, on in self.targets.items() if on)
@@ -92,7 +108,8 @@ class AtomisticDataModule(L.LightningDataModule):
 
         transform = RadiusGraph(self.cfg["cutoff"], self.cfg["max_neighbors"], strict=False)
         dataset = open_dataset(path, self.cfg["format"], transform=transform, keys=self.cfg["keys"] or None,
-                               required=self.required_labels(), trusted=self.cfg["trusted"])
+                               required=self.required_labels(), trusted=self.cfg["trusted"],
+                               **(self.cfg["options"] or {}))
         if isinstance(dataset, StructureDataset):
             return StructureDataset([dataset[i] for i in range(len(dataset))])
         return dataset
@@ -122,7 +139,7 @@ class AtomisticDataModule(L.LightningDataModule):
             self.test_set = self.read(self.cfg["test"])
 
     def train_dataloader(self):
-        return ResumableLoader(self.train_set, self.cfg["batch_size"], self.seed,
+        return ResumableLoader(self.train_set, self.cfg["batch_size"], self.seed, resume=self.resume_loader_state,
                                num_workers=self.cfg["num_workers"], drop_last=False)
 
     def val_dataloader(self):

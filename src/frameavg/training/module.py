@@ -157,3 +157,4 @@ class AtomisticTask(L.LightningModule):
         generator = getattr(self.net, "generator", None)
         if generator is not None and "frame_generator_state" in checkpoint:
             generator.set_state(checkpoint["frame_generator_state"])
+

@@ -40,14 +40,16 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=()) -> L.Trainer:
     optim, trainer_cfg = config["optim"], dict(config["trainer"])
     every_n = trainer_cfg.pop("checkpoint_every_n_steps", None)
     callbacks = [
+        # no "-v1" copies: a fresh run gets a fresh run_dir, a resumed one continues its own files
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=optim["monitor"],
-                        save_last=True, mode="min"),
+                        save_last=True, mode="min", enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
         *callbacks_extra,
     ]
     if every_n:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step}",
-                                         every_n_train_steps=int(every_n), save_top_k=-1, save_last=True))
+                                         every_n_train_steps=int(every_n), save_top_k=-1, save_last=True,
+                                         enable_version_counter=False))
     if optim["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=optim["monitor"], patience=optim["early_stopping_patience"]))
     if optim["ema_decay"]:
@@ -78,6 +80,8 @@ def train(config: dict, resume: str | None = None) -> dict:
     task = AtomisticTask(config)
     if resume is None:
         task.normalizer = fit_normalizer(config, data.train_set)
+    else:
+        data.resume_loader_state = _loader_state(resume)
     trainer = build_trainer(config, run_dir)
     trainer.fit(task, datamodule=data, ckpt_path=resume)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -92,6 +96,16 @@ def train(config: dict, resume: str | None = None) -> dict:
 
         result["plots"] = [str(p) for p in write_plots(run_dir, data.test_set, pred)]
     return result
+
+
+def _loader_state(checkpoint_path) -> dict | None:
+    """The train loader's saved position in a Lightning checkpoint (None if it has none)."""
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FrameavgError(f"{checkpoint_path}: cannot read checkpoint safely ({type(exc).__name__})") from None
+    states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [None]
+    return states[0]
 
 
 def _fresh_dir(run_dir: Path) -> Path:

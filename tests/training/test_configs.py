@@ -1,0 +1,38 @@
+"""Every config in configs/ loads and builds; paper configs have the paper's parameter counts;
+the configs on real data train for a step on their data."""
+
+from pathlib import Path
+
+import pytest
+
+from frameavg.training.config import load_config
+from frameavg.training.module import AtomisticTask
+from frameavg.training.run import train
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PAPER_PARAMETERS = {"is2re": 4_147_731, "qm9": 6_494_673, "s2ef": 5_742_485}
+SMALL_MODEL = ["model.hidden_channels=64", "model.num_filters=16", "model.num_gaussians=8",
+               "model.num_interactions=1", "optim.max_epochs=1", "trainer.enable_progress_bar=false",
+               "data.max_train=8", "data.batch_size=4", "trainer.log_every_n_steps=1"]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_config_builds(path):
+    config = load_config(path)
+    task = AtomisticTask(config)
+    params = sum(p.numel() for p in task.parameters())
+    if path.stem in PAPER_PARAMETERS:
+        assert params == PAPER_PARAMETERS[path.stem]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, data", [
+    ("qm9_subset", "qm9_subset/qm9_random2000_seed0.extxyz"),
+    ("xu_kitchin", "xu_kitchin_adsorption"),
+    ("oxides", "oxides_eos/oxides.db"),
+])
+def test_real_data_configs_train(name, data, shared_data, tmp_path):
+    config = load_config(CONFIGS / f"{name}.yaml",
+                         SMALL_MODEL + [f"data.train={shared_data / data}", f"run_dir={tmp_path}"])
+    result = train(config)
+    assert Path(result["checkpoint"]).is_file()

@@ -1,0 +1,89 @@
+"""End-to-end training workflow on real rMD17 ethanol frames (tiny FAENet, a few steps)."""
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from frameavg.cli.main import main
+from frameavg.data import read_structures
+from frameavg.data.neighbors import RadiusGraph
+from frameavg.data.shipped import shipped_path
+from frameavg.errors import ConfigError, FrameavgError
+from frameavg.training.config import load_config
+from frameavg.training.run import evaluate, load_task, train
+
+TINY = [
+    "model.hidden_channels=16", "model.num_filters=16", "model.num_gaussians=8", "model.num_interactions=1",
+    "model.tag_hidden_channels=0", "model.pg_hidden_channels=4", "model.phys_embeds=false",
+    "model.regress_forces=direct", "model.cutoff=4.0",
+    "data.train=shipped:rmd17_ethanol/train", "data.max_train=24", "data.val_fraction=0.01",
+    "data.cutoff=4.0", "data.batch_size=8", "targets.forces=true",
+    "optim.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs")
+    config = load_config(None, TINY + [f"run_dir={run_dir}", "name=tiny"])
+    return train(config), config
+
+
+def test_train_writes_checkpoint_and_predictions_agree(trained, tmp_path):
+    result, config = trained
+    task = load_task(result["checkpoint"])
+    structures = [RadiusGraph(4.0)(d) for d in read_structures(shipped_path("rmd17_ethanol/test"))[:20]]
+    metrics, pred = evaluate(task, structures)
+    assert metrics["energy_mae"] > 0 and metrics["forces_mae"] > 0
+    # predict CLI (extxyz, ASE-readable) gives the energies of the Python call
+    structures_file = tmp_path / "in.extxyz"
+    ase.io.write(structures_file, ase.io.read(shipped_path("rmd17_ethanol/test"), ":20"))
+    out = tmp_path / "pred.extxyz"
+    assert main(["predict", "--checkpoint", result["checkpoint"], "--data", str(structures_file), "--out", str(out)]) == 0
+    energies = np.array([a.get_potential_energy() for a in ase.io.read(out, ":")])
+    np.testing.assert_allclose(energies, pred["energy"].numpy(), rtol=0, atol=1e-6)
+    npz = tmp_path / "pred.npz"
+    assert main(["predict", "--checkpoint", result["checkpoint"], "--data", str(structures_file), "--out", str(npz)]) == 0
+    np.testing.assert_allclose(np.load(npz)["energy"], pred["energy"].numpy(), atol=1e-9)
+
+
+def test_test_command_matches_evaluate(trained, tmp_path, capsys):
+    result, _ = trained
+    data = tmp_path / "in.extxyz"
+    ase.io.write(data, ase.io.read(shipped_path("rmd17_ethanol/test"), ":20"))
+    assert main(["test", "--checkpoint", result["checkpoint"], "--data", str(data), "--json"]) == 0
+    import json
+
+    reported = json.loads(capsys.readouterr().out)
+    task = load_task(result["checkpoint"])
+    expected, _ = evaluate(task, [RadiusGraph(4.0)(d) for d in read_structures(data)])
+    assert reported == pytest.approx(expected)
+
+
+def test_bad_checkpoints_and_configs(tmp_path, trained):
+    corrupted = tmp_path / "bad.ckpt"
+    corrupted.write_bytes(b"not a checkpoint")
+    with pytest.raises(FrameavgError, match="cannot read checkpoint safely"):
+        load_task(corrupted)
+    truncated = tmp_path / "trunc.ckpt"
+    truncated.write_bytes(open(trained[0]["checkpoint"], "rb").read()[:1000])
+    with pytest.raises(FrameavgError, match="cannot read checkpoint"):
+        load_task(truncated)
+    other = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(FrameavgError, match="not a frameavg training checkpoint"):
+        load_task(other)
+    with pytest.raises(ConfigError, match="unknown model"):
+        train(load_config(None, TINY + ["model.name=fanet", f"run_dir={tmp_path}"]))
+    assert main(["train", "/nonexistent.yaml"]) == 1
+
+
+def test_missing_labels_for_loss(tmp_path):
+    data = tmp_path / "no_forces.extxyz"
+    frames = ase.io.read(shipped_path("rmd17_ethanol/train"), ":10")
+    for atoms in frames:
+        atoms.calc = None
+    ase.io.write(data, frames)
+    with pytest.raises(FrameavgError, match="missing required label"):
+        train(load_config(None, TINY + [f"data.train={data}", f"run_dir={tmp_path}"]))
