@@ -45,6 +45,8 @@ def run_train(args) -> int:
     overrides = [o for o in args.overrides if o != "--json"]
     as_json = args.json or len(overrides) != len(args.overrides)
     result = train(load_config(args.config, overrides), resume=args.resume)
+    if result is None:  # a non-zero rank of a distributed run: rank 0 reports
+        return 0
     if as_json:
         print_json(result)
     else:

@@ -103,7 +103,7 @@ class AtomisticTask(L.LightningModule):
                 "the last good checkpoint is kept — lower optim.lr or check the data"
             )
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=batch.num_graphs,
-                      prog_bar=True, on_step=True, on_epoch=True)
+                      prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):

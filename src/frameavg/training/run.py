@@ -70,9 +70,7 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=()) -> L.Trainer:
 def train(config: dict, resume: str | None = None) -> dict:
     """Train per ``config``; returns {"run_dir", "checkpoint", "test": metrics or None}."""
     L.seed_everything(config["seed"], workers=True, verbose=False)
-    run_dir = Path(config["run_dir"]) / config["name"]
-    if resume is None:
-        run_dir = _fresh_dir(run_dir)
+    run_dir = _run_dir(config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     data = AtomisticDataModule(config["data"], config["targets"], seed=config["seed"])
@@ -85,8 +83,10 @@ def train(config: dict, resume: str | None = None) -> dict:
     trainer = build_trainer(config, run_dir)
     trainer.fit(task, datamodule=data, ckpt_path=resume)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if trainer.global_rank != 0:
+        return None
     result = {"run_dir": str(run_dir), "checkpoint": str(checkpoint), "test": None}
-    if trainer.global_rank == 0 and data.test_set:
+    if data.test_set:
         metrics, pred = evaluate(task, data.test_set, config["data"]["eval_batch_size"])
         result["test"] = metrics
         result["baseline"] = baseline_metrics(task, data.test_set)
@@ -106,6 +106,23 @@ def _loader_state(checkpoint_path) -> dict | None:
         raise FrameavgError(f"{checkpoint_path}: cannot read checkpoint safely ({type(exc).__name__})") from None
     states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [None]
     return states[0]
+
+
+def _run_dir(config: dict, resume: str | None) -> Path:
+    """The run's folder, the same on every process of a distributed run.
+
+    A new run never overwrites an old one (``name-1``, ``name-2``, ... if taken). Processes that
+    Lightning launches for DDP inherit the choice of rank 0 through ``FRAMEAVG_RUN_DIR``; under
+    torchrun/SLURM (``RANK`` set from the start) the folder is ``run_dir/name`` as given.
+    """
+    run_dir = Path(config["run_dir"]) / config["name"]
+    inherited = os.environ.get("FRAMEAVG_RUN_DIR")
+    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(inherited)
+    if resume is None and "RANK" not in os.environ:
+        run_dir = _fresh_dir(run_dir)
+    os.environ["FRAMEAVG_RUN_DIR"] = str(run_dir)
+    return run_dir
 
 
 def _fresh_dir(run_dir: Path) -> Path:
