@@ -64,7 +64,12 @@ class GaussianSmearing(nn.Module):
     """Gaussian radial basis: exp(coeff * (d - mu_k)^2), mu_k evenly spaced on [start, stop] Å.
 
     Input distances [E] (Å); output [E, num_gaussians]. ``coeff = -0.5 / spacing^2``.
+    Values below exp(``EXPONENT_FLOOR``) = 1e-30 are set to exactly 0 (the original keeps them,
+    down to float32 denormals): the output changes by < 1e-30, and the products that follow avoid
+    denormal arithmetic and exp's slow path for large negative inputs, both ~40x slower on CPU.
     """
+
+    EXPONENT_FLOOR = -69.0
 
     def __init__(self, start: float = 0.0, stop: float = 5.0, num_gaussians: int = 50):
         super().__init__()
@@ -76,7 +81,9 @@ class GaussianSmearing(nn.Module):
 
     def forward(self, dist: Tensor) -> Tensor:
         diff = dist.view(-1, 1) - self.offset.view(1, -1)
-        return torch.exp(self.coeff * diff * diff)
+        exponent = diff.square().mul_(self.coeff)
+        values = exponent.clamp(min=self.EXPONENT_FLOOR).exp()
+        return values.masked_fill(exponent <= self.EXPONENT_FLOOR, 0.0)
 
 
 def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:

@@ -10,6 +10,7 @@ weights load through :meth:`FAENet.from_original_state_dict`. See ``docs/faenet.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -27,6 +28,7 @@ from frameavg.models.blocks import (
     inplace_activation,
     scatter_sum,
 )
+from frameavg.models.edge_filter import EdgePass, EdgeWorkspace, edge_pairs, filtered_message_sum
 from frameavg.models.elements import MAX_ATOMIC_NUMBER, NORMALISATION_MAX_Z, element_table
 
 MP_TYPES = ("simple", "updownscale", "updownscale_base", "base", "updown_local_env")
@@ -174,10 +176,48 @@ class EmbeddingBlock(nn.Module):
 
     def edge_states(self, rel_pos: Tensor, rbf: Tensor) -> Tensor:
         """e [E, F] from edge vectors rel_pos [E, 3] (Å) and radial basis rbf [E, G]."""
-        e = self.act(torch.cat([self.lin_e1(rel_pos), self.lin_e12(rbf)], dim=1))
+        if torch.is_grad_enabled() and (rel_pos.requires_grad or self.lin_e1.weight.requires_grad):
+            e = self.act(torch.cat([self.lin_e1(rel_pos), self.lin_e12(rbf)], dim=1))
+            if self.second_layer_MLP:
+                e = self.act(self.lin_e2(e))
+            return e
+        # Without autograd: both halves written into one buffer, activations in place.
+        act = inplace_activation(self.act)
+        half = self.lin_e1.out_features
+        e = rel_pos.new_empty(rel_pos.shape[0], half + self.lin_e12.out_features)
+        torch.addmm(self.lin_e1.bias, rel_pos, self.lin_e1.weight.t(), out=e[:, :half])
+        torch.addmm(self.lin_e12.bias, rbf, self.lin_e12.weight.t(), out=e[:, half:])
+        e = act(e)
         if self.second_layer_MLP:
-            e = self.act(self.lin_e2(e))
+            e = act(self.lin_e2(e))
         return e
+
+    def split_edge_states(self, rel_pos: Tensor, pair_rbf: Tensor, pair_index: Tensor) -> "EdgeStates":
+        """Edge states without ``second_layer_MLP``, whose distance half [P, F - F/2] is computed
+        once per pair of opposite edges (rbf [P, G]) and the direction half [E, F/2] per edge."""
+        direction = self.lin_e1(rel_pos)
+        if torch.is_grad_enabled() and direction.requires_grad:
+            direction = self.act(direction)
+        else:
+            direction = inplace_activation(self.act)(direction)
+        return EdgeStates(direction=direction, distance=self.act(self.lin_e12(pair_rbf)), pair_index=pair_index)
+
+
+@dataclass
+class EdgeStates:
+    """Edge states of one forward pass: either ``dense`` e [E, F], or (without a second edge
+    layer) the ``direction`` half [E, F/2] per edge and the ``distance`` half [P, F - F/2] per
+    pair of opposite edges, with ``pair_index`` [E]. e = concat[direction, distance[pair_index]]."""
+
+    dense: Tensor | None = None
+    direction: Tensor | None = None
+    distance: Tensor | None = None
+    pair_index: Tensor | None = None
+
+    def full(self) -> Tensor:
+        if self.dense is not None:
+            return self.dense
+        return torch.cat([self.direction, self.distance.index_select(0, self.pair_index)], dim=1)
 
 
 class InteractionBlock(nn.Module):
@@ -199,7 +239,6 @@ class InteractionBlock(nn.Module):
     ):
         super().__init__()
         self.act = act
-        self.act_inplace = inplace_activation(act)
         self.mp_type = mp_type
         self.hidden_channels = hidden_channels
         self.num_filters = num_filters
@@ -246,20 +285,26 @@ class InteractionBlock(nn.Module):
     def forward(
         self,
         h: Tensor,
-        e: Tensor,
+        e: "Tensor | EdgeStates",
         source: Tensor,
         target: Tensor,
         graph: GraphIndex,
         local_env: Tensor | None = None,
+        edge_pass: EdgePass | None = None,
     ) -> Tensor:
-        """Update of h [N, H] from edge states e [E, F]; source/target [E] (j, i); returns [N, H].
+        """Update of h [N, H] from edge states e ([E, F] or EdgeStates); source/target [E] (j, i);
+        returns [N, H].
 
-        ``local_env`` [N, F] is the sum of e over each atom's incoming edges (updown_local_env).
+        ``local_env`` [N, F] is the sum of e over each atom's incoming edges (updown_local_env);
+        ``edge_pass``: per-forward settings (double backward, scratch buffers).
         """
         act, num_nodes = self.act, h.shape[0]
         mp_type = self.mp_type
+        edges = e if isinstance(e, EdgeStates) else EdgeStates(dense=e)
+        if mp_type not in ("base", "updownscale_base"):
+            e = edges.full()
         if mp_type in ("base", "updownscale_base"):
-            agg = self._filtered_sum(h, e, source, target)
+            agg = self._filtered_sum(h, edges, source, target, edge_pass or EdgePass())
         elif mp_type == "simple":
             agg = self._message_sum(h, e, source, target)
         elif mp_type == "updownscale":
@@ -288,34 +333,36 @@ class InteractionBlock(nn.Module):
             message = message * weight
         return scatter_sum(message, target, x.shape[0])
 
-    def _filtered_sum(self, h: Tensor, e: Tensor, source: Tensor, target: Tensor) -> Tensor:
+    def _filtered_sum(self, h: Tensor, edges: EdgeStates, source: Tensor, target: Tensor,
+                      edge_pass: EdgePass) -> Tensor:
         """sum_j x[j] * act(W [e_ij, h_j, h_i] + b), x = act(lin_down(h)) or h (base): [N, C]."""
-        hidden, edge_width = self.hidden_channels, e.shape[1]
+        hidden, edge_width = self.hidden_channels, self.num_filters
         weight = self.lin_geom.weight  # [C, F + 2H], input order [e, h_j, h_i]
         width = weight.shape[0]
-        w_edge = weight[:, :edge_width]
         w_source = weight[:, edge_width : edge_width + hidden]
         w_target = weight[:, edge_width + hidden :]
+        zeros = self.lin_geom.bias.new_zeros(width)
         if self.mp_type == "updownscale_base":
             # One product per atom for the source term, the target term and the downscaling.
             node_weight = torch.cat([w_source, w_target, self.lin_down.weight], dim=0)
-            node_bias = torch.cat([self.lin_geom.bias.new_zeros(width), self.lin_geom.bias, self.lin_down.bias])
+            node_bias = torch.cat([zeros, self.lin_geom.bias, self.lin_down.bias])
             p_source, p_target, down = nn.functional.linear(h, node_weight, node_bias).split(width, dim=1)
-            gather_source = torch.cat([p_source, self.act(down)], dim=1)
+            value = self.act(down)
         else:  # base: messages carry h itself
             node_weight = torch.cat([w_source, w_target], dim=0)
-            node_bias = torch.cat([self.lin_geom.bias.new_zeros(width), self.lin_geom.bias])
+            node_bias = torch.cat([zeros, self.lin_geom.bias])
             p_source, p_target = nn.functional.linear(h, node_weight, node_bias).split(width, dim=1)
-            gather_source = torch.cat([p_source, h], dim=1)
-        at_source = gather_source.index_select(0, source)  # [E, 2C]: filter term | message value
-        pre = p_target.index_select(0, target)
-        pre += at_source[:, :width]
-        pre.addmm_(e, w_edge.t())
-        if _no_grad_path(h, e, weight):
-            message = self.act_inplace(pre).mul_(at_source[:, width:])
-        else:
-            message = self.act(pre) * at_source[:, width:]
-        return scatter_sum(message, target, h.shape[0])
+            value = h
+        if edges.dense is not None:
+            e, w_edge, pair_term = edges.dense, weight[:, :edge_width], None
+        else:  # the distance half of W_e e, once per pair of opposite edges
+            half = edges.direction.shape[1]
+            e, w_edge = edges.direction, weight[:, :half]
+            pair_term = nn.functional.linear(edges.distance, weight[:, half:edge_width])
+        return filtered_message_sum(
+            p_source, p_target, value, e, w_edge, source, target, self.act,
+            edge_pass.double_backward, edge_pass.workspace, pair_term, edges.pair_index,
+        )
 
 
 class OutputBlock(nn.Module):
@@ -510,6 +557,9 @@ class FAENet(nn.Module):
         self.force_decoder_type = force_decoder_type
         self.max_atomic_number = max_atomic_number
         self.act = get_activation(act)
+        # Without a second edge layer, the distance half of the edge state is shared by the two
+        # directions of an edge; the filter blocks then compute its product once per pair.
+        self.pair_edge_states = not second_layer_MLP and mp_type in ("base", "updownscale_base")
 
         self.distance_expansion = GaussianSmearing(0.0, self.cutoff, num_gaussians)
         self.embed_block = EmbeddingBlock(
@@ -573,7 +623,14 @@ class FAENet(nn.Module):
             if need_pos_grad and not pos.requires_grad:
                 pos = pos.detach().requires_grad_(True)
             graph = GraphIndex.from_batch(batch_vector, z.shape[0], num_graphs, like=pos)
-            energy, h = self.energy_and_states(z, tags, pos, edge_index, cell_offsets, cell, graph)
+            energy, h = self.energy_and_states(
+            z, tags, pos, edge_index, cell_offsets, cell, graph,
+            EdgePass(
+                # a caller whose positions require grad may train on -dE/dpos (double backward)
+                double_backward=outer_grad and (self.regress_forces == "from_energy" or batch.pos.requires_grad),
+                workspace=None if torch.is_grad_enabled() else EdgeWorkspace(),
+            ),
+        )
 
         out = {"energy": energy}
         if self.decoder is not None:
@@ -599,13 +656,18 @@ class FAENet(nn.Module):
         cell_offsets: Tensor | None,
         cell: Tensor | None,
         graph: GraphIndex,
+        edge_pass: EdgePass | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Energy [B] and final atom states [N, H] (the input of the force decoder)."""
         rel_pos = edge_vectors(pos, edge_index, cell_offsets, cell, graph.batch)
-        rbf = self.distance_expansion(rel_pos.norm(dim=-1))
         embed = self.embed_block
         h = embed.node_states(z, tags)
-        e = embed.edge_states(rel_pos, rbf)
+        if self.pair_edge_states:
+            pair_index, representative = edge_pairs(edge_index, cell_offsets, h.shape[0])
+            pair_rbf = self.distance_expansion(rel_pos.index_select(0, representative).norm(dim=-1))
+            e = embed.split_edge_states(rel_pos, pair_rbf, pair_index)
+        else:
+            e = embed.edge_states(rel_pos, self.distance_expansion(rel_pos.norm(dim=-1)))
         source, target = edge_index[0], edge_index[1]
         local_env = scatter_sum(e, target, h.shape[0]) if self.mp_type == "updown_local_env" else None
         alpha = self.w_lin(h) if self.energy_head == "weighted-av-initial-embeds" else None
@@ -616,7 +678,7 @@ class FAENet(nn.Module):
                 skip.append(h)
             elif self.skip_co:
                 skip.append(self.output_block(h, graph, alpha))
-            h = h + block(h, e, source, target, graph, local_env)
+            h = h + block(h, e, source, target, graph, local_env, edge_pass)
         if self.skip_co == "concat_atom":
             skip.append(h)
             h = self.act(self.mlp_skip_co(torch.cat(skip, dim=1)))
