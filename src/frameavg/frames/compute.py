@@ -215,18 +215,23 @@ def _validate(pos, batch, num_graphs, cell, pbc) -> torch.Tensor:
         raise DataError(f"positions must be floating point, got {pos.dtype}")
     if batch.shape[0] != pos.shape[0]:
         raise DataError(f"batch vector has {batch.shape[0]} entries for {pos.shape[0]} atoms")
-    if batch.numel() and bool((batch[1:] < batch[:-1]).any()):
-        raise DataError("batch vector must be sorted (atoms of each graph contiguous), as PyG batches are")
     counts = torch.bincount(batch, minlength=num_graphs)
-    if counts.shape[0] != num_graphs or bool((counts == 0).any()):
-        empty = torch.nonzero(counts[:num_graphs] == 0).flatten().tolist()
-        raise DataError(f"graph(s) {empty} have no atoms (or batch indices exceed num_graphs={num_graphs})")
-    finite = torch.isfinite(pos).all(dim=1)
-    if not bool(finite.all()):
+    # one synchronisation for the common case; details only when something is wrong
+    checks = [(batch[1:] < batch[:-1]).any(), (counts == 0).any(), ~torch.isfinite(pos.sum())]
+    if cell is not None and pbc is not None:
+        checks.append(~torch.isfinite(cell.sum()))
+    unsorted, empty, bad_pos, *bad_cell = torch.stack(checks).tolist()
+    if unsorted:
+        raise DataError("batch vector must be sorted (atoms of each graph contiguous), as PyG batches are")
+    if empty or counts.shape[0] != num_graphs:
+        empty_graphs = torch.nonzero(counts[:num_graphs] == 0).flatten().tolist()
+        raise DataError(f"graph(s) {empty_graphs} have no atoms (or batch indices exceed num_graphs={num_graphs})")
+    if bad_pos:
+        finite = torch.isfinite(pos).all(dim=1)
         bad = torch.unique(batch[~finite]).tolist()
         atom = int(torch.nonzero(~finite)[0])
         raise DataError(f"non-finite position (NaN or inf) at atom {atom}, in graph(s) {bad}; frames are undefined")
-    if cell is not None and pbc is not None and not bool(torch.isfinite(cell).all()):
+    if bad_cell and bad_cell[0]:
         bad = torch.nonzero(~torch.isfinite(cell.reshape(num_graphs, 9)).all(dim=1)).flatten().tolist()
         raise DataError(f"non-finite cell in graph(s) {bad}")
     return counts
@@ -263,13 +268,11 @@ def frame_sets(
     dim = 3 if spec.dim == "3D" else 2
     v = cloud.vectors if dim == 3 else cloud.vectors[:, :2]
     w, g = cloud.weight, cloud.graph
-    outer = ((w[:, None] * v)[:, :, None] * v[:, None, :]).reshape(-1, dim * dim)
-    moment = torch.zeros(num_graphs, dim * dim, dtype=torch.float64, device=device).index_add(0, g, outer)
-    values, vectors = symmetric_eigh(moment.reshape(num_graphs, dim, dim), tol)
+    outer = ((w[:, None] * cloud.vectors)[:, :, None] * cloud.vectors[:, None, :]).reshape(-1, 9)
+    moment = torch.zeros(num_graphs, 9, dtype=torch.float64, device=device).index_add(0, g, outer).reshape(num_graphs, 3, 3)
+    extent = torch.diagonal(moment.detach(), dim1=1, dim2=2).sum(-1)  # Σ w|v|², in 2D mode too
+    values, vectors = symmetric_eigh(moment[:, :dim, :dim], tol)
     lam = values.detach()
-    extent = torch.zeros(num_graphs, dtype=torch.float64, device=device).index_add(
-        0, g, w.detach() * (cloud.vectors.detach() ** 2).sum(-1)
-    )
 
     close = (lam[:, :-1] - lam[:, 1:]) <= tol * lam[:, :1]
     if dim == 3:
