@@ -10,10 +10,11 @@ of the edge state), computed once per atom pair (see :func:`edge_pairs`).
 
 For swish (SiLU) a custom autograd function computes forward and backward with a few reused
 buffers and recomputes cheap intermediates instead of storing them: it saves only the
-pre-activation [E, C], and needs about half the [E, C] memory passes and allocations of the
-autograd graph of the same expression. It is differentiable once (enough for energy training,
-gradient targets and forces as outputs); double backward (training on forces = -dE/dpos) takes the
-plain autograd path. All paths compute the same expression.
+pre-activation [E, C] besides its inputs, and needs about half the [E, C] memory passes and
+allocations of the autograd graph of the same expression. When its backward is itself recorded
+(``create_graph=True``, e.g. training on forces = -dE/dpos), the backward recomputes the plain
+expression from the saved inputs and differentiates it, so second derivatives are exact too.
+All paths compute the same expression.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from frameavg.models.blocks import inplace_activation, scatter_sum, swish
 
@@ -144,13 +144,14 @@ class _FilteredSiluMessageSum(torch.autograd.Function):
         del gate
         out = scatter_sum(scratch, target, num_nodes)
         ctx.num_pairs = pair_term.shape[0]
-        ctx.save_for_backward(pre, value, e, w_edge, source, target, pair_index)
+        ctx.save_for_backward(pre, p_source, p_target, value, e, w_edge, pair_term, source, target, pair_index)
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        pre, value, e, w_edge, source, target, pair_index = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return _recorded_backward(ctx, grad_out)
+        pre, _, _, value, e, w_edge, _, source, target, pair_index = ctx.saved_tensors
         num_nodes = value.shape[0]
         need_source, need_target, need_value, need_e, need_w, need_pair = _needed_gradients(ctx, 6)
         grad_message = grad_out.index_select(0, target)  # [E, C]
@@ -170,6 +171,23 @@ class _FilteredSiluMessageSum(torch.autograd.Function):
         grad_e = grad_pre @ w_edge if need_e else None
         grad_w = grad_pre.t() @ e if need_w else None
         return grad_p_source, grad_p_target, grad_value, grad_e, grad_w, grad_pair, None, None, None
+
+
+def _recorded_backward(ctx, grad_out):
+    """Backward of the fused function as autograd ops on its saved inputs (for create_graph)."""
+    _, p_source, p_target, value, e, w_edge, pair_term, source, target, pair_index = ctx.saved_tensors
+    inputs = (p_source, p_target, value, e, w_edge, pair_term)
+    wanted = [k for k, need in enumerate(_needed_gradients(ctx, 6)) if need]
+    pre = p_target.index_select(0, target) + p_source.index_select(0, source)
+    if pair_index is not None:
+        pre = pre + pair_term.index_select(0, pair_index)
+    pre = torch.addmm(pre, e, w_edge.t())
+    out = scatter_sum(F.silu(pre) * value.index_select(0, source), target, p_target.shape[0])
+    grads = torch.autograd.grad(out, [inputs[k] for k in wanted], grad_out, create_graph=True, allow_unused=True)
+    result = [None] * 9
+    for k, grad in zip(wanted, grads):
+        result[k] = grad
+    return tuple(result)
 
 
 def _needed_gradients(ctx, count: int) -> list[bool]:
