@@ -42,3 +42,29 @@ def test_bad_input_is_a_one_line_error(shared_data, capsys):
     code, _, err = _run(capsys, ["symmetry", "--data", str(shared_data / "rmd17_ethanol" / "train.xyz"),
                                  "--model", "no-such-model", "--limit", "1"])
     assert code == 1 and "unknown model 'no-such-model'" in err
+
+
+def test_checkpoint_uses_its_frames_and_neighbour_settings(shared_data, capsys, tmp_path):
+    """A frameavg checkpoint (config + weights, as training writes it): its own 2D se3-all frames and
+    cutoff/max_neighbors are used; rotations about z are exact, reflections are not claimed."""
+    import torch
+
+    from frameavg.training.config import load_config
+    from frameavg.training.module import AtomisticTask
+
+    config = load_config(None, ["model.hidden_channels=64", "model.num_filters=32", "model.num_interactions=1",
+                                "model.pg_hidden_channels=8", "model.cutoff=5.0", "frames.frames=2D",
+                                "frames.eval=se3-all", "data.cutoff=5.0", "data.max_neighbors=20"])
+    path = tmp_path / "model.ckpt"
+    torch.save({"hyper_parameters": {"config": config}, "state_dict": AtomisticTask(config).state_dict()}, path)
+    data = shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz"
+    code, out, _ = _run(capsys, ["symmetry", "--data", str(data), "--checkpoint", str(path), "--limit", "1",
+                                 "--checks", "rotation,reflection,image", "--json"])
+    assert code == 0
+    report = json.loads(out)
+    assert (report["meta"]["frames"], report["meta"]["method"]) == ("2D", "se3-all")
+    assert (report["meta"]["cutoff"], report["meta"]["max_neighbors"]) == (5.0, 20)
+    rows = {c["check"]: c for c in report["checks"]}
+    assert rows["rotation"]["expected"] and rows["rotation"]["energy_abs_max"] < 1e-10
+    assert rows["image"]["energy_abs_max"] < 1e-10
+    assert rows["reflection"]["expected"] is False

@@ -124,3 +124,19 @@ def test_bad_arguments_are_clear_errors(shared_data):
         symmetry_report(_model(), [], cutoff=CUTOFF)
     with pytest.raises(ConfigError, match="unknown transform"):
         transform_structure(structures[0], "batch", np.random.default_rng(0))
+
+
+def test_strict_neighbour_caps_break_invariance_in_crystals_and_ties_do_not():
+    """fcc Cu with max_neighbors=14 cuts inside the 6-atom second shell: a strict cut picks
+    neighbours by rounding, so the graph (and the energy) depends on orientation; keeping ties
+    (the default, as in training) is exact."""
+    from ase.build import bulk
+
+    from frameavg.data import atoms_to_data
+
+    copper = [atoms_to_data(bulk("Cu"), dtype=torch.float64)]
+    model = FrameAveraging(_model(), "3D", "all").eval()
+    kwargs = dict(checks=("rotation",), cutoff=CUTOFF, max_neighbors=14, trials=5)
+    assert_invariant(model, copper, atol=1e-10, **kwargs)
+    strict = symmetry_report(model, copper, strict_neighbors=True, **kwargs).row("rotation")
+    assert max(strict.energy_abs_max, strict.forces_abs_max) > 1e-6

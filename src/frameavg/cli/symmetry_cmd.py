@@ -39,7 +39,10 @@ def register(sub) -> None:
     parser.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
     parser.add_argument("--trials", type=int, default=1, help="random transforms per structure and check")
     parser.add_argument("--cutoff", type=float, default=None, help="neighbour-list cutoff, Å (default: the model's, else 6)")
-    parser.add_argument("--max-neighbors", type=int, default=None)
+    parser.add_argument("--max-neighbors", type=int, default=None,
+                        help="neighbour cap (default: the checkpoint's, else none); ties at the cap are kept")
+    parser.add_argument("--strict-neighbors", action="store_true",
+                        help="cut ties at --max-neighbors arbitrarily (not rotation invariant in symmetric crystals)")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -59,7 +62,7 @@ def run(args) -> int:
     structures = list(itertools.islice(stream, args.limit) if args.limit else stream)
     report = symmetry_report(
         model, structures, checks=checks, dim=frames if frames != "none" else "3D", cutoff=cutoff,
-        max_neighbors=max_neighbors, trials=args.trials, batch_size=args.batch_size, seed=args.seed,
+        max_neighbors=max_neighbors, strict_neighbors=args.strict_neighbors, trials=args.trials, batch_size=args.batch_size, seed=args.seed,
         expected=claims(frames, method),
     )
     report.meta.update({"data": str(args.data), "model": name, "frames": frames, "method": method})

@@ -226,7 +226,7 @@ class SymmetryReport:
         out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]
         if self.degeneracy:
             out.append("")
-            out.append("by degeneracy class (max over all transform checks):")
+            out.append("by degeneracy class (max over the checks the method claims):")
             for name, d in self.degeneracy.items():
                 out.append(f"  {name:8s} {d['count']:5d} structures  |dE| max {_fmt(d['energy_abs_max'])}"
                            f"  |dF| max {_fmt(d['forces_abs_max'])}  frames/structure {d['frames_mean']:.1f}")
@@ -245,6 +245,7 @@ def symmetry_report(
     dim: str = "3D",
     cutoff: float | None = 6.0,
     max_neighbors: int | None = None,
+    strict_neighbors: bool = False,
     trials: int = 1,
     batch_size: int = 32,
     seed: int = 0,
@@ -258,17 +259,22 @@ def symmetry_report(
         structures: ``Data`` objects (``frameavg.data.atoms_to_data`` / ``read_structures``).
         checks: subset of CHECKS; periodic checks skip non-periodic structures.
         dim: ``3D`` or ``2D`` (rotations and reflections about z, for slab models).
-        cutoff, max_neighbors: neighbour list rebuilt for every transformed structure (the same
-            settings the model expects); ``cutoff=None`` for models that build their own graph.
+        cutoff, max_neighbors, strict_neighbors: neighbour list rebuilt for every transformed
+            structure (the settings the model expects); ``cutoff=None`` for models that build their
+            own graph. With ``max_neighbors``, ``strict_neighbors=True`` cuts equidistant
+            neighbours arbitrarily, which makes the graph itself depend on orientation in
+            symmetric crystals (measured: 4e-4 eV on an oxide); the default keeps ties, as the
+            training data pipeline does.
         trials: random transforms per structure and check.
-        expected: ``{check: bool}``, the symmetries the model claims (shown in the table).
+        expected: ``{check: bool}``, the symmetries the model claims (shown in the table; the
+            per-degeneracy-class maxima only include claimed checks).
     """
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
         raise ConfigError(f"unknown check(s) {unknown}; choose from {', '.join(CHECKS)}")
     if not structures:
         raise DataError("no structures to evaluate")
-    graph = RadiusGraph(cutoff, max_neighbors) if cutoff is not None else None
+    graph = RadiusGraph(cutoff, max_neighbors, strict=strict_neighbors) if cutoff is not None else None
     rng = np.random.default_rng(seed)
     structures = [model_inputs(d) for d in structures]
     energy, forces, frames = predict(model, structures, graph=graph, batch_size=batch_size)
@@ -305,15 +311,18 @@ def symmetry_report(
             de = (e2 - e1).abs()
             de_all.append(de)
             who.extend(idx)
+            claimed = expected is None or expected.get(check) is not False
             for k, i in enumerate(idx):
                 if forces[i] is None or f2[k] is None:
                     continue
                 target = forces[i][torch.as_tensor(perms[k])] @ torch.as_tensor(rotations[k]).T
                 diff = (f2[k] - target).norm(dim=-1)
                 df_all.append(diff)
-                worst_force[i] = max(float(worst_force[i]), float(diff.max()))
+                if claimed:
+                    worst_force[i] = max(float(worst_force[i]), float(diff.max()))
             for k, i in enumerate(idx):
-                worst_energy[i] = max(float(worst_energy[i]), float(de[k]))
+                if claimed:
+                    worst_energy[i] = max(float(worst_energy[i]), float(de[k]))
         if not de_all:
             continue
         de = torch.cat(de_all)
@@ -338,7 +347,8 @@ def symmetry_report(
     report = SymmetryReport(rows=rows)
     report.degeneracy = _by_degeneracy(frames, worst_energy, worst_force, force_max is not None)
     report.meta = {"structures": len(structures), "periodic": sum(is_periodic(d) for d in structures),
-                   "dim": dim, "cutoff": cutoff, "max_neighbors": max_neighbors, "trials": trials, "seed": seed,
+                   "dim": dim, "cutoff": cutoff, "max_neighbors": max_neighbors, "strict_neighbors": strict_neighbors,
+                   "trials": trials, "seed": seed,
                    "dtype": str(structures[0].pos.dtype).removeprefix("torch.")}
     return report
 
