@@ -202,3 +202,18 @@ def test_unusable_model_outputs_are_config_errors(ethanol):
         FrameAveraging(_Bad(lambda b: {"forces": torch.zeros(b.num_nodes, 2)}))(batch)
     with pytest.raises(ConfigError, match="forces must be one of"):
         FrameAveraging(raw_model(), forces="magic")
+
+
+def test_single_atom_and_plain_data_inputs(ethanol):
+    """One atom: energy invariant, averaged forces zero (to rounding). A plain ``Data`` (no batch vector)
+    gives the same outputs as a one-graph ``Batch``."""
+    model = FrameAveraging(raw_model(), "3D", "all").eval()
+    atom = reference("H")
+    report = assert_symmetric(model, [atom], atol=1e-12, checks=("rotation", "reflection", "translation"), cutoff=CUTOFF)
+    assert list(report.degeneracy) == ["point"]
+    assert float(model(graphs([atom]))["forces"].detach().abs().max()) < 1e-15  # zero up to rounding
+    data = graphs([ethanol[0]])
+    single = data.to_data_list()[0]
+    del single.batch
+    out_data, out_batch = model(single), model(data)
+    assert torch.allclose(out_data["energy"], out_batch["energy"]) and torch.allclose(out_data["forces"], out_batch["forces"])
