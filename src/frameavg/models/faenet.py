@@ -696,6 +696,10 @@ class FAENet(nn.Module):
             raise DataError(f"expected atomic_numbers [N] and pos [N,3], got {tuple(z.shape)} and {tuple(pos.shape)}")
         if z.numel() == 0:
             raise DataError("batch has no atoms")
+        model_dtype = self.distance_expansion.offset.dtype
+        if pos.dtype != model_dtype:
+            raise DataError(f"positions are {pos.dtype} but the model is {model_dtype}: convert one "
+                            f"(model.to({pos.dtype}) or read the data with dtype={model_dtype})")
         low, high = torch.aminmax(z)
         if int(low) < 1 or int(high) > MAX_ATOMIC_NUMBER:
             raise DataError(f"atomic numbers must be in 1..{MAX_ATOMIC_NUMBER} for FAENet, got {int(low)}..{int(high)}")
