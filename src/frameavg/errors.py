@@ -23,3 +23,7 @@ class DataError(FrameavgError, ValueError):
 
 class ConfigError(FrameavgError, ValueError):
     """Invalid configuration (unknown key, bad value)."""
+
+
+class TrainingError(FrameavgError, RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); checkpoints already written are kept."""

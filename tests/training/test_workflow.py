@@ -87,3 +87,19 @@ def test_missing_labels_for_loss(tmp_path):
     ase.io.write(data, frames)
     with pytest.raises(FrameavgError, match="missing required label"):
         train(load_config(None, TINY + [f"data.train={data}", f"run_dir={tmp_path}"]))
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    config_file = tmp_path / "diverge.yaml"
+    import yaml
+
+    config = load_config(None, TINY + [f"run_dir={tmp_path}", "name=diverge", "optim.lr=1e12", "optim.clip_grad=null",
+                                       "optim.max_epochs=5", "trainer.checkpoint_every_n_steps=1"])
+    config_file.write_text(yaml.safe_dump(config))
+    assert main(["train", str(config_file)]) == 1
+    message = capsys.readouterr().err
+    assert "non-finite training loss" in message and "Traceback" not in message
+    checkpoints = sorted((tmp_path / "diverge" / "checkpoints").glob("step-*.ckpt"))
+    assert checkpoints, "no checkpoint was kept"
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

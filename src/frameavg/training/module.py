@@ -12,7 +12,7 @@ import math
 import lightning as L
 import torch
 
-from frameavg.errors import ConfigError
+from frameavg.errors import ConfigError, TrainingError
 from frameavg.training.losses import energy_loss, forces_loss
 from frameavg.training.metrics import oc20_metrics
 from frameavg.training.normalization import EnergyNormalizer
@@ -98,7 +98,7 @@ class AtomisticTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         losses = self.compute_loss(batch, self.normalized_outputs(batch))
         if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(
+            raise TrainingError(
                 f"non-finite training loss at step {self.global_step} ({ {k: v.item() for k, v in losses.items()} }); "
                 "the last good checkpoint is kept — lower optim.lr or check the data"
             )
