@@ -36,3 +36,5 @@ def test_real_data_configs_train(name, data, shared_data, tmp_path):
                          SMALL_MODEL + [f"data.train={shared_data / data}", f"run_dir={tmp_path}"])
     result = train(config)
     assert Path(result["checkpoint"]).is_file()
+    if config["data"]["test_fraction"]:  # the test split held out of the training file is evaluated
+        assert result["test"]["energy_mae"] > 0

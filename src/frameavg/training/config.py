@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "val": None,  # path, or None to split val_fraction off the training set
         "test": None,
         "val_fraction": 0.1,
+        "test_fraction": 0.0,  # when data.test is None: split a test set off the training file
         "split_seed": 0,
         "max_train": None,  # keep only the first N training structures (after shuffling)
         "format": None,

@@ -122,21 +122,23 @@ class AtomisticDataModule(L.LightningDataModule):
         if not self.cfg["train"]:
             raise ConfigError("data.train is not set: give the path of the training structures")
         full = self.read(self.cfg["train"])
-        if self.cfg["val"]:
-            self.val_set = self.read(self.cfg["val"])
-            train_idx = random_split(len(full), {"train": None}, seed=self.cfg["split_seed"])["train"]
-        else:
-            n_val = max(1, round(self.cfg["val_fraction"] * len(full)))
-            if n_val >= len(full):
-                raise DataError(f"{self.cfg['train']}: {len(full)} structures are too few to split off validation")
-            split = random_split(len(full), {"val": n_val, "train": None}, seed=self.cfg["split_seed"])
-            train_idx = split["train"]
-            self.val_set = Subset(full, split["val"].tolist())
+        sizes = {}  # held-out splits drawn from the training file, the rest trains
+        if not self.cfg["val"]:
+            sizes["val"] = max(1, round(self.cfg["val_fraction"] * len(full)))
+        if not self.cfg["test"] and self.cfg["test_fraction"]:
+            sizes["test"] = max(1, round(self.cfg["test_fraction"] * len(full)))
+        if sum(sizes.values()) >= len(full):
+            raise DataError(f"{self.cfg['train']}: {len(full)} structures are too few to split off {sizes}")
+        split = random_split(len(full), sizes | {"train": None}, seed=self.cfg["split_seed"])
+        self.val_set = Subset(full, split["val"].tolist()) if "val" in split else self.read(self.cfg["val"])
+        if "test" in split:
+            self.test_set = Subset(full, split["test"].tolist())
+        elif self.cfg["test"]:
+            self.test_set = self.read(self.cfg["test"])
+        train_idx = split["train"]
         if self.cfg["max_train"]:
             train_idx = train_idx[: self.cfg["max_train"]]
         self.train_set = Subset(full, train_idx.tolist())
-        if self.cfg["test"]:
-            self.test_set = self.read(self.cfg["test"])
 
     def train_dataloader(self):
         return ResumableLoader(self.train_set, self.cfg["batch_size"], self.seed, resume=self.resume_loader_state,
