@@ -38,3 +38,4 @@ def test_real_data_configs_train(name, data, shared_data, tmp_path):
     assert Path(result["checkpoint"]).is_file()
     if config["data"]["test_fraction"]:  # the test split held out of the training file is evaluated
         assert result["test"]["energy_mae"] > 0
+        assert result["test"]["U0_mae_meV"] == pytest.approx(1000 * result["test"]["energy_mae"])

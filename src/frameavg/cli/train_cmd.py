@@ -76,18 +76,19 @@ def _load(args):
     structures = read_structures(args.data, format=args.format, keys=keys or None,
                                  trusted=args.trusted)
     transform = RadiusGraph(data_cfg["cutoff"], data_cfg["max_neighbors"], strict=False)
-    return task, [transform(d) for d in structures]
+    return task, [transform(d) for d in structures], keys
 
 
 def run_test(args) -> int:
     from frameavg.cli.main import print_json
-    from frameavg.training.run import evaluate
+    from frameavg.training.run import evaluate, paper_unit_metrics
 
-    task, structures = _load(args)
+    task, structures, keys = _load(args)
     missing = [t for t, on in task.config["targets"].items() if on and t not in structures[0]]
     if missing:
         raise FrameavgError(f"{args.data}: no '{', '.join(missing)}' labels to test against (use --keys)")
     metrics, _ = evaluate(task, structures, args.batch_size)
+    metrics |= paper_unit_metrics(keys.get("energy"), metrics)
     if args.json:
         print_json(metrics)
     else:
@@ -99,7 +100,7 @@ def run_predict(args) -> int:
     from frameavg.training.run import evaluate
     from frameavg.training.predictions import write_predictions
 
-    task, structures = _load(args)
+    task, structures, _ = _load(args)
     _, pred = evaluate(task, structures, args.batch_size)
     write_predictions(Path(args.out), structures, pred)
     print(f"wrote predictions for {len(structures)} structures to {args.out}")

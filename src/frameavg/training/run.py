@@ -88,7 +88,7 @@ def train(config: dict, resume: str | None = None) -> dict:
     result = {"run_dir": str(run_dir), "checkpoint": str(checkpoint), "test": None}
     if data.test_set:
         metrics, pred = evaluate(task, data.test_set, config["data"]["eval_batch_size"])
-        result["test"] = metrics
+        result["test"] = metrics | paper_unit_metrics((config["data"]["keys"] or {}).get("energy"), metrics)
         result["baseline"] = baseline_metrics(task, data.test_set)
         (run_dir / "test_metrics.json").write_text(json.dumps(
             {"model": metrics, "baseline": result["baseline"]}, indent=2))
@@ -96,6 +96,18 @@ def train(config: dict, resume: str | None = None) -> dict:
 
         result["plots"] = [str(p) for p in write_plots(run_dir, data.test_set, pred)]
     return result
+
+
+def paper_unit_metrics(target: str | None, metrics: dict) -> dict:
+    """The energy MAE as QM9 papers report it (e.g. ``U0_mae_meV``) when ``target``, the key the
+    energy was read from, is a QM9 target."""
+    from frameavg.data.readers.qm9 import paper_units
+
+    units = paper_units(target) if target and "energy_mae" in metrics else None
+    if units is None:
+        return {}
+    unit, factor = units
+    return {f"{target}_mae_{unit}": metrics["energy_mae"] * factor}
 
 
 def _loader_state(checkpoint_path) -> dict | None:

@@ -86,6 +86,16 @@ ALL_TARGETS = (*TARGETS, *(f"{name}_atom" for name in ATOM_REFS))
 _MARKER = "InternalEnergy_0K_au"
 
 
+def paper_units(target: str) -> tuple[str, float] | None:
+    """(unit, factor from our unit) in which QM9 papers report the MAE of ``target``: meV for
+    energies, the native unit (D, bohr³, ...) otherwise; None if ``target`` is no QM9 target."""
+    base = target[: -len("_atom")] if target.endswith("_atom") else target
+    if base not in TARGETS:
+        return None
+    unit = TARGETS[base][2]
+    return ("meV", 1000.0) if unit == "eV" else (unit, 1.0)
+
+
 def qm9pack_folder() -> Path:
     """The CSV folder of the installed ``qm9pack`` package (optional extra ``frameavg[qm9]``)."""
     spec = importlib.util.find_spec("qm9pack")  # locate without importing (it pulls in pandas)
