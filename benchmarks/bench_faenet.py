@@ -11,6 +11,9 @@ training step (forward, loss, backward, AdamW step), graphs per second and the r
 * ``s2ef``:  S2EF paper config on 64 rMD17 ethanol frames (cutoff 6 Å, 30 neighbours), direct
   forces with the energy-gradient target (loss E + 30 F + 10 gradient-target, as the paper).
 
+Each row also gives the matrix-product GFLOP of one step on each side (``torch.utils.flop_counter``),
+the work ratio that bounds the speed-up where these products dominate.
+
 Repeats alternate the two implementations (order flipped every repeat) so machine-load drift hits
 both. On a shared machine wall-clock times are inflated by other processes, so the report gives,
 for each side, the best wall time over the repeats (graphs/s), the ratio of best times, the ratio of
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import ase.io
 import torch
+from torch.utils import flop_counter
 from torch_geometric.data import Batch
 
 from frameavg.data import atoms_to_data
@@ -165,6 +169,18 @@ def make_steps(name, faenet, original, ours, batch, ours_fa):
     }
 
 
+@flop_counter.register_flop_formula(torch.ops.aten.addmm_)
+def _addmm_inplace_flop(self_shape, a_shape, b_shape, out_shape=None, **kwargs):
+    return flop_counter.mm_flop(a_shape, b_shape)
+
+
+def count_flops(fn) -> int:
+    """Matrix-product FLOPs of one call (torch.utils.flop_counter, in-place addmm_ included)."""
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def time_pair(original_fn, ours_fn, iterations: int, repeats: int, warmup: int = 2):
     """Wall and CPU seconds per call, per repeat, for both implementations."""
     for _ in range(warmup):
@@ -208,6 +224,7 @@ def run(args) -> dict:
         for mode in args.modes:
             load_before = os.getloadavg()[0]
             iterations = args.iterations.get(name, 1)
+            flops = [count_flops(fn) for fn in steps[mode]] if not args.compile else [0, 0]
             wall, cpu = time_pair(*steps[mode], iterations=iterations, repeats=args.repeats)
             load_after = os.getloadavg()[0]
             graphs = batch.num_graphs
@@ -223,6 +240,8 @@ def run(args) -> dict:
                 "ratio_best": best["original"] / best["frameavg"],
                 "ratio_median_wall": statistics.median(wall["original"]) / statistics.median(wall["frameavg"]),
                 "ratio_median_cpu": statistics.median(cpu["original"]) / statistics.median(cpu["frameavg"]),
+                "original_gflop": flops[0] / 1e9,
+                "frameavg_gflop": flops[1] / 1e9,
                 "original_wall_ms": [1e3 * t for t in wall["original"]],
                 "frameavg_wall_ms": [1e3 * t for t in wall["frameavg"]],
                 "original_cpu_ms": [1e3 * t for t in cpu["original"]],
@@ -234,7 +253,8 @@ def run(args) -> dict:
                 print(
                     f"{name:6s} {mode:10s} original {row['original_graphs_per_s']:8.1f} graphs/s   "
                     f"frameavg {row['frameavg_graphs_per_s']:8.1f} graphs/s   ratio best {row['ratio_best']:.2f}  "
-                    f"median wall {row['ratio_median_wall']:.2f}  median cpu {row['ratio_median_cpu']:.2f}   "
+                    f"median wall {row['ratio_median_wall']:.2f}  median cpu {row['ratio_median_cpu']:.2f}  "
+                    f"GFLOP {row['original_gflop']:.1f}/{row['frameavg_gflop']:.1f}   "
                     f"load {load_before:.1f}->{load_after:.1f}",
                     flush=True,
                 )

@@ -39,17 +39,21 @@ class EdgePass:
 
 
 class EdgeWorkspace:
-    """Two [E, C] scratch buffers reused by every block of one inference forward pass."""
+    """Scratch buffers reused by every block of one inference forward pass (no autograd): large
+    fresh tensors cost page faults on every allocation, reused ones do not."""
 
     def __init__(self):
-        self._buffers: tuple[Tensor, Tensor] | None = None
+        self._buffers: dict[str, Tensor] = {}
+
+    def buffer(self, name: str, shape: tuple[int, int], like: Tensor) -> Tensor:
+        current = self._buffers.get(name)
+        if current is None or tuple(current.shape) != tuple(shape) or current.dtype != like.dtype:
+            current = like.new_empty(shape)
+            self._buffers[name] = current
+        return current
 
     def buffers(self, shape: tuple[int, int], like: Tensor) -> tuple[Tensor, Tensor]:
-        current = self._buffers
-        if current is None or tuple(current[0].shape) != tuple(shape) or current[0].dtype != like.dtype:
-            current = (like.new_empty(shape), like.new_empty(shape))
-            self._buffers = current
-        return current
+        return self.buffer("pre", shape, like), self.buffer("scratch", shape, like)
 
 
 def edge_pairs(edge_index: Tensor, cell_offsets: Tensor | None, num_nodes: int) -> tuple[Tensor, Tensor]:

@@ -358,7 +358,12 @@ class InteractionBlock(nn.Module):
         else:  # the distance half of W_e e, once per pair of opposite edges
             half = edges.direction.shape[1]
             e, w_edge = edges.direction, weight[:, :half]
-            pair_term = nn.functional.linear(edges.distance, weight[:, half:edge_width])
+            w_pair = weight[:, half:edge_width]
+            if edge_pass.workspace is not None and not (torch.is_grad_enabled() and weight.requires_grad):
+                shape = (edges.distance.shape[0], width)
+                pair_term = torch.mm(edges.distance, w_pair.t(), out=edge_pass.workspace.buffer("pair", shape, h))
+            else:
+                pair_term = nn.functional.linear(edges.distance, w_pair)
         return filtered_message_sum(
             p_source, p_target, value, e, w_edge, source, target, self.act,
             edge_pass.double_backward, edge_pass.workspace, pair_term, edges.pair_index,
