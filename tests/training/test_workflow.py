@@ -103,3 +103,19 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
     assert checkpoints, "no checkpoint was kept"
     state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("extra", [
+    ["model.regress_forces=direct_with_gradient_target", "loss.gradient_weight=10"],  # FAENet's own gradient
+    ["model.regress_forces=direct", "loss.gradient_weight=10", "loss.conservation_weight=1"],  # ours
+])
+def test_gradient_and_conservation_losses_train(tmp_path, extra):
+    result = train(load_config(None, TINY + [f"run_dir={tmp_path}", *extra]))
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")))
+    gradient = [float(r["train/gradient_step"]) for r in rows if r.get("train/gradient_step")]
+    assert gradient and all(np.isfinite(gradient)) and gradient[0] > 0
+    if "loss.conservation_weight=1" in extra:
+        assert any(r.get("train/conservation_step") for r in rows)
+    assert load_task(result["checkpoint"]) is not None

@@ -30,8 +30,10 @@ def build_network(config: dict) -> torch.nn.Module:
         return model
     from frameavg.frames.averaging import FrameAveraging
 
+    from frameavg.frames.averaging import DEFAULT_VECTOR_KEYS
+
     return FrameAveraging(model, frames=frames["frames"], method=frames["train"], eval_method=frames["eval"],
-                          seed=config["seed"])
+                          seed=config["seed"], vector_keys=(*DEFAULT_VECTOR_KEYS, "gradient_forces"))
 
 
 class AtomisticTask(L.LightningModule):
@@ -44,23 +46,26 @@ class AtomisticTask(L.LightningModule):
         self.net = build_network(config)
         self.normalizer = EnergyNormalizer()
         self.predict_forces = bool(config["targets"]["forces"])
-        loss = config["loss"]
-        self.needs_gradient = self.predict_forces and (loss["gradient_weight"] > 0 or loss["conservation_weight"] > 0)
+        self.loss_cfg = config["loss"]
 
     # ---- prediction -------------------------------------------------------------------------
     def normalized_outputs(self, batch) -> dict:
         """Network outputs in normalised units.
 
-        When forces are a target, ``pos`` gets ``requires_grad`` so that, if the network predicts
-        no ``forces`` (or a gradient/conservation loss is on), ``gradient_forces`` = -dE/dpos of the
-        (frame-averaged) energy with respect to the original positions is added.
+        When forces are a target, ``pos`` gets ``requires_grad``, and ``gradient_forces`` = -dE/dpos
+        of the (frame-averaged) energy with respect to the original positions is computed when the
+        network predicts no ``forces``, for the conservation loss, or for the gradient loss when the
+        network does not supply its own (detached) ``gradient_forces``, as FAENet's
+        ``direct_with_gradient_target`` does.
         """
         if not self.predict_forces:
             return dict(self.net(batch))
         with torch.enable_grad():
             batch.pos.requires_grad_(True)
             out = dict(self.net(batch))
-            if "forces" not in out or (self.needs_gradient and self.training):
+            cfg = self.loss_cfg
+            needs_own = cfg["conservation_weight"] > 0 or (cfg["gradient_weight"] > 0 and "gradient_forces" not in out)
+            if "forces" not in out or (self.training and needs_own):
                 (grad,) = torch.autograd.grad(out["energy"].sum(), batch.pos, create_graph=self.training)
                 out["gradient_forces"] = -grad
                 out.setdefault("forces", out["gradient_forces"])
@@ -76,7 +81,7 @@ class AtomisticTask(L.LightningModule):
 
     # ---- losses ------------------------------------------------------------------------------
     def compute_loss(self, batch, out: dict) -> dict:
-        cfg = self.config["loss"]
+        cfg = self.loss_cfg
         losses = {}
         if self.config["targets"]["energy"]:
             target = self.normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
