@@ -21,25 +21,14 @@ import csv
 import sqlite3
 from pathlib import Path
 
+from frameavg.models.elements import PROPERTY_NAMES
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "src" / "frameavg" / "models" / "data" / "elements.csv"
 MAX_Z = 100
 
 # Columns of the mendeleev ``elements`` table used by FAENet, in faenet's order (IE1, IE2 follow).
-ELEMENT_COLUMNS = (
-    "atomic_radius",
-    "atomic_volume",
-    "density",
-    "dipole_polarizability",
-    "electron_affinity",
-    "en_allen",
-    "vdw_radius",
-    "metallic_radius",
-    "metallic_radius_c12",
-    "covalent_radius_pyykko_double",
-    "covalent_radius_pyykko_triple",
-    "covalent_radius_pyykko",
-)
+ELEMENT_COLUMNS = PROPERTY_NAMES[:-2]
 
 
 def read_database(path: Path) -> list[dict]:
