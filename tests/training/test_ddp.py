@@ -10,16 +10,12 @@ import pytest
 import yaml
 
 from frameavg.training.config import load_config
+from tiny import ETHANOL, TINY_MODEL
 
-BASE = [
-    "model.hidden_channels=32", "model.num_filters=16", "model.num_gaussians=8", "model.num_interactions=1",
-    "model.tag_hidden_channels=0", "model.pg_hidden_channels=8", "model.phys_embeds=false",
-    "model.regress_forces=direct", "model.cutoff=4.0",
+BASE = TINY_MODEL + ETHANOL + [
     # all frames in training too: no per-process random frame stream, so the runs can agree exactly
     "frames.train=all",
-    "data.train=shipped:rmd17_ethanol/train", "data.test=shipped:rmd17_ethanol/test", "data.max_train=64",
-    "data.val_fraction=0.05", "data.cutoff=4.0", "targets.forces=true", "optim.max_epochs=2",
-    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+    "data.test=shipped:rmd17_ethanol/test", "data.max_train=64", "data.val_fraction=0.05", "optim.max_epochs=2",
 ]
 
 

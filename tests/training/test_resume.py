@@ -11,16 +11,13 @@ import torch
 import yaml
 
 from frameavg.training.config import load_config
+from tiny import ETHANOL, TINY_MODEL
+
 from frameavg.training.run import train
 
-OVERRIDES = [
-    "model.hidden_channels=32", "model.num_filters=16", "model.num_gaussians=8", "model.num_interactions=1",
-    "model.tag_hidden_channels=0", "model.pg_hidden_channels=8", "model.phys_embeds=false",
-    "model.regress_forces=direct", "model.cutoff=4.0",
-    "data.train=shipped:rmd17_ethanol/train", "data.max_train=24", "data.val_fraction=0.01",
-    "data.cutoff=4.0", "data.batch_size=8", "targets.forces=true",
-    "optim.max_epochs=3", "optim.warmup_steps=2", "trainer.enable_progress_bar=false",
-    "trainer.checkpoint_every_n_steps=1", "trainer.log_every_n_steps=1",
+OVERRIDES = TINY_MODEL + ETHANOL + [
+    "data.max_train=24", "data.val_fraction=0.01", "data.batch_size=8", "optim.max_epochs=3",
+    "optim.warmup_steps=2", "trainer.checkpoint_every_n_steps=1",
 ]
 KILL_AT_STEP = 4  # 3 steps per epoch: step 4 is in the middle of the second epoch
 

@@ -11,16 +11,12 @@ from frameavg.data.neighbors import RadiusGraph
 from frameavg.data.shipped import shipped_path
 from frameavg.errors import ConfigError, FrameavgError
 from frameavg.training.config import load_config
+from tiny import ETHANOL, TINY_MODEL
+
 from frameavg.training.run import evaluate, load_task, train
 
-TINY = [
-    "model.hidden_channels=16", "model.num_filters=16", "model.num_gaussians=8", "model.num_interactions=1",
-    "model.tag_hidden_channels=0", "model.pg_hidden_channels=4", "model.phys_embeds=false",
-    "model.regress_forces=direct", "model.cutoff=4.0",
-    "data.train=shipped:rmd17_ethanol/train", "data.max_train=24", "data.val_fraction=0.01",
-    "data.cutoff=4.0", "data.batch_size=8", "targets.forces=true",
-    "optim.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-]
+TINY = TINY_MODEL + ETHANOL + ["data.max_train=24", "data.val_fraction=0.01", "data.batch_size=8",
+                               "optim.max_epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -118,4 +114,16 @@ def test_gradient_and_conservation_losses_train(tmp_path, extra):
     assert gradient and all(np.isfinite(gradient)) and gradient[0] > 0
     if "loss.conservation_weight=1" in extra:
         assert any(r.get("train/conservation_step") for r in rows)
+    assert load_task(result["checkpoint"]) is not None
+
+
+def test_ema_plateau_and_early_stopping_run(tmp_path):
+    """The optimisation options the paper configs use (EMA, reduce-on-plateau, early stopping)."""
+    config = load_config(None, TINY + [f"run_dir={tmp_path}", "optim.ema_decay=0.9", "optim.scheduler=plateau",
+                                       "optim.early_stopping_patience=1", "optim.max_epochs=2"])
+    result = train(config)
+    checkpoint = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)
+    assert any("EMAWeightAveraging" in name or "WeightAveraging" in name for name in checkpoint["callbacks"])
+    assert any("EarlyStopping" in name for name in checkpoint["callbacks"])
+    assert checkpoint["lr_schedulers"][0]["mode"] == "min"  # ReduceLROnPlateau state
     assert load_task(result["checkpoint"]) is not None
