@@ -20,7 +20,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import lmdb
 import numpy as np
@@ -379,6 +379,14 @@ class LmdbSource:
         """Release this process's handles of the files (reopened if used again)."""
         for file in self.files:
             release_env(file)
+
+    def stream(self) -> Iterator[Data]:
+        """Every entry in order, releasing the handles at the end (the readers' ``iterate``)."""
+        try:
+            for index in range(len(self)):
+                yield self[index]
+        finally:
+            self.close()
 
 
 def count_entries(path: Path, length_of: Callable[[lmdb.Environment, Path], int]) -> list[int]:

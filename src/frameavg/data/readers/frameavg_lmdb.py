@@ -73,9 +73,4 @@ def apply_options(data: Data, keys, required, dtype, *, source, index) -> Data:
     order=10,
 )
 def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
-    source = open_source(path, options)
-    try:
-        for index in range(len(source)):
-            yield source[index]
-    finally:
-        source.close()
+    yield from open_source(path, options).stream()

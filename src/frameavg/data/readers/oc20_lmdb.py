@@ -162,9 +162,4 @@ def _decode(blob: bytes, file: Path, key: int, *, trusted, keys, required, dtype
     order=20,
 )
 def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
-    source = open_source(path, options)
-    try:
-        for index in range(len(source)):
-            yield source[index]
-    finally:
-        source.close()
+    yield from open_source(path, options).stream()
