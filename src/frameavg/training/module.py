@@ -28,9 +28,7 @@ def build_network(config: dict) -> torch.nn.Module:
     frames = config["frames"]
     if str(frames["frames"]).lower() in ("none", "false", "null"):
         return model
-    from frameavg.frames.averaging import FrameAveraging
-
-    from frameavg.frames.averaging import DEFAULT_VECTOR_KEYS
+    from frameavg.frames.averaging import DEFAULT_VECTOR_KEYS, FrameAveraging
 
     return FrameAveraging(model, frames=frames["frames"], method=frames["train"], eval_method=frames["eval"],
                           seed=config["seed"], vector_keys=(*DEFAULT_VECTOR_KEYS, "gradient_forces"))

@@ -68,7 +68,8 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=()) -> L.Trainer:
 
 
 def train(config: dict, resume: str | None = None) -> dict:
-    """Train per ``config``; returns {"run_dir", "checkpoint", "test": metrics or None}."""
+    """Train per ``config``. Returns {"run_dir", "checkpoint", "test", "baseline", "plots"} on
+    rank 0 ("test" is None without a test set) and None on the other ranks of a DDP run."""
     L.seed_everything(config["seed"], workers=True, verbose=False)
     run_dir = _run_dir(config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
