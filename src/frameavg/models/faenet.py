@@ -19,6 +19,7 @@ from torch.nn import Embedding, Linear
 
 from frameavg.data.neighbors import edge_vectors, radius_graph_batch
 from frameavg.errors import ConfigError, DataError
+from frameavg.models.base import num_graphs_of
 from frameavg.models.blocks import (
     Activation,
     GaussianSmearing,
@@ -603,7 +604,7 @@ class FAENet(nn.Module):
         z = batch.atomic_numbers.long()
         tags = getattr(batch, "tags", None)
         batch_vector = getattr(batch, "batch", None)
-        num_graphs = 1 if batch_vector is None else _num_graphs(batch, batch_vector)
+        num_graphs = 1 if batch_vector is None else num_graphs_of(batch, batch_vector)
         if not torch.compiler.is_compiling():
             self._check_inputs(z, tags, pos)
         if tags is not None:
@@ -725,11 +726,3 @@ class FAENet(nn.Module):
         return load_original_state_dict(state_dict, config, strict=strict)
 
 
-def _num_graphs(batch, batch_vector: Tensor) -> int:
-    num_graphs = getattr(batch, "num_graphs", None)
-    if isinstance(num_graphs, int):
-        return num_graphs
-    natoms = getattr(batch, "natoms", None)
-    if natoms is not None:
-        return int(natoms.numel())
-    return int(batch_vector.max()) + 1 if batch_vector.numel() else 0

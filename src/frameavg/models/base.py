@@ -1,0 +1,147 @@
+"""Shared input handling and force modes for the energy models of ``frameavg.models``.
+
+A model subclasses :class:`EnergyModel` and implements :meth:`EnergyModel.energy`, which maps one
+:class:`GraphInputs` (atoms, positions, periodic edges) to per-graph energies and, optionally,
+direct per-atom forces. :meth:`EnergyModel.forward` then validates the batch, builds the neighbour
+list when the batch has none, and returns ``{"energy": [B], "forces": [N, 3]}`` with forces either
+conservative (``-dE/dpos``, differentiable in training for force losses) or from a direct head.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from frameavg.data.neighbors import edge_vectors, radius_graph_batch
+from frameavg.errors import ConfigError, DataError
+
+#: Force modes of the baselines: conservative, a direct head, or energy only.
+FORCE_MODES = ("from_energy", "direct", None)
+
+
+@dataclass
+class GraphInputs:
+    """One batch of graphs as tensors.
+
+    Attributes:
+        atomic_numbers: [N] long.
+        pos: [N, 3] Å (requires grad when forces are taken from the energy).
+        batch: [N] long graph index of each atom.
+        num_graphs: B.
+        edge_index: [2, E] long; row 0 source j (neighbour), row 1 target i (centre).
+        cell_offsets: [E, 3] integer image shifts (float) or None for molecules.
+        cell: [B, 3, 3] Å or None.
+        tags: [N] long OC20 tags (0 bulk, 1 surface, 2 adsorbate) or None.
+    """
+
+    atomic_numbers: Tensor
+    pos: Tensor
+    batch: Tensor
+    num_graphs: int
+    edge_index: Tensor
+    cell_offsets: Tensor | None
+    cell: Tensor | None
+    tags: Tensor | None = None
+
+    def edge_vectors(self) -> Tensor:
+        """[E, 3] Å: ``pos[j] - pos[i] + cell_offsets @ cell`` (differentiable in ``pos``)."""
+        return edge_vectors(self.pos, self.edge_index, self.cell_offsets, self.cell, self.batch)
+
+
+def num_graphs_of(batch, batch_vector: Tensor) -> int:
+    """B for a PyG ``Batch`` or ``Data`` (``num_graphs``, else ``natoms``, else from ``batch``)."""
+    num_graphs = getattr(batch, "num_graphs", None)
+    if isinstance(num_graphs, int):
+        return num_graphs
+    natoms = getattr(batch, "natoms", None)
+    if natoms is not None:
+        return int(natoms.numel())
+    return int(batch_vector.max()) + 1 if batch_vector.numel() else 0
+
+
+class EnergyModel(nn.Module):
+    """Base class: energy [B] eV from :meth:`energy`, forces [N, 3] eV/Å by ``regress_forces``.
+
+    Args:
+        cutoff: neighbour-list radius in Å used when a batch has no ``edge_index``.
+        max_neighbors: neighbours kept per atom in that case (None: all).
+        regress_forces: ``"from_energy"`` (default, conservative ``F = -dE/dpos``),
+            ``"direct"`` (the model's own force head) or None (energy only).
+        max_z: largest atomic number the model embeds.
+    """
+
+    def __init__(self, cutoff: float, max_neighbors: int | None = None,
+                 regress_forces: str | None = "from_energy", max_z: int = 100):
+        super().__init__()
+        if regress_forces in ("", "none", "null", False):
+            regress_forces = None
+        if regress_forces not in FORCE_MODES:
+            raise ConfigError(f"regress_forces must be one of {FORCE_MODES}, got {regress_forces!r}")
+        if regress_forces == "direct" and not self.has_direct_forces:
+            raise ConfigError(f"{type(self).__name__} has no direct force head; use regress_forces='from_energy'")
+        self.cutoff = float(cutoff)
+        self.max_neighbors = max_neighbors
+        self.regress_forces = regress_forces
+        self.max_z = int(max_z)
+
+    #: Whether :meth:`energy` can return direct forces (set by subclasses that have a head).
+    has_direct_forces = False
+
+    def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, Tensor | None]:
+        """Per-graph energy [B] and, when ``direct_forces``, per-atom forces [N, 3]."""
+        raise NotImplementedError
+
+    def graph_inputs(self, batch, pos: Tensor | None = None) -> GraphInputs:
+        """Validated :class:`GraphInputs` of a batch (neighbour list built if missing)."""
+        pos = batch.pos if pos is None else pos
+        z = batch.atomic_numbers
+        if z.dim() != 1 or pos.dim() != 2 or pos.shape != (z.shape[0], 3):
+            raise DataError(f"expected atomic_numbers [N] and pos [N,3], got {tuple(z.shape)} and {tuple(pos.shape)}")
+        if z.numel() == 0:
+            raise DataError("batch has no atoms")
+        model_dtype = next(self.parameters()).dtype
+        if pos.dtype != model_dtype:
+            raise DataError(f"positions are {pos.dtype} but the model is {model_dtype}: convert one "
+                            f"(model.to({pos.dtype}) or read the data with dtype={model_dtype})")
+        if not torch.compiler.is_compiling():
+            low, high = torch.aminmax(z)
+            if int(low) < 1 or int(high) > self.max_z:
+                raise DataError(f"atomic numbers must be in 1..{self.max_z} for {type(self).__name__}, "
+                                f"got {int(low)}..{int(high)}")
+            if not bool(torch.isfinite(pos).all()):
+                raise DataError("positions contain NaN or inf")
+        batch_vector = getattr(batch, "batch", None)
+        if batch_vector is None:
+            batch_vector = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+        edge_index = getattr(batch, "edge_index", None)
+        cell_offsets = getattr(batch, "cell_offsets", None)
+        if edge_index is None:
+            edge_index, cell_offsets, _ = radius_graph_batch(batch, self.cutoff, self.max_neighbors)
+        tags = getattr(batch, "tags", None)
+        return GraphInputs(
+            atomic_numbers=z.long(), pos=pos, batch=batch_vector, num_graphs=num_graphs_of(batch, batch_vector),
+            edge_index=edge_index, cell_offsets=cell_offsets, cell=getattr(batch, "cell", None),
+            tags=None if tags is None else tags.long(),
+        )
+
+    def forward(self, batch) -> dict[str, Tensor]:
+        """``{"energy": [B]}`` plus ``"forces": [N, 3]`` unless ``regress_forces`` is None."""
+        from_energy = self.regress_forces == "from_energy"
+        outer_grad = torch.is_grad_enabled()
+        with torch.enable_grad() if from_energy else nullcontext():
+            pos = batch.pos
+            if from_energy and not pos.requires_grad:
+                pos = pos.detach().requires_grad_(True)
+            inputs = self.graph_inputs(batch, pos)
+            energy, direct = self.energy(inputs, direct_forces=self.regress_forces == "direct")
+        out = {"energy": energy}
+        if self.regress_forces == "direct":
+            out["forces"] = direct
+        elif from_energy:
+            (grad,) = torch.autograd.grad(energy, pos, grad_outputs=torch.ones_like(energy),
+                                          create_graph=outer_grad, retain_graph=outer_grad)
+            out["forces"] = -grad
+        return out
