@@ -4,6 +4,8 @@
   ``isolated_atoms.xyz``; energies eV, forces eV/Å (PBE/def2-SVP). MIT licence.
 - ``oc20_is2re_samples``: 3 + 8 OC20 IS2RE slabs (``is2re_bs3.extxyz``, ``is2re_bs8.extxyz``) with
   ``y_init``/``y_relaxed`` (eV), ``pos_relaxed``, ``tags``, ``move_mask``. MIT code, OC20 data CC-BY-4.0.
+- ``qm9_subset``: 2,000 random QM9 molecules (seed 0) with all QM9 targets in original units
+  (read with the ``qm9`` reader for eV). QM9 data CC0.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ FILES = {
     "rmd17_ethanol/isolated_atoms": "rmd17_ethanol/isolated_atoms.xyz",
     "oc20_is2re/bs3": "oc20_is2re_samples/is2re_bs3.extxyz",
     "oc20_is2re/bs8": "oc20_is2re_samples/is2re_bs8.extxyz",
+    "qm9_subset": "qm9_subset/qm9_random2000_seed0.extxyz",
 }
 
 
