@@ -44,24 +44,11 @@ from torch_geometric.data import Batch
 from frameavg.data import atoms_to_data
 from frameavg.data.neighbors import RadiusGraph
 from frameavg.models import FAENet
+from frameavg.models.faenet import PAPER_CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
 
-CONFIGS = {
-    "qm9": dict(hidden_channels=400, num_filters=480, num_interactions=5, num_gaussians=100, cutoff=6.0,
-                max_num_neighbors=30, mp_type="updownscale_base", tag_hidden_channels=0, pg_hidden_channels=32,
-                phys_embeds=False, energy_head=None, skip_co=False, second_layer_MLP=True, complex_mp=True),
-    "is2re": dict(hidden_channels=384, num_filters=480, num_interactions=5, num_gaussians=104, cutoff=6.0,
-                  max_num_neighbors=40, mp_type="base", tag_hidden_channels=64, pg_hidden_channels=64,
-                  phys_embeds=True, energy_head="weighted-av-final-embeds", skip_co="concat",
-                  second_layer_MLP=False, complex_mp=True),
-    "s2ef": dict(hidden_channels=256, num_filters=480, num_interactions=7, num_gaussians=136, cutoff=6.0,
-                 max_num_neighbors=30, mp_type="updownscale_base", tag_hidden_channels=32, pg_hidden_channels=64,
-                 phys_embeds=False, energy_head="weighted-av-final-embeds", skip_co=False,
-                 second_layer_MLP=False, complex_mp=True, regress_forces="direct_with_gradient_target",
-                 force_decoder_type="mlp",
-                 force_decoder_model_config={"mlp": {"hidden_channels": 256, "norm": "batch1d"}}),
-}
+CONFIGS = PAPER_CONFIGS
 FORCE_WEIGHT, GRADIENT_WEIGHT = 30.0, 10.0
 
 

@@ -10,32 +10,15 @@ from torch_geometric.data import Batch
 
 from frameavg.data import atoms_to_data
 from frameavg.data.neighbors import RadiusGraph
+from frameavg.models.faenet import PAPER_CONFIGS as FAENET_PAPER_CONFIGS
 
 from .original_faenet import import_original_faenet, patch_local_env  # noqa: F401 (re-exported)
 
 # The paper configurations of issue 4 / DESIGN.md §3 with their parameter counts in faenet 0.1.3.
 PAPER_CONFIGS = {
     "default": ({}, 394_593),
-    "is2re": (
-        dict(hidden_channels=384, num_filters=480, num_interactions=5, num_gaussians=104, mp_type="base",
-             tag_hidden_channels=64, pg_hidden_channels=64, phys_embeds=True,
-             energy_head="weighted-av-final-embeds", skip_co="concat", second_layer_MLP=False, complex_mp=True),
-        4_147_731,
-    ),
-    "qm9": (
-        dict(hidden_channels=400, num_filters=480, num_interactions=5, num_gaussians=100,
-             mp_type="updownscale_base", tag_hidden_channels=0, pg_hidden_channels=32, phys_embeds=False,
-             energy_head=None, skip_co=False, second_layer_MLP=True, complex_mp=True),
-        6_494_673,
-    ),
-    "s2ef": (
-        dict(hidden_channels=256, num_filters=480, num_interactions=7, num_gaussians=136,
-             mp_type="updownscale_base", tag_hidden_channels=32, pg_hidden_channels=64, phys_embeds=False,
-             energy_head="weighted-av-final-embeds", skip_co=False, second_layer_MLP=False, complex_mp=True,
-             regress_forces="direct_with_gradient_target", force_decoder_type="mlp",
-             force_decoder_model_config={"mlp": {"hidden_channels": 256, "norm": "batch1d"}}),
-        5_742_485,
-    ),
+    **{name: ({k: v for k, v in FAENET_PAPER_CONFIGS[name].items() if k not in ("cutoff", "max_num_neighbors")}, count)
+       for name, count in {"qm9": 6_494_673, "is2re": 4_147_731, "s2ef": 5_742_485}.items()},
 }
 
 

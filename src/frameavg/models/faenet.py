@@ -36,6 +36,24 @@ MP_TYPES = ("simple", "updownscale", "updownscale_base", "base", "updown_local_e
 SKIP_CO = (False, "add", "concat", "concat_atom")
 ENERGY_HEADS = (None, "weighted-av-initial-embeds", "weighted-av-final-embeds")
 REGRESS_FORCES = (None, "direct", "direct_with_gradient_target", "from_energy")
+
+#: The paper's configurations (DESIGN.md §3) as ``FAENet(**config)`` arguments, with the cutoff (Å)
+#: and neighbour cap of their data: QM9, OC20 IS2RE and S2EF.
+PAPER_CONFIGS: dict[str, dict] = {
+    "qm9": dict(hidden_channels=400, num_filters=480, num_interactions=5, num_gaussians=100, cutoff=6.0,
+                max_num_neighbors=30, mp_type="updownscale_base", tag_hidden_channels=0, pg_hidden_channels=32,
+                phys_embeds=False, energy_head=None, skip_co=False, second_layer_MLP=True, complex_mp=True),
+    "is2re": dict(hidden_channels=384, num_filters=480, num_interactions=5, num_gaussians=104, cutoff=6.0,
+                  max_num_neighbors=40, mp_type="base", tag_hidden_channels=64, pg_hidden_channels=64,
+                  phys_embeds=True, energy_head="weighted-av-final-embeds", skip_co="concat",
+                  second_layer_MLP=False, complex_mp=True),
+    "s2ef": dict(hidden_channels=256, num_filters=480, num_interactions=7, num_gaussians=136, cutoff=6.0,
+                 max_num_neighbors=30, mp_type="updownscale_base", tag_hidden_channels=32, pg_hidden_channels=64,
+                 phys_embeds=False, energy_head="weighted-av-final-embeds", skip_co=False,
+                 second_layer_MLP=False, complex_mp=True, regress_forces="direct_with_gradient_target",
+                 force_decoder_type="mlp",
+                 force_decoder_model_config={"mlp": {"hidden_channels": 256, "norm": "batch1d"}}),
+}
 FORCE_DECODERS = ("simple", "mlp", "res", "res_updown")
 FORCE_DECODER_NORMS = ("batch1d", "layer", None)
 #: Rows of the original period / group embeddings (periods 1..6 and groups 1..18 use their own
