@@ -8,12 +8,14 @@ from torch import nn
 
 from frameavg.errors import ConfigError
 from frameavg.models.faenet import FAENet
+from frameavg.models.painn import PaiNN
 from frameavg.models.raw_mpnn import RawCoordinateMPNN
 
 #: Model classes by configuration name.
 MODELS: dict[str, type[nn.Module]] = {
     "faenet": FAENet,
     "raw-mpnn": RawCoordinateMPNN,
+    "painn": PaiNN,
 }
 
 
