@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "frameavg.cli.data_cmd",
     "frameavg.cli.train_cmd",
     "frameavg.cli.checkpoint_cmd",
+    "frameavg.cli.bench_cmd",
     "frameavg.cli.symmetry_cmd",
 )
 

@@ -68,8 +68,8 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=()) -> L.Trainer:
 
 
 def train(config: dict, resume: str | None = None) -> dict:
-    """Train per ``config``. Returns {"run_dir", "checkpoint", "test", "baseline", "plots"} on
-    rank 0 ("test" is None without a test set) and None on the other ranks of a DDP run."""
+    """Train per ``config``. Returns {"run_dir", "checkpoint", "epochs", "test", "baseline", "plots"}
+    on rank 0 ("test" is None without a test set) and None on the other ranks of a DDP run."""
     L.seed_everything(config["seed"], workers=True, verbose=False)
     run_dir = _run_dir(config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def train(config: dict, resume: str | None = None) -> dict:
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if trainer.global_rank != 0:
         return None
-    result = {"run_dir": str(run_dir), "checkpoint": str(checkpoint), "test": None}
+    result = {"run_dir": str(run_dir), "checkpoint": str(checkpoint), "epochs": trainer.current_epoch, "test": None}
     if data.test_set:
         metrics, pred = evaluate(task, data.test_set, config["data"]["eval_batch_size"])
         result["test"] = metrics | paper_unit_metrics((config["data"]["keys"] or {}).get("energy"), metrics)
