@@ -4,9 +4,10 @@ Usage (from the repository root)::
 
     python benchmarks/bench_accuracy.py --minutes 30 --configs rmd17_ethanol,qm9_subset [--json]
 
-Each run uses its config unchanged except for the time budget (``optim.max_time_minutes``), an
-epoch cap large enough never to bind, and reduce-on-plateau (a cosine schedule needs the number
-of epochs in advance). Writes the runs under ``runs/accuracy/`` and prints test metrics next to
+Each run uses its config unchanged except for the time budget (``budget_overrides``: the
+``optim.max_time_minutes``, an epoch cap large enough never to bind, and reduce-on-plateau, since a
+cosine schedule needs the number of epochs in advance). ``frameavg bench --accuracy`` does the same
+for every model at equal width. Writes the runs under ``runs/accuracy/`` and prints test metrics next to
 the per-element-mean baseline, plus validation MAE per epoch (the learning curve).
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from frameavg.evaluation.benchmark import budget_overrides
 from frameavg.training.config import load_config
 from frameavg.training.run import train
 
@@ -38,9 +40,8 @@ def learning_curve(run_dir: Path) -> list[dict]:
 
 def run(name: str, minutes: float, threads: int) -> dict:
     torch.set_num_threads(threads)
-    overrides = [f"optim.max_time_minutes={minutes}", "optim.max_epochs=100000", "optim.scheduler=plateau",
-                 "optim.plateau_patience=3", "trainer.enable_progress_bar=false",
-                 f"run_dir={REPO / 'runs' / 'accuracy'}"]
+    overrides = [f"optim.{key}={value}" for key, value in budget_overrides(minutes).items()]
+    overrides += ["trainer.enable_progress_bar=false", f"run_dir={REPO / 'runs' / 'accuracy'}"]
     start = time.perf_counter()
     result = train(load_config(REPO / "configs" / f"{name}.yaml", overrides))
     curve = learning_curve(Path(result["run_dir"]))
