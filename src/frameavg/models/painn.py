@@ -138,7 +138,8 @@ class PaiNNMessage(nn.Module):
         ds, gate_v, gate_r = x.split(self.hidden_channels, dim=-1)
         dv = (gate_r * self.vector_scale).unsqueeze(1) * unit.unsqueeze(2)  # [E, 3, F]
         if v is not None:
-            dv = torch.addcmul(dv, v.index_select(0, source), (gate_v * (self.inv_sqrt_3 * self.vector_scale)).unsqueeze(1))
+            # in place: the product above saves its inputs, not its output, for backward
+            dv.addcmul_(v.index_select(0, source), (gate_v * (self.inv_sqrt_3 * self.vector_scale)).unsqueeze(1))
         num_nodes = s.shape[0]
         return scatter_sum(ds, target, num_nodes), scatter_sum(dv, target, num_nodes)
 
