@@ -10,11 +10,13 @@ from frameavg.errors import ConfigError
 from frameavg.models.faenet import FAENet
 from frameavg.models.painn import PaiNN
 from frameavg.models.raw_mpnn import RawCoordinateMPNN
+from frameavg.models.schnet import SchNet
 
 #: Model classes by configuration name.
 MODELS: dict[str, type[nn.Module]] = {
     "faenet": FAENet,
     "raw-mpnn": RawCoordinateMPNN,
+    "schnet": SchNet,
     "painn": PaiNN,
 }
 
@@ -32,4 +34,4 @@ def build_model(name: str, **kwargs) -> nn.Module:
         raise ConfigError(f"model {name!r}: {exc}") from exc
 
 
-__all__ = ["FAENet", "MODELS", "RawCoordinateMPNN", "build_model"]
+__all__ = ["FAENet", "MODELS", "RawCoordinateMPNN", "SchNet", "build_model"]

@@ -1,0 +1,82 @@
+"""SchNet (Schütt et al., 2017) on our periodic edges: PyTorch Geometric's implementation, fed with
+``edge_index`` / ``cell_offsets`` / ``cell`` instead of its own (molecule-only) radius graph.
+
+The network is a ``torch_geometric.nn.models.SchNet`` held as ``self.pyg``; its embedding,
+Gaussian smearing, interaction blocks and output MLP run unchanged on distances
+``|pos[j] - pos[i] + offsets @ cell|``, so a model with the same weights as a PyG SchNet gives PyG's
+energies, and periodic slabs work as in OCP's ``SchNetWrap``. Energy = sum (or mean) over atoms of
+the per-atom outputs, without PyG's mean/std/atomref rescaling (the training module normalises).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import Embedding
+from torch_geometric.nn.models import SchNet as PygSchNet
+
+from frameavg.errors import ConfigError
+from frameavg.models.base import EnergyModel, GraphInputs
+from frameavg.models.blocks import GraphIndex
+
+#: PyG's SchNet embeds Z = 0..99 (row 0 is padding).
+PYG_MAX_Z = 99
+
+#: OCP's OC20 IS2RE-all SchNet (ocp configs/is2re/all/schnet/schnet.yml; OCP's neighbour cap of 50,
+#: energy only): ``SchNet(**PAPER_CONFIG)``.
+PAPER_CONFIG: dict = dict(hidden_channels=384, num_filters=128, num_interactions=4, num_gaussians=100,
+                          cutoff=6.0, max_neighbors=50, readout="add", regress_forces=None)
+
+#: The equal-width comparison of issue 6: width 128, 4 interactions, cutoff 6 Å; filters equal to
+#: the width and PyG's 50 Gaussians. Forces follow the constructor default (conservative).
+EQUAL_WIDTH_CONFIG: dict = dict(hidden_channels=128, num_filters=128, num_interactions=4, num_gaussians=50,
+                                cutoff=6.0)
+
+READOUTS = ("add", "sum", "mean")
+
+
+class SchNet(EnergyModel):
+    """SchNet energy [B] eV and conservative forces [N, 3] eV/Å on periodic or molecular graphs.
+
+    Args:
+        hidden_channels: atom-state width.
+        num_filters: width of the continuous filters.
+        num_interactions: interaction blocks.
+        num_gaussians: Gaussians over [0, cutoff] expanding the distances.
+        cutoff: Å; edges of the batch longer than this are ignored (PyG's cosine cutoff assumes
+            none), and the neighbour list built when a batch has none uses it.
+        max_neighbors: neighbours per atom when the model builds the neighbour list itself.
+        readout: ``"add"`` (sum over atoms, OCP's default) or ``"mean"``.
+        regress_forces: ``"from_energy"`` (default) or None.
+        max_z: largest atomic number; PyG's table (99) unless larger, then a bigger table is
+            initialised as PyG does.
+    """
+
+    def __init__(self, hidden_channels: int = 128, num_filters: int = 128, num_interactions: int = 6,
+                 num_gaussians: int = 50, cutoff: float = 6.0, max_neighbors: int | None = None,
+                 readout: str = "add", regress_forces: str | None = "from_energy", max_z: int = PYG_MAX_Z):
+        super().__init__(cutoff=cutoff, max_neighbors=max_neighbors, regress_forces=regress_forces, max_z=max_z)
+        if readout not in READOUTS:
+            raise ConfigError(f"SchNet readout must be one of {READOUTS}, got {readout!r}")
+        self.readout = "mean" if readout == "mean" else "add"
+        self.pyg = PygSchNet(hidden_channels=hidden_channels, num_filters=num_filters,
+                             num_interactions=num_interactions, num_gaussians=num_gaussians,
+                             cutoff=cutoff, readout=self.readout)
+        if self.max_z != PYG_MAX_Z:
+            self.pyg.embedding = Embedding(self.max_z + 1, hidden_channels, padding_idx=0)
+
+    def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, None]:
+        net = self.pyg
+        edge_index = inputs.edge_index
+        dist = torch.linalg.vector_norm(inputs.edge_vectors(), dim=-1)
+        within = dist < self.cutoff
+        if not bool(within.all()):
+            edge_index, dist = edge_index[:, within], dist[within]
+        h = net.embedding(inputs.atomic_numbers)
+        edge_attr = net.distance_expansion(dist)
+        for interaction in net.interactions:
+            h = h + interaction(h, edge_index, dist, edge_attr)
+        atom_energy = net.lin2(net.act(net.lin1(h)))
+        graphs = GraphIndex.from_batch(inputs.batch, atom_energy.shape[0], inputs.num_graphs, like=atom_energy)
+        energy = graphs.mean(atom_energy) if self.readout == "mean" else graphs.sum(atom_energy)
+        return energy.squeeze(-1), None

@@ -1,0 +1,53 @@
+"""Real structures and reference pieces shared by the SchNet and DimeNet++ tests."""
+
+from __future__ import annotations
+
+import ase.db
+import ase.io
+import torch
+from torch_geometric.data import Batch
+
+from frameavg.data import atoms_to_data
+from frameavg.data.neighbors import RadiusGraph
+from frameavg.evaluation.symmetry import model_inputs
+
+
+def molecules(shared_data, dtype: torch.dtype) -> list:
+    """4 QM9 molecules and 2 rMD17 ethanol frames as input-only ``Data``."""
+    atoms = (ase.io.read(shared_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", ":4")
+             + ase.io.read(shared_data / "rmd17_ethanol" / "train.xyz", ":2"))
+    return [model_inputs(atoms_to_data(a, dtype=dtype)) for a in atoms]
+
+
+def slabs(shared_data, dtype: torch.dtype, count: int = 3) -> list:
+    """The first ``count`` OC20 IS2RE slabs (65, 172, 24 atoms; periodic in x, y and z)."""
+    atoms = ase.io.read(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", f":{count}")
+    return [model_inputs(atoms_to_data(a, dtype=dtype)) for a in atoms]
+
+
+def small_oxide(shared_data):
+    """A bulk rutile-type BO2 cell (6 atoms, edges 3.1-4.5 Å): within 5 Å every atom sees several
+    images of the same atoms, itself included."""
+    return next(ase.db.connect(shared_data / "oxides_eos" / "oxides.db").select(limit=1)).toatoms()
+
+
+def as_batch(structures, cutoff: float, max_neighbors: int | None = None) -> Batch:
+    graph = RadiusGraph(cutoff, max_neighbors)
+    return Batch.from_data_list([graph(d.clone()) for d in structures])
+
+
+def all_pairs_within(pos: torch.Tensor, batch: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """[2, E] edges j -> i of all pairs of a graph closer than ``cutoff`` (PyG's ``radius_graph``
+    without a neighbour cap, by brute force)."""
+    close = (torch.cdist(pos, pos) < cutoff) & (batch[:, None] == batch[None, :])
+    close.fill_diagonal_(False)
+    return close.nonzero().T.contiguous()
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
+    """Perturb every parameter so no block is left at an initial zero or identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    return model
