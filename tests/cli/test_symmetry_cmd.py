@@ -68,3 +68,14 @@ def test_checkpoint_uses_its_frames_and_neighbour_settings(shared_data, capsys, 
     assert rows["rotation"]["expected"] and rows["rotation"]["energy_abs_max"] < 1e-10
     assert rows["image"]["energy_abs_max"] < 1e-10
     assert rows["reflection"]["expected"] is False
+
+
+def test_invariant_baseline_claims_rotations_without_frames(shared_data, capsys):
+    """PaiNN is E(3)-invariant by construction: the bare model claims and shows it (FA adds nothing)."""
+    path = shared_data / "rmd17_ethanol" / "train.xyz"
+    code, out, _ = _run(capsys, ["symmetry", "--model", "painn", "--data", str(path), "--limit", "2", "--frames", "none",
+                                 "--checks", "rotation,reflection,translation", "--json"])
+    assert code == 0
+    for check in json.loads(out)["checks"]:
+        assert check["expected"] is True
+        assert check["energy_abs_max"] < 1e-10 and check["forces_abs_max"] < 1e-10

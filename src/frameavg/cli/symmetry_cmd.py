@@ -63,7 +63,7 @@ def run(args) -> int:
     report = symmetry_report(
         model, structures, checks=checks, dim=frames if frames != "none" else "3D", cutoff=cutoff,
         max_neighbors=max_neighbors, strict_neighbors=args.strict_neighbors, trials=args.trials, batch_size=args.batch_size, seed=args.seed,
-        expected=claims(frames, method),
+        expected=claims(frames, method, _bare_model(model)),
     )
     report.meta.update({"data": str(args.data), "model": name, "frames": frames, "method": method})
     if args.json:
@@ -75,18 +75,30 @@ def run(args) -> int:
     return 0
 
 
-def claims(frames: str, method: str | None) -> dict:
-    """The symmetries a frame method guarantees (exactly for all/det; approximately never)."""
+def claims(frames: str, method: str | None, model=None) -> dict:
+    """The symmetries guaranteed by the frame method (exactly for all/det; approximately never) or
+    by the model's construction (its ``invariances`` attribute, e.g. SchNet's rotations)."""
     if frames == "none" or method is None:
-        return {"permutation": True, "image": True, "cell": True, "batch": True, "repeat": True,
-                "rotation": False, "reflection": False, "translation": False}
-    kind = method.removeprefix("se3-")
-    out = dict(_CLAIMS_ALL)
-    if kind in ("stochastic", "DA"):
-        out.update(rotation=False, reflection=False, repeat=False)
-    if method.startswith("se3-"):
-        out["reflection"] = False
+        out = {"permutation": True, "image": True, "cell": True, "batch": True, "repeat": True,
+               "rotation": False, "reflection": False, "translation": False}
+    else:
+        kind = method.removeprefix("se3-")
+        out = dict(_CLAIMS_ALL)
+        if kind in ("stochastic", "DA"):
+            out.update(rotation=False, reflection=False, repeat=False)
+        if method.startswith("se3-"):
+            out["reflection"] = False
+    for check in getattr(model, "invariances", ()):
+        out[check] = True
     return out
+
+
+def _bare_model(model):
+    """The network inside a training task and/or a frame-averaging wrapper."""
+    from frameavg.frames.averaging import FrameAveraging
+
+    model = getattr(model, "net", model)
+    return model.model if isinstance(model, FrameAveraging) else model
 
 
 def build_symmetry_model(args, dtype):

@@ -90,6 +90,10 @@ class EnergyModel(nn.Module):
     #: Whether :meth:`energy` can return direct forces (set by subclasses that have a head).
     has_direct_forces = False
 
+    #: Transformations the energy is invariant to (and forces equivariant under) by construction,
+    #: as named by ``frameavg.evaluation.symmetry`` checks; what ``frameavg symmetry`` claims.
+    invariances: tuple[str, ...] = ("rotation", "reflection", "translation")
+
     def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, Tensor | None]:
         """Per-graph energy [B] and, when ``direct_forces``, per-atom forces [N, 3]."""
         raise NotImplementedError
