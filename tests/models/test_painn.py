@@ -152,7 +152,8 @@ def test_model_builds_the_graph_when_the_batch_has_none(shared_data):
 def test_parameter_counts():
     """PAPER_CONFIG is OCP's S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml; IS2RE-all uses
     hidden 1024). The count follows from the layer shapes of OCP's painn.py (H = 512, 128 RBF,
-    83 elements); OCP's model also holds 6 untrained ScaleFactor scalars, left out here."""
+    83 elements). OCP's ``num_params`` is 6 higher (20,073,481): each layer's ScaleFactor is an
+    ``nn.Parameter`` scalar with requires_grad=False (identity until fitted), left out here."""
     h, rbf, layers = 512, 128, 6
     message = 2 * h + (h * h + h) + (h * 3 * h + 3 * h) + (rbf * 3 * h + 3 * h)
     update = h * 2 * h + (2 * h * h + h) + (h * 3 * h + 3 * h)

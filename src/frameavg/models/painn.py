@@ -50,7 +50,8 @@ from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.models.blocks import GaussianSmearing, scatter_sum
 
 #: OCP's OC20 S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml), 83 elements, Gaussian RBF,
-#: polynomial envelope and direct forces as there. 20,073,475 parameters.
+#: polynomial envelope and direct forces as there. 20,073,475 parameters (OCP's ``num_params``:
+#: 20,073,481, counting its six untrained per-layer ScaleFactor scalars).
 PAPER_CONFIG = dict(hidden_channels=512, num_interactions=6, num_rbf=128, cutoff=12.0, max_neighbors=50,
                     max_z=83, rbf="gaussian", envelope="polynomial", regress_forces="direct")
 
