@@ -142,6 +142,16 @@ def test_batch_independent(shared_data, regress_forces):
     assert_batch_independent(small_model(regress_forces), structures, atol=1e-10, batch_size=7, cutoff=CUTOFF)
 
 
+@pytest.mark.parametrize("regress_forces", ["from_energy", "direct"])
+def test_isolated_atoms_have_finite_energy_and_zero_force(shared_data, regress_forces):
+    """rMD17's isolated H, C and O atoms: graphs without edges (vector features stay zero)."""
+    atoms = list(iter_structures(shared_data / "rmd17_ethanol" / "isolated_atoms.xyz", dtype=torch.float64))
+    out = small_model(regress_forces)(graph_batch([model_inputs(d) for d in atoms]))
+    assert out["energy"].shape == (len(atoms),) and torch.isfinite(out["energy"]).all()
+    assert out["energy"].unique().numel() == len(atoms)  # one embedding per element
+    assert torch.equal(out["forces"], torch.zeros_like(out["forces"]))
+
+
 def test_model_builds_the_graph_when_the_batch_has_none(shared_data):
     model = small_model()
     structures = load(shared_data, "oc20_is2re")[:2]
