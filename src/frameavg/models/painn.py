@@ -259,8 +259,9 @@ class PaiNN(EnergyModel):
         dist = torch.linalg.vector_norm(vectors, dim=-1)
         self.check_distances(dist, inputs)
         unit = vectors / dist.unsqueeze(-1)
-        basis = self.radial_basis(dist)
-        edge_basis = torch.cat([basis, torch.ones_like(dist).unsqueeze(-1)], dim=-1) * self.edge_envelope(dist).unsqueeze(-1)
+        # [RBF, 1] · envelope: each layer's filter (bias included) is then one matrix product
+        basis = torch.cat([self.radial_basis(dist), torch.ones_like(dist).unsqueeze(-1)], dim=-1)
+        edge_basis = basis * self.edge_envelope(dist).unsqueeze(-1)
         source, target = inputs.edge_index
         s = self.embedding(inputs.atomic_numbers - 1)
         v = None
