@@ -18,7 +18,7 @@ from frameavg.evaluation.symmetry import model_inputs
 from frameavg.evaluation.testing import assert_batch_independent, assert_symmetric
 from frameavg.frames import FrameAveraging
 from frameavg.models import build_model
-from frameavg.models.painn import EQUAL_WIDTH_CONFIG, PAPER_CONFIG, PaiNN, cosine_cutoff, polynomial_envelope
+from frameavg.models.painn import EQUAL_WIDTH_CONFIG, PAPER_CONFIG, S2EF_CONFIG, PaiNN, cosine_cutoff, polynomial_envelope
 
 CUTOFF = 5.0
 SMALL = dict(hidden_channels=32, num_interactions=2, num_rbf=16, cutoff=CUTOFF)
@@ -160,21 +160,26 @@ def test_model_builds_the_graph_when_the_batch_has_none(shared_data):
 
 
 def test_parameter_counts():
-    """PAPER_CONFIG is OCP's S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml; IS2RE-all uses
-    hidden 1024). The count follows from the layer shapes of OCP's painn.py (H = 512, 128 RBF,
+    """S2EF_CONFIG is OCP's S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml), PAPER_CONFIG
+    its IS2RE-All sibling (hidden 1024, no force head). The count follows from the layer shapes of OCP's painn.py (H = 512, 128 RBF,
     83 elements). OCP's ``num_params`` is 6 higher (20,073,481): each layer's ScaleFactor is an
     ``nn.Parameter`` scalar with requires_grad=False (identity until fitted), left out here."""
-    h, rbf, layers = 512, 128, 6
-    message = 2 * h + (h * h + h) + (h * 3 * h + 3 * h) + (rbf * 3 * h + 3 * h)
-    update = h * 2 * h + (2 * h * h + h) + (h * 3 * h + 3 * h)
-    energy_head = (h * h // 2 + h // 2) + (h // 2 + 1)
+    rbf, layers = 128, 6
+
+    def trunk(h):
+        message = 2 * h + (h * h + h) + (h * 3 * h + 3 * h) + (rbf * 3 * h + 3 * h)
+        update = h * 2 * h + (2 * h * h + h) + (h * 3 * h + 3 * h)
+        energy_head = (h * h // 2 + h // 2) + (h // 2 + 1)
+        return 83 * h + layers * (message + update) + energy_head
 
     def gated(i, o):
         return i * i + i * o + (2 * i * i + i) + (i * 2 * o + 2 * o)
 
-    expected = 83 * h + layers * (message + update) + energy_head + gated(h, h // 2) + gated(h // 2, 1)
-    paper = build_model("painn", **PAPER_CONFIG)
-    assert sum(p.numel() for p in paper.parameters()) == expected == 20_073_475
+    s2ef = build_model("painn", **S2EF_CONFIG)
+    assert sum(p.numel() for p in s2ef.parameters()) == trunk(512) + gated(512, 256) + gated(256, 1) == 20_073_475
+    is2re = build_model("painn", **PAPER_CONFIG)
+    assert sum(p.numel() for p in is2re.parameters()) == trunk(1024)
+    paper = s2ef
     equal = build_model("painn", **EQUAL_WIDTH_CONFIG)
     assert sum(p.numel() for p in equal.parameters()) == 779_393
     assert (paper.hidden_channels, paper.num_interactions, paper.num_rbf, paper.cutoff, paper.max_neighbors) == (

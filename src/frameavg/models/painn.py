@@ -52,8 +52,12 @@ from frameavg.models.blocks import GaussianSmearing, scatter_sum
 #: OCP's OC20 S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml), 83 elements, Gaussian RBF,
 #: polynomial envelope and direct forces as there. 20,073,475 parameters (OCP's ``num_params``:
 #: 20,073,481, counting its six untrained per-layer ScaleFactor scalars).
-PAPER_CONFIG = dict(hidden_channels=512, num_interactions=6, num_rbf=128, cutoff=12.0, max_neighbors=50,
-                    max_z=83, rbf="gaussian", envelope="polynomial", regress_forces="direct")
+S2EF_CONFIG = dict(hidden_channels=512, num_interactions=6, num_rbf=128, cutoff=12.0, max_neighbors=50,
+                   max_z=83, rbf="gaussian", envelope="polynomial", regress_forces="direct")
+
+#: OCP's OC20 IS2RE-All PaiNN (DESIGN.md §3: hidden 1024, 6 layers, 128 RBF, 12 Å, 50 neighbours),
+#: energy only: the configuration of the ``paper`` comparison of ``frameavg bench``.
+PAPER_CONFIG = dict(S2EF_CONFIG, hidden_channels=1024, regress_forces=None)
 
 #: The equal-width comparison of issue 6 (same width, depth and cutoff as FAENet's default).
 EQUAL_WIDTH_CONFIG = dict(hidden_channels=128, num_interactions=4, cutoff=6.0)
@@ -288,4 +292,4 @@ class PaiNN(EnergyModel):
                 f"regress_forces={self.regress_forces!r}")
 
 
-__all__ = ["EQUAL_WIDTH_CONFIG", "PAPER_CONFIG", "PaiNN"]
+__all__ = ["EQUAL_WIDTH_CONFIG", "PAPER_CONFIG", "S2EF_CONFIG", "PaiNN"]
