@@ -7,6 +7,7 @@ import difflib
 from torch import nn
 
 from frameavg.errors import ConfigError
+from frameavg.models.escn import ESCN
 from frameavg.models.faenet import FAENet
 from frameavg.models.painn import PaiNN
 from frameavg.models.raw_mpnn import RawCoordinateMPNN
@@ -15,6 +16,7 @@ from frameavg.models.schnet import SchNet
 #: Model classes by configuration name.
 MODELS: dict[str, type[nn.Module]] = {
     "faenet": FAENet,
+    "escn": ESCN,
     "raw-mpnn": RawCoordinateMPNN,
     "schnet": SchNet,
     "painn": PaiNN,
