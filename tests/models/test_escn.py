@@ -31,7 +31,8 @@ from frameavg.evaluation.testing import assert_batch_independent, assert_symmetr
 from frameavg.frames import FrameAveraging
 from frameavg.models import build_model
 from frameavg.models.escn import EQUAL_WIDTH_CONFIG, ESCN, PAPER_CONFIG
-from frameavg.models.escn.so3 import SphereGrid, WignerFromHarmonics, edge_frame, m_primary_layout
+from frameavg.models.escn.model import ESCNLayer
+from frameavg.models.escn.so3 import SphereGrid, WignerFromHarmonics, edge_frame, edge_rotation, m_primary_layout
 
 CUTOFF = 4.0
 SMALL = dict(hidden_channels=8, num_interactions=2, cutoff=CUTOFF, lmax=3, mmax=2, edge_channels=8,
@@ -142,20 +143,19 @@ def test_rotating_into_the_edge_frame_and_back_is_the_identity(shared_data):
     vectors = data.pos[data.edge_index[0]] - data.pos[data.edge_index[1]]
     frame = edge_frame(F.normalize(vectors, dim=-1))
     x = torch.randn(len(vectors), 16, 5, dtype=torch.float64)
-    full = _model(lmax=3, mmax=3).layers[0]
-    wigner = WignerFromHarmonics(3, 3)(frame)
-    torch.testing.assert_close(full.rotate_out(full.rotate_in(x, wigner), wigner), x, rtol=0, atol=1e-13)
+    layer = ESCNLayer
+    full = edge_rotation(WignerFromHarmonics(3, 3)(frame), 3, 3)
+    torch.testing.assert_close(layer.rotate_out(layer.rotate_in(x, full), full), x, rtol=0, atol=1e-13)
 
-    truncated = _model(lmax=3, mmax=1).layers[0]
-    wigner = WignerFromHarmonics(3, 1)(frame)
-    once = truncated.rotate_out(truncated.rotate_in(x, wigner), wigner)
-    twice = truncated.rotate_out(truncated.rotate_in(once, wigner), wigner)
+    truncated = edge_rotation(WignerFromHarmonics(3, 1)(frame), 3, 1)
+    once = layer.rotate_out(layer.rotate_in(x, truncated), truncated)
+    twice = layer.rotate_out(layer.rotate_in(once, truncated), truncated)
     torch.testing.assert_close(twice, once, rtol=0, atol=1e-13)
     harmonics = o3.spherical_harmonics(list(range(4)), vectors, normalize=True).unsqueeze(-1)
-    kept = truncated.rotate_out(truncated.rotate_in(harmonics, wigner), wigner)
+    kept = layer.rotate_out(layer.rotate_in(harmonics, truncated), truncated)
     torch.testing.assert_close(kept, harmonics, rtol=0, atol=1e-13)
     # in the frame the edge lies on the polar axis: only m = 0 entries of its harmonics are nonzero
-    rotated = truncated.rotate_in(harmonics, wigner).squeeze(-1)
+    rotated = layer.rotate_in(harmonics, truncated).squeeze(-1)
     entries = m_primary_layout(3, 1)[0]
     nonzero_m = [i for i, (_, m) in enumerate(entries) if m != 0]
     assert float(rotated[:, nonzero_m].abs().max()) < 1e-13

@@ -38,8 +38,7 @@ from frameavg.models.escn.so3 import (
     SphereGrid,
     WignerFromHarmonics,
     edge_frame,
-    full_index,
-    l_primary_truncated,
+    edge_rotation,
     m_primary_layout,
 )
 
@@ -173,14 +172,6 @@ class ESCNLayer(nn.Module):
         super().__init__()
         self.lmax, self.mmax = lmax, mmax
         entries, _ = m_primary_layout(lmax, mmax)
-        truncated = l_primary_truncated(lmax, mmax)
-        position = {entry: i for i, entry in enumerate(truncated)}
-        to_m = [position[e] for e in entries]
-        to_l = [0] * len(to_m)
-        for i, j in enumerate(to_m):
-            to_l[j] = i
-        self.register_buffer("to_m_primary", torch.tensor(to_m), persistent=False)
-        self.register_buffer("to_l_primary", torch.tensor(to_l), persistent=False)
         self.edge_embedding = EdgeEmbedding(edge_channels, distance_basis, num_basis, max_z)
         self.convolution = SO2Convolution(lmax, mmax, 2 * channels, channels, so2_hidden, edge_channels)
         degrees_full = [l for l in range(lmax + 1) for _ in range(2 * l + 1)]
@@ -192,27 +183,23 @@ class ESCNLayer(nn.Module):
             gates = nn.ModuleList([GateActivation(degrees_full, lmax, channels) for _ in range(2)])
             self.update = NodeUpdate(channels, gates, None)
 
-    def rotate_in(self, x: Tensor, wigner: list[Tensor]) -> Tensor:
-        """[E, (lmax+1)^2, C] global coefficients -> [E, T, C] edge-frame orders |m| <= mmax (m-primary)."""
-        blocks = [torch.bmm(d, x[:, l * l:(l + 1) * (l + 1)]) for l, d in enumerate(wigner)]
-        return torch.cat(blocks, dim=1).index_select(1, self.to_m_primary)
+    @staticmethod
+    def rotate_in(x: Tensor, rotation: Tensor) -> Tensor:
+        """[E, (lmax+1)^2, C] global coefficients -> [E, T, C] edge-frame orders |m| <= mmax
+        (m-primary); ``rotation`` [E, T, (lmax+1)^2] from :func:`.so3.edge_rotation`."""
+        return torch.bmm(rotation, x)
 
-    def rotate_out(self, x: Tensor, wigner: list[Tensor]) -> Tensor:
+    @staticmethod
+    def rotate_out(x: Tensor, rotation: Tensor) -> Tensor:
         """Inverse of :meth:`rotate_in` on the kept orders: [E, T, C] -> [E, (lmax+1)^2, C]."""
-        x = x.index_select(1, self.to_l_primary)
-        blocks, offset = [], 0
-        for d in wigner:
-            rows = d.shape[1]
-            blocks.append(torch.bmm(d.transpose(1, 2), x[:, offset:offset + rows]))
-            offset += rows
-        return torch.cat(blocks, dim=1)
+        return torch.bmm(rotation.transpose(1, 2), x)
 
-    def forward(self, x: Tensor, z: Tensor, distance: Tensor, edge_index: Tensor, wigner: list[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, z: Tensor, distance: Tensor, edge_index: Tensor, rotation: Tensor) -> Tensor:
         source, target = edge_index
         edge_features = self.edge_embedding(distance, z[source], z[target])
         pair = torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=-1)
-        message = self.convolution(self.rotate_in(pair, wigner), edge_features)
-        message = self.rotate_out(self.edge_activation(message), wigner)
+        message = self.convolution(self.rotate_in(pair, rotation), edge_features)
+        message = self.rotate_out(self.edge_activation(message), rotation)
         return self.update(x, scatter_sum(message, target, x.shape[0]))
 
 
@@ -342,12 +329,13 @@ class ESCN(EnergyModel):
             if shortest < MIN_EDGE_LENGTH:
                 raise DataError(f"eSCN: an edge is {shortest:.2e} Å long (atoms on top of each other); "
                                 f"its frame is undefined")
-        wigner = self.wigner(edge_frame(vectors / distance.clamp(min=MIN_EDGE_LENGTH).unsqueeze(-1)))
+        blocks = self.wigner(edge_frame(vectors / distance.clamp(min=MIN_EDGE_LENGTH).unsqueeze(-1)))
+        rotation = edge_rotation(blocks, self.lmax, self.mmax)  # [E, T, (lmax+1)^2], shared by all layers
         z = inputs.atomic_numbers
         scalars = self.embedding(z)
         x = torch.cat([scalars.unsqueeze(1), scalars.new_zeros(z.shape[0], (self.lmax + 1) ** 2 - 1, scalars.shape[1])], dim=1)
         for i, layer in enumerate(self.layers):
-            update = layer(x, z, distance, inputs.edge_index, wigner)
+            update = layer(x, z, distance, inputs.edge_index, rotation)
             x = update if i == 0 else x + update
 
         if self.nonlinearity == "grid":

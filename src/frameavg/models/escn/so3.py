@@ -153,14 +153,27 @@ def m_primary_layout(lmax: int, mmax: int) -> tuple[list[tuple[int, int]], list[
     return entries, sizes
 
 
-def l_primary_truncated(lmax: int, mmax: int) -> list[tuple[int, int]]:
-    """(l, m) of the truncated coefficients block by block (the rows of WignerFromHarmonics)."""
-    return [(l, m) for l in range(lmax + 1) for m in range(-min(l, mmax), min(l, mmax) + 1)]
-
-
 def full_index(l: int, m: int) -> int:
     """Position of (l, m) in the full l-primary layout of (lmax+1)^2 coefficients."""
     return l * l + l + m
+
+
+def edge_rotation(blocks: list[Tensor], lmax: int, mmax: int) -> Tensor:
+    """One matrix per edge [E, T, (lmax+1)^2] from the Wigner blocks of :class:`WignerFromHarmonics`:
+    global coefficients -> the kept edge-frame orders in m-primary order (:func:`m_primary_layout`).
+
+    Dense (zeros outside the blocks): one batched product per rotation instead of one per degree
+    plus reordering copies; the extra multiply-adds are small next to the SO(2) convolution.
+    """
+    entries, _ = m_primary_layout(lmax, mmax)
+    row = {entry: i for i, entry in enumerate(entries)}
+    first = blocks[0]
+    matrix = first.new_zeros(first.shape[0], len(entries), (lmax + 1) ** 2)
+    for l, block in enumerate(blocks):
+        keep = min(l, mmax)
+        rows = [row[(l, m)] for m in range(-keep, keep + 1)]
+        matrix[:, rows, l * l:(l + 1) * (l + 1)] = block
+    return matrix
 
 
 # ---------------------------------------------------------------------------------------------
