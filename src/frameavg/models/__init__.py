@@ -8,6 +8,7 @@ from torch import nn
 
 from frameavg.errors import ConfigError
 from frameavg.models.escn import ESCN
+from frameavg.models.dimenetpp import DimeNetPlusPlus
 from frameavg.models.faenet import FAENet
 from frameavg.models.painn import PaiNN
 from frameavg.models.raw_mpnn import RawCoordinateMPNN
@@ -19,6 +20,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "escn": ESCN,
     "raw-mpnn": RawCoordinateMPNN,
     "schnet": SchNet,
+    "dimenetpp": DimeNetPlusPlus,
     "painn": PaiNN,
 }
 
@@ -36,4 +38,4 @@ def build_model(name: str, **kwargs) -> nn.Module:
         raise ConfigError(f"model {name!r}: {exc}") from exc
 
 
-__all__ = ["FAENet", "MODELS", "RawCoordinateMPNN", "SchNet", "build_model"]
+__all__ = ["DimeNetPlusPlus", "FAENet", "MODELS", "RawCoordinateMPNN", "SchNet", "build_model"]
