@@ -7,8 +7,8 @@ import difflib
 from torch import nn
 
 from frameavg.errors import ConfigError
-from frameavg.models.escn import ESCN
 from frameavg.models.dimenetpp import DimeNetPlusPlus
+from frameavg.models.escn import ESCN
 from frameavg.models.faenet import FAENet
 from frameavg.models.painn import PaiNN
 from frameavg.models.raw_mpnn import RawCoordinateMPNN
