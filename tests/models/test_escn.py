@@ -283,8 +283,8 @@ def test_forces_are_finite_with_an_edge_exactly_along_the_polar_axis(shared_data
 
 
 def test_parameter_counts_and_registry():
-    assert sum(p.numel() for p in ESCN(**PAPER_CONFIG).parameters()) == 38_456_448
-    assert sum(p.numel() for p in ESCN(**EQUAL_WIDTH_CONFIG).parameters()) == 8_763_392
+    assert sum(p.numel() for p in ESCN(**PAPER_CONFIG).parameters()) == 51_837_952
+    assert sum(p.numel() for p in ESCN(**EQUAL_WIDTH_CONFIG).parameters()) == 11_914_240
     assert isinstance(build_model("escn", **SMALL), ESCN)
     assert ESCN.has_direct_forces
 

@@ -7,8 +7,9 @@ Atoms carry spherical-harmonic coefficients x [N, (lmax+1)^2, C] (C = ``hidden_c
 1. edge features from the distance (Gaussian basis) and both elements (OCP's EdgeBlock);
 2. source and target coefficients of every edge rotated into the edge frame (Wigner-D of the
    deterministic frame of :mod:`.so3`), keeping orders |m| <= ``mmax``;
-3. SO(2) convolution: per order m, a linear map over (degree, channel) with radial-dependent
-   weights, complex-multiplication structure for m > 0 (commutes with rolls about the edge);
+3. SO(2) convolutions of the source and of the target coefficients, summed: per order m, a
+   linear map over (degree, channel) with radial-dependent weights, complex-multiplication
+   structure for m > 0 (commutes with rolls about the edge);
 4. point-wise non-linearity (SiLU on an S2 grid in the edge frame; or an exact gate), rotation
    back, sum over the incoming edges of each atom;
 5. node update: point-wise MLP of [x, message] on an S2 grid (or gated), residual after layer 0.
@@ -173,7 +174,11 @@ class ESCNLayer(nn.Module):
         self.lmax, self.mmax = lmax, mmax
         entries, _ = m_primary_layout(lmax, mmax)
         self.edge_embedding = EdgeEmbedding(edge_channels, distance_basis, num_basis, max_z)
-        self.convolution = SO2Convolution(lmax, mmax, 2 * channels, channels, so2_hidden, edge_channels)
+        # one SO(2) convolution for the source and one for the target coefficients, summed (OCP's
+        # layout: the same function class as one convolution of the concatenation, OCP's
+        # parameter count)
+        self.source_convolution = SO2Convolution(lmax, mmax, channels, channels, so2_hidden, edge_channels)
+        self.target_convolution = SO2Convolution(lmax, mmax, channels, channels, so2_hidden, edge_channels)
         degrees_full = [l for l in range(lmax + 1) for _ in range(2 * l + 1)]
         if nonlinearity == "grid":
             self.edge_activation = GridActivation(edge_grid)
@@ -197,8 +202,8 @@ class ESCNLayer(nn.Module):
     def forward(self, x: Tensor, z: Tensor, distance: Tensor, edge_index: Tensor, rotation: Tensor) -> Tensor:
         source, target = edge_index
         edge_features = self.edge_embedding(distance, z[source], z[target])
-        pair = torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=-1)
-        message = self.convolution(self.rotate_in(pair, rotation), edge_features)
+        message = (self.source_convolution(self.rotate_in(x.index_select(0, source), rotation), edge_features)
+                   + self.target_convolution(self.rotate_in(x.index_select(0, target), rotation), edge_features))
         message = self.rotate_out(self.edge_activation(message), rotation)
         return self.update(x, scatter_sum(message, target, x.shape[0]))
 
@@ -360,12 +365,13 @@ def _resolution(value, default: tuple[int, int], name: str) -> tuple[int, int]:
 
 
 #: OCP's OC20 S2EF-All eSCN (fairchem configs/s2ef/all/escn/eSCN-L6-M2-Lay12-All-MD.yml; the
-#: unset arguments at OCP's defaults: edge_channels 128, distance_resolution 0.02, gaussian basis).
+#: unset arguments at OCP's defaults: edge_channels 128, distance_resolution 0.02, gaussian basis,
+#: max_num_elements 90, i.e. Z <= 89). Same parameter count as OCP's model: 51,837,952.
 #: OCP's readout samples 128 spiral points (num_sphere_samples); ours uses the S2 grid.
 PAPER_CONFIG = dict(
     hidden_channels=128, num_interactions=12, cutoff=12.0, max_neighbors=20, lmax=6, mmax=2,
     so2_hidden_channels=256, edge_channels=128, distance_resolution=0.02, basis_width_scalar=2.0,
-    max_z=90, regress_forces="direct",
+    max_z=89, regress_forces="direct",
 )
 
 #: Width 128, 4 layers, cutoff 6 Å (issue 6 comparison (b)); lmax 4, mmax 2 (OCP's smaller eSCN
