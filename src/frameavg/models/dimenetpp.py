@@ -6,13 +6,15 @@ The network, ``self.pyg``, holds PyTorch Geometric's DimeNet++ blocks under PyG'
 embedding, interaction and output blocks run unchanged. The spherical basis computes PyG's
 functions (same Bessel zeros and normalisers, same spherical harmonics) with recurrences in torch
 instead of sympy expressions, whose symbolic simplification takes ~15 s per model built.
-What PyG's ``forward`` does with ``radius_graph`` and ``torch_sparse`` (molecules only) is
-replaced here: edges come from
-the batch, edge vectors include ``cell_offsets @ cell``, and :func:`triplets` enumerates the
-k -> j -> i edge pairs by sorting edges by target, which also handles periodic images (the same
-atom may be a neighbour through several images; only the true backtrack, k the same atom *and* the
-same image as i, is dropped, as in OCP). Angles are taken from the periodic edge vectors and stay
-differentiable (OCP detached them), so forces are the exact ``-dE/dpos``.
+
+What PyG's ``forward`` does with ``radius_graph`` and ``torch_sparse`` (molecules only) is replaced
+here: edges come from the batch, edge vectors include ``cell_offsets @ cell``, and :func:`triplets`
+enumerates the k -> j -> i edge pairs by sorting edges by target, which also handles periodic
+images (the same atom may be a neighbour through several images; only the true backtrack, k the
+same atom *and* the same image as i, is dropped, as in OCP). Angles are taken from the periodic edge
+vectors and stay differentiable (OCP detached them), so forces are the exact ``-dE/dpos``.
+Energy = sum over atoms of the output blocks (PyG and OCP); the output layers start at zero
+(``output_initializer="zeros"``, PyG's and OCP's default), so an untrained model predicts 0 eV.
 """
 
 from __future__ import annotations
