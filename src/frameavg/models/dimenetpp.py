@@ -19,8 +19,6 @@ Energy = sum over atoms of the output blocks (PyG and OCP); the output layers st
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -161,6 +159,13 @@ class DimeNetPlusPlusBlocks(nn.Module):
                                num_before_skip, num_after_skip, act)
             for _ in range(num_blocks))
 
+    def reset_parameters(self) -> None:
+        """Redraw all parameters as PyG's ``DimeNet.reset_parameters``."""
+        self.rbf.reset_parameters()
+        self.emb.reset_parameters()
+        for block in (*self.output_blocks, *self.interaction_blocks):
+            block.reset_parameters()
+
 
 class DimeNetPlusPlus(EnergyModel):
     """DimeNet++ energy [B] eV and conservative forces [N, 3] eV/Å on periodic or molecular graphs.
@@ -197,7 +202,7 @@ class DimeNetPlusPlus(EnergyModel):
         )
         if self.max_z != PYG_MAX_Z:
             self.pyg.emb.emb = Embedding(self.max_z + 1, hidden_channels)
-            self.pyg.emb.emb.weight.data.uniform_(-math.sqrt(3), math.sqrt(3))
+            self.pyg.emb.reset_parameters()  # PyG's uniform(-sqrt 3, sqrt 3) on the new table
 
     def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, None]:
         net = self.pyg
