@@ -6,8 +6,9 @@ Measured grid non-linearity errors (float64; numbers from these tests, stated wh
 * per operation, unit-variance coefficients, lmax 3, mmax 2: SiLU on the edge-frame grid under a
   roll about the edge axis 1.4 at OCP's resolution (8 x 5, β x α), 1e-2 at α = 13, 6e-7 at α = 33;
   SiLU on the node grid under a random rotation 0.69 at OCP's 8 x 9, 1.6e-3 at 32 x 33.
-* whole model at initialisation (small features): rotation |ΔE|/|E| 1.4e-7, |ΔF|/max|F| 7.7e-5 at
-  OCP's resolution; 1.7e-10 / 3.3e-6 on finer grids; the exact gate variant 1e-15.
+* whole model at initialisation (small features), rotation, |ΔE|/|E| and |ΔF|/max|F|: 9e-7 and
+  8.5e-4 at OCP's resolution; 7e-11 / 8e-8 on 16 x 17 grids (edge 16 x 33); 1e-15 / 2e-14 on
+  32 x 33 (edge 32 x 65); the exact gate variant 3e-16 / 1e-15.
   See test_grid_nonlinearity_error.
 """
 
@@ -181,14 +182,14 @@ def test_gate_variant_is_exactly_symmetric(shared_data, regress_forces):
 def test_grid_variant_is_symmetric_up_to_the_grid_error(shared_data, regress_forces):
     """Published non-linearity (SiLU on OCP's grids): translations, permutations, periodic images and
     cells exact (float64 <= 1e-14); rotations within the grid error, measured at initialisation
-    |ΔE|/|E| 2e-7 and |ΔF|/max|F| 2.5e-4 (conservative) / 8.5e-5 (direct), the same in float32.
+    |ΔE|/|E| 9e-7 and |ΔF|/max|F| 1e-4 (conservative) / 5.8e-4 (direct), the same in float32.
     Trained models have larger features and larger errors (see test_grid_nonlinearity_error)."""
     model = _model(regress_forces=regress_forces)
     structures = _structures(shared_data, torch.float64)
     assert_symmetric(model, structures, atol=1e-12, checks=("translation", "permutation", "image", "cell"), cutoff=CUTOFF)
-    assert_symmetric(model, structures, atol=0, rtol=2e-6, forces_rtol=2e-3, checks=("rotation",), cutoff=CUTOFF)
+    assert_symmetric(model, structures, atol=0, rtol=5e-6, forces_rtol=5e-3, checks=("rotation",), cutoff=CUTOFF)
     model32 = _model(torch.float32, regress_forces=regress_forces)
-    assert_symmetric(model32, _structures(shared_data, torch.float32), atol=0, rtol=2e-6, forces_rtol=2e-3,
+    assert_symmetric(model32, _structures(shared_data, torch.float32), atol=0, rtol=5e-6, forces_rtol=5e-3,
                      checks=("rotation", "permutation"), cutoff=CUTOFF)
 
 
@@ -206,8 +207,7 @@ def test_grid_nonlinearity_error(shared_data):
       edge-frame grid under a roll about the edge: 1.4 at OCP's 8 x 5 (β x α), 6e-7 at 8 x 33;
       node grid under a rotation: 0.69 at OCP's 8 x 9, 1.6e-3 at 32 x 33.
     Whole model at initialisation (6 molecules, rotation, direct forces), |ΔE|/|E| and |ΔF|/max|F|:
-    OCP's grids 1.4e-7 / 7.7e-5; grids 16 x 17 (edge 16 x 33) 1.7e-10 / 3.3e-6; exact gate
-    1.1e-15 / 3.4e-15.
+    OCP's grids 9e-7 / 8.5e-4; grids 16 x 17 (edge 16 x 33) 7e-11 / 8e-8; exact gate 3e-16 / 1e-15.
     """
     lmax, mmax = 3, 2
     generator = torch.Generator().manual_seed(0)
@@ -244,8 +244,8 @@ def test_grid_nonlinearity_error(shared_data):
         row = symmetry_report(_model(regress_forces="direct", **kwargs), molecules, checks=("rotation",), cutoff=CUTOFF).row("rotation")
         errors[name] = (row.energy_rel_max, row.forces_rel_max)
     assert errors["gate"][0] < 1e-13 and errors["gate"][1] < 1e-13
-    assert 1e-13 < errors["default"][0] < 2e-6 and errors["default"][1] < 2e-3
-    assert errors["fine"][0] < errors["default"][0] and errors["fine"][1] < errors["default"][1]
+    assert 1e-13 < errors["default"][0] < 5e-6 and errors["default"][1] < 5e-3
+    assert errors["fine"][0] < 1e-3 * errors["default"][0] and errors["fine"][1] < 1e-3 * errors["default"][1]
 
 
 def test_batch_independent(shared_data):
@@ -314,6 +314,16 @@ def test_model_builds_the_graph_when_the_batch_has_none(shared_data):
     structures = _structures(shared_data, torch.float64, n_molecules=2, n_slabs=0)
     without = Batch.from_data_list(structures)
     torch.testing.assert_close(model(without)["energy"], model(_batch(structures))["energy"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("nonlinearity", ["grid", "gate"])
+def test_isolated_atom_has_no_edges_and_zero_force(shared_data, nonlinearity):
+    """An atom with no neighbour (first QM9 atom alone): finite energy, (numerically) zero forces."""
+    atom = _structures(shared_data, torch.float64, n_molecules=1, n_slabs=0)[1].subgraph(torch.tensor([0]))
+    for regress_forces in ("from_energy", "direct"):
+        out = _model(nonlinearity=nonlinearity, regress_forces=regress_forces)(_batch([atom]))
+        assert out["energy"].shape == (1,) and bool(torch.isfinite(out["energy"]).all())
+        assert float(out["forces"].abs().max()) < 1e-14
 
 
 @pytest.mark.slow

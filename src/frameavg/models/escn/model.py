@@ -93,7 +93,7 @@ class SO2Convolution(nn.Module):
         num_edges, hidden = x.shape[0], self.hidden
         gates = F.silu(self.radial(edge_features))
         n0 = self.sizes[0]
-        h0 = self.down[0](x[:, :n0].reshape(num_edges, -1)) * gates[:, :hidden]
+        h0 = self.down[0](x[:, :n0].reshape(num_edges, n0 * self.in_channels)) * gates[:, :hidden]
         out = [self.up_real[0](h0).view(num_edges, n0, self.out_channels)]
         offset = n0
         for m in range(1, len(self.sizes)):
@@ -147,21 +147,21 @@ class NodeUpdate(nn.Module):
     before sampling (it commutes with the grid projection; half the work of sampling [x, m]).
     """
 
-    def __init__(self, channels: int, activation: nn.Module, grid: SphereGrid | None):
+    def __init__(self, channels: int, grid: SphereGrid | None, gates: tuple[nn.Module, nn.Module] | None = None):
         super().__init__()
         self.from_node = nn.Linear(channels, channels, bias=False)
         self.from_message = nn.Linear(channels, channels, bias=False)
         self.fc2 = nn.Linear(channels, channels, bias=False)
         self.fc3 = nn.Linear(channels, channels, bias=False)
-        self.grid = grid
-        self.activation = activation
+        self.grid = grid  # SiLU on the grid values, or else the two gates
+        self.gates = None if gates is None else nn.ModuleList(gates)
 
     def forward(self, x: Tensor, message: Tensor) -> Tensor:
         h = self.from_node(x) + self.from_message(message)
-        if self.grid is not None:  # SiLU MLP on the grid values
+        if self.grid is not None:
             h = self.fc3(F.silu(self.fc2(F.silu(self.grid.to_points(h)))))
             return self.grid.from_points(h)
-        return self.fc3(self.activation[1](self.fc2(self.activation[0](h))))
+        return self.fc3(self.gates[1](self.fc2(self.gates[0](h))))
 
 
 class ESCNLayer(nn.Module):
@@ -182,11 +182,11 @@ class ESCNLayer(nn.Module):
         degrees_full = [l for l in range(lmax + 1) for _ in range(2 * l + 1)]
         if nonlinearity == "grid":
             self.edge_activation = GridActivation(edge_grid)
-            self.update = NodeUpdate(channels, nn.Identity(), node_grid)
+            self.update = NodeUpdate(channels, node_grid)
         else:
             self.edge_activation = GateActivation([l for l, _ in entries], lmax, channels)
-            gates = nn.ModuleList([GateActivation(degrees_full, lmax, channels) for _ in range(2)])
-            self.update = NodeUpdate(channels, gates, None)
+            gates = (GateActivation(degrees_full, lmax, channels), GateActivation(degrees_full, lmax, channels))
+            self.update = NodeUpdate(channels, None, gates)
 
     @staticmethod
     def rotate_in(x: Tensor, rotation: Tensor) -> Tensor:

@@ -195,8 +195,13 @@ class SphereGrid(FixedTables):
             raise ConfigError(f"S2 grid: res_beta must be even and >= {2 * (lmax + 1)} for lmax={lmax}, got {res_beta}")
         if res_alpha < 2 * mmax + 1:
             raise ConfigError(f"S2 grid: res_alpha must be >= {2 * mmax + 1} for orders up to {mmax}, got {res_alpha}")
-        to = o3.ToS2Grid(lmax, (res_beta, res_alpha), normalization="integral", dtype=torch.float64)
-        back = o3.FromS2Grid((res_beta, res_alpha), lmax, normalization="integral", dtype=torch.float64)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # e3nn computes the β quadrature weights in the default dtype
+        try:
+            to = o3.ToS2Grid(lmax, (res_beta, res_alpha), normalization="integral", dtype=torch.float64)
+            back = o3.FromS2Grid((res_beta, res_alpha), lmax, normalization="integral", dtype=torch.float64)
+        finally:
+            torch.set_default_dtype(default)
         index = [full_index(l, m) for l, m in entries]
         to_grid = torch.einsum("mbi,am->bai", to.shb, to.sha).reshape(-1, (lmax + 1) ** 2)[:, index]
         from_grid = torch.einsum("am,mbi->bai", back.sha, back.shb).reshape(-1, (lmax + 1) ** 2)[:, index]
