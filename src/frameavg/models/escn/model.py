@@ -90,23 +90,22 @@ class SO2Convolution(nn.Module):
             self.up_imag.append(nn.Linear(hidden, self.sizes[m] * out_channels, bias=False))
 
     def forward(self, x: Tensor, edge_features: Tensor) -> Tensor:
+        # torch.split rather than slicing: the backward of one split is one concatenation, that of
+        # each slice a full-size zero tensor
         num_edges, hidden = x.shape[0], self.hidden
-        gates = F.silu(self.radial(edge_features))
-        n0 = self.sizes[0]
-        h0 = self.down[0](x[:, :n0].reshape(num_edges, n0 * self.in_channels)) * gates[:, :hidden]
-        out = [self.up_real[0](h0).view(num_edges, n0, self.out_channels)]
-        offset = n0
+        gates = F.silu(self.radial(edge_features)).split([hidden] + [2 * hidden] * (len(self.sizes) - 1), dim=1)
+        orders = x.split([self.sizes[0]] + [2 * n for n in self.sizes[1:]], dim=1)
+        h0 = self.down[0](orders[0].reshape(num_edges, self.sizes[0] * self.in_channels)) * gates[0]
+        out = [self.up_real[0](h0).view(num_edges, self.sizes[0], self.out_channels)]
         for m in range(1, len(self.sizes)):
             n = self.sizes[m]
-            pair = x[:, offset:offset + 2 * n].reshape(num_edges, 2, n * self.in_channels)
-            gate = gates[:, hidden * (2 * m - 1):hidden * (2 * m + 1)].unsqueeze(1)  # same for +m and -m
-            h = self.down[m](pair) * gate  # [E, 2, 2H]
-            real = self.up_real[m](h[..., :hidden])
-            imag = self.up_imag[m](h[..., hidden:])
-            plus = real[:, 0] - imag[:, 1]
-            minus = real[:, 1] + imag[:, 0]
-            out += [plus.view(num_edges, n, self.out_channels), minus.view(num_edges, n, self.out_channels)]
-            offset += 2 * n
+            pair = orders[m].reshape(num_edges, 2, n * self.in_channels)
+            h = self.down[m](pair) * gates[m].unsqueeze(1)  # [E, 2, 2H], the same gate for +m and -m
+            h_real, h_imag = h.split(hidden, dim=-1)
+            real_plus, real_minus = self.up_real[m](h_real).unbind(1)
+            imag_plus, imag_minus = self.up_imag[m](h_imag).unbind(1)
+            out += [(real_plus - imag_minus).view(num_edges, n, self.out_channels),
+                    (real_minus + imag_plus).view(num_edges, n, self.out_channels)]
         return torch.cat(out, dim=1)
 
 
@@ -135,9 +134,9 @@ class GateActivation(nn.Module):
         self.register_buffer("gate_index", torch.tensor(degrees[1:], dtype=torch.long) - 1, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        scalars = x[:, 0]
-        gates = torch.sigmoid(self.gates(scalars)).view(-1, self.lmax, self.channels)
-        return torch.cat([F.silu(scalars).unsqueeze(1), x[:, 1:] * gates[:, self.gate_index]], dim=1)
+        scalars, rest = x.split([1, x.shape[1] - 1], dim=1)
+        gates = torch.sigmoid(self.gates(scalars.squeeze(1))).view(-1, self.lmax, self.channels)
+        return torch.cat([F.silu(scalars), rest * gates.index_select(1, self.gate_index)], dim=1)
 
 
 class NodeUpdate(nn.Module):

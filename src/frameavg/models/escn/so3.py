@@ -118,20 +118,21 @@ class WignerFromHarmonics(FixedTables):
         self.lmax, self.mmax = lmax, mmax
         points = fibonacci_sphere(3 * (2 * lmax + 1))
         self.add_table("points", points)
+        kept = []  # harmonics of the output rows, |m| <= mmax, degree by degree
         for l in range(lmax + 1):
             harmonics = o3.spherical_harmonics(l, points, normalize=False)  # [K, 2l+1]
             self.add_table(f"pinv_{l}", torch.linalg.pinv(harmonics.T))  # [K, 2l+1]
+            kept += [l * l + l + m for m in range(-min(l, mmax), min(l, mmax) + 1)]
+        self.register_buffer("kept_rows", torch.tensor(kept), persistent=False)
+        self.block_rows = [2 * min(l, mmax) + 1 for l in range(lmax + 1)]
 
     def forward(self, rotation: Tensor) -> list[Tensor]:
         """Per degree l: [E, 2·min(l, mmax)+1, 2l+1], rows m = −min(l,mmax)..min(l,mmax)."""
         rotated = torch.einsum("kc,erc->ekr", self.table("points", rotation), rotation)  # R x_k, [E, K, 3]
         harmonics = o3.spherical_harmonics(list(range(self.lmax + 1)), rotated, normalize=False)
-        blocks = []
-        for l in range(self.lmax + 1):
-            keep = min(l, self.mmax)
-            rows = harmonics[..., l * l + l - keep: l * l + l + keep + 1]  # [E, K, 2 keep + 1]
-            blocks.append(torch.einsum("ekj,ki->eji", rows, self.table(f"pinv_{l}", rotation)))
-        return blocks
+        # one selection and split (not a slice per degree: each slice's backward is a full zero tensor)
+        rows = harmonics.index_select(-1, self.kept_rows).split(self.block_rows, dim=-1)
+        return [torch.einsum("ekj,ki->eji", block, self.table(f"pinv_{l}", rotation)) for l, block in enumerate(rows)]
 
 
 # ---------------------------------------------------------------------------------------------
