@@ -22,6 +22,14 @@ of g(p)·p (OCP's force block); conservative forces −dE/dpos by default.
 through SiLU, l > 0 coefficients scaled by sigmoid gates of the scalars; energy from l = 0,
 forces from l = 1 linearly): the model is then equivariant to floating point, which isolates the
 error of the grid non-linearity of the published model.
+
+Measured grid error (float64, random rotations, 8 rMD17 ethanol test frames) of configs/escn.yaml
+after 6 minutes of training (2.5 epochs, features now O(1)): at OCP's grid resolutions
+max |ΔE| 28 meV and max |ΔF| 0.27 eV/Å (5.7% of the largest force); the same weights on 16 x 17
+grids (edge 16 x 33) 0.2 meV / 3.3 meV/Å, on 32 x 33 (edge 32 x 65) 3.5e-7 eV / 1.2e-5 eV/Å. The
+coarse edge grid (2·mmax+1 azimuths) dominates: rolls about the edge alias the SiLU products.
+Raise ``grid_resolution`` / ``edge_grid_resolution`` (cost ∝ grid points) or wrap the model in
+``FrameAveraging`` where the symmetry matters.
 """
 
 from __future__ import annotations
