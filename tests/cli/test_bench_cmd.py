@@ -80,3 +80,12 @@ def test_accuracy_mode_trains_through_the_workflow(tmp_path, capsys):
     written = json.loads((Path(record["run_dir"]) / "test_metrics.json").read_text())
     assert record["energy_mae"] == written["model"]["energy_mae"] > 0
     assert record["baseline_energy_mae"] == written["baseline"]["energy_mae"]
+
+
+def test_a_failing_case_becomes_an_error_record():
+    """A case that fails in its process (here a model unknown to the registry) is reported, not raised."""
+    from frameavg.evaluation.benchmark import BenchCase, _run_isolated, format_table
+
+    record = _run_isolated(BenchCase("no-such-model", "paper", "oc20"))
+    assert record["graphs_per_s"] is None and "unknown model 'no-such-model'" in record["error"]
+    assert "failed: ConfigError" in format_table([record])

@@ -7,9 +7,10 @@ Two comparisons (issue 6):
 * ``equal-width``: every model at hidden width 128, 4 interaction blocks, cutoff 6 Å on 64 QM9
   molecules (energy) and 64 rMD17 ethanol frames (energy and conservative forces).
 
-Each (model, configuration, dataset) runs in a fresh child process, so that its peak memory is its
-own: inference (``torch.no_grad``, plus the force backward pass where forces are predicted), then
-training steps (forward, MSE loss on energies (and forces), backward, AdamW step). Neighbour lists
+Each (model, configuration, dataset, mode) runs in a fresh child process, so that its peak memory
+is its own, and a case that fails (e.g. killed for memory) is reported as such while the others go
+on. Modes: inference (``torch.no_grad``, plus the force backward pass where forces are predicted)
+and training step (forward, MSE loss on energies (and forces), backward, AdamW step). Neighbour lists
 are built once before timing, for every model alike, with that model's cutoff and neighbour cap.
 Throughput is graphs per second of the median step; ``ratio_to_faenet`` divides by FAENet's in the
 same run. Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the growth of the
@@ -61,10 +62,10 @@ class BenchCase:
     config: str
     dataset: str
     device: str = "cpu"
+    mode: str = "inference"  # or "train"
     min_seconds: float = 2.0
     max_steps: int = 20
     threads: int | None = None
-    train: bool = True
 
 
 def model_setup(model: str, config: str) -> tuple[str, dict, dict | None]:
@@ -131,11 +132,12 @@ def _current_rss_mb() -> float:
 
 
 def _time_steps(step, device: str, min_seconds: float, max_steps: int) -> float:
-    """Median seconds per call of ``step`` after one warm-up call."""
+    """Median seconds per call of ``step`` after one warm-up call (at least one timed call, more
+    until ``min_seconds`` have passed or ``max_steps`` calls were timed)."""
     step()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < max_steps and (len(times) < 3 or time.perf_counter() - start < min_seconds):
+    while not times or (len(times) < max_steps and time.perf_counter() - start < min_seconds):
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -146,8 +148,9 @@ def _time_steps(step, device: str, min_seconds: float, max_steps: int) -> float:
     return statistics.median(times)
 
 
-def run_case(case: BenchCase) -> list[dict]:
-    """Inference (and training) records of one case; meant to run in a fresh process."""
+def run_case(case: BenchCase) -> dict:
+    """The record of one case (one model, configuration, dataset and mode); meant to run in a
+    fresh process, so that peak memory is the case's own."""
     from frameavg.frames.averaging import FrameAveraging
     from frameavg.models import build_model
 
@@ -179,29 +182,42 @@ def run_case(case: BenchCase) -> list[dict]:
         loss.backward()
         optimizer.step()
 
-    def measure(mode: str, step) -> dict:
-        if case.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = _current_rss_mb()
-        seconds = _time_steps(step, case.device, case.min_seconds, case.max_steps)
-        if case.device == "cuda":
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        else:
-            peak = max(0.0, _peak_rss_mb() - base)
-        return {"model": case.model, "config": case.config, "dataset": case.dataset, "mode": mode,
-                "graphs_per_s": batch.num_graphs / seconds, "params": params, "peak_mem_mb": round(peak, 1),
-                "ms_per_batch": 1000 * seconds, "graphs": batch.num_graphs, "device": case.device,
-                "threads": torch.get_num_threads()}
-
-    net.eval()
-    records = [measure("inference", predict)]
-    if case.train and case.model != "faenet-fa":
+    if case.mode == "train":
         net.train()
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        records.append(measure("train", train_step))
-    return records
+        step = train_step
+    else:
+        net.eval()
+        step = predict
+    if case.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _current_rss_mb()
+    seconds = _time_steps(step, case.device, case.min_seconds, case.max_steps)
+    if case.device == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = max(0.0, _peak_rss_mb() - base)
+    return {"model": case.model, "config": case.config, "dataset": case.dataset, "mode": case.mode,
+            "graphs_per_s": batch.num_graphs / seconds, "params": params, "peak_mem_mb": round(peak, 1),
+            "ms_per_batch": 1000 * seconds, "graphs": batch.num_graphs, "device": case.device,
+            "threads": torch.get_num_threads()}
+
+
+def _run_isolated(case: BenchCase) -> dict:
+    """``run_case`` in a fresh spawned process; a failure (out of memory, a model error) becomes a
+    record with ``error`` and no throughput instead of ending the benchmark."""
+    context = multiprocessing.get_context("spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(run_case, case).result()
+    except concurrent.futures.process.BrokenProcessPool:
+        error = "the benchmark process died (killed for memory?)"
+    except Exception as exc:  # noqa: BLE001 - reported in the record, the other cases go on
+        error = f"{type(exc).__name__}: {exc}"
+    return {"model": case.model, "config": case.config, "dataset": case.dataset, "mode": case.mode,
+            "graphs_per_s": None, "params": None, "peak_mem_mb": None, "device": case.device, "error": error}
 
 
 def run_benchmark(models=BENCH_MODELS, configs=tuple(COMPARISONS), device: str = "cpu", min_seconds: float = 2.0,
@@ -215,19 +231,19 @@ def run_benchmark(models=BENCH_MODELS, configs=tuple(COMPARISONS), device: str =
             raise ConfigError(f"unknown model {model!r}; choose from {', '.join(BENCH_MODELS)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
-    cases = [BenchCase(m, c, d, device, min_seconds, max_steps, threads, train)
-             for c in configs for d in COMPARISONS[c] for m in models]
+    modes = ("inference", "train") if train else ("inference",)
+    cases = [BenchCase(m, c, d, device, mode, min_seconds, max_steps, threads)
+             for c in configs for d in COMPARISONS[c] for m in models for mode in modes
+             if not (mode == "train" and m == "faenet-fa")]
     records: list[dict] = []
-    context = multiprocessing.get_context("spawn")
     for case in cases:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            records.extend(pool.submit(run_case, case).result())
+        records.append(_run_isolated(case))
         if progress is not None:
             progress(case)
     reference = {(r["config"], r["dataset"], r["mode"]): r["graphs_per_s"] for r in records if r["model"] == "faenet"}
     for r in records:
         ref = reference.get((r["config"], r["dataset"], r["mode"]))
-        r["ratio_to_faenet"] = r["graphs_per_s"] / ref if ref else None
+        r["ratio_to_faenet"] = r["graphs_per_s"] / ref if ref and r["graphs_per_s"] else None
     return records
 
 
@@ -236,6 +252,9 @@ def format_table(records: list[dict]) -> str:
     lines = ["| config | dataset | mode | model | graphs/s | × FAENet | params | peak MB |",
              "|---|---|---|---|---:|---:|---:|---:|"]
     for r in records:
+        if r.get("error"):
+            lines.append(f"| {r['config']} | {r['dataset']} | {r['mode']} | {r['model']} | failed: {r['error']} | | | |")
+            continue
         ratio = "" if r.get("ratio_to_faenet") is None else f"{r['ratio_to_faenet']:.2f}"
         lines.append(f"| {r['config']} | {r['dataset']} | {r['mode']} | {r['model']} | {r['graphs_per_s']:.1f} | "
                      f"{ratio} | {r['params']:,} | {r['peak_mem_mb']:.0f} |")
