@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "frameavg.cli.checkpoint_cmd",
     "frameavg.cli.bench_cmd",
     "frameavg.cli.symmetry_cmd",
+    "frameavg.cli.expressivity_cmd",
 )
 
 
