@@ -297,6 +297,8 @@ class ESCN(EnergyModel):
         self.lmax, self.mmax, self.hidden_channels = lmax, mmax, channels
         self.num_interactions = int(num_interactions)
         self.nonlinearity = nonlinearity
+        # rotations exactly only with the gate (the grid is approximate); never reflections (chiral)
+        self.invariances = ("rotation", "translation") if nonlinearity == "gate" else ("translation",)
         so2_hidden = 2 * channels if so2_hidden_channels is None else int(so2_hidden_channels)
 
         num_basis = int(cutoff / distance_resolution)
