@@ -25,7 +25,7 @@ def register(sub) -> None:
                              "names not in the registry are skipped with a message")
     parser.add_argument("--tests", nargs="+", default=list(TESTS), choices=list(TESTS), help="tests to run (default all)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 10; 3 with --quick)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per seed (default 200; 100 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per seed (default 120; 100 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="reduced suite: 3 seeds, k=4 chains with 1, 3, 5 layers, 100 steps (a few minutes)")
     parser.add_argument("--workers", type=int, default=1, help="processes (one thread each; default 1)")
