@@ -23,7 +23,6 @@ Protocol per (pair, model, layers, seed):
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import time
@@ -66,11 +65,6 @@ MODEL_OPTIONS = {
     "dimenetpp": dict(int_emb_size=32, basis_emb_size=8, out_emb_channels=64, num_spherical=4, num_radial=4),
     "escn": dict(hidden_channels=16, edge_channels=16, lmax=2, mmax=1, distance_resolution=0.2),
 }
-#: Models slower than this to construct are built once per cell; further seeds get a copy whose
-#: parameters are redrawn by the outermost ``reset_parameters()`` methods (DimeNet++'s basis is
-#: built with sympy in seconds).
-SLOW_BUILD_SECONDS = 0.5
-_TEMPLATES: dict[tuple, nn.Module] = {}
 FIT_LOGIT = 4.0
 FIT_PATIENCE = 5
 #: Training also stops when both graphs have had the same logit (to 1e-12) and the loss
@@ -164,27 +158,9 @@ def vector_force_mode(name: str) -> str:
     return "direct" if cls is FAENet or getattr(cls, "has_direct_forces", False) else "from_energy"
 
 
-def reset_parameters(module: nn.Module) -> None:
-    """Redraw parameters through the outermost ``reset_parameters()`` of each branch."""
-    for child in module.children():
-        if callable(getattr(child, "reset_parameters", None)):
-            child.reset_parameters()
-        else:
-            reset_parameters(child)
-
-
 def _fresh_model(cls: type, kwargs: dict, seed: int) -> nn.Module:
-    key = (cls, tuple(sorted(kwargs.items(), key=lambda item: item[0])))
     torch.manual_seed(seed)
-    if key in _TEMPLATES:
-        model = copy.deepcopy(_TEMPLATES[key])
-        reset_parameters(model)
-        return model
-    start = time.perf_counter()
-    model = cls(**kwargs)
-    if time.perf_counter() - start > SLOW_BUILD_SECONDS:
-        _TEMPLATES[key] = copy.deepcopy(model)
-    return model
+    return cls(**kwargs)
 
 
 def build_model(name: str, layers: int, cutoff: float, hidden_channels: int, regress_forces: str | None,
