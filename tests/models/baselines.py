@@ -1,6 +1,9 @@
-"""Real structures and reference pieces shared by the SchNet and DimeNet++ tests."""
+"""Real structures, reference pieces and a short training run shared by the baseline model tests."""
 
 from __future__ import annotations
+
+import csv
+from pathlib import Path
 
 import ase.db
 import ase.io
@@ -10,6 +13,10 @@ from torch_geometric.data import Batch
 from frameavg.data import atoms_to_data
 from frameavg.data.neighbors import RadiusGraph
 from frameavg.evaluation.symmetry import model_inputs
+from frameavg.training.config import load_config
+from frameavg.training.run import train
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def molecules(shared_data, dtype: torch.dtype) -> list:
@@ -51,3 +58,17 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> tor
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
     return model
+
+
+def train_epoch_losses(config_name: str, overrides: list[str], tmp_path, epochs: int = 4) -> tuple[dict, list[float]]:
+    """Train ``configs/<config_name>.yaml`` on 40 shipped ethanol frames (``overrides`` last, e.g. a
+    tiny model) for ``epochs`` epochs; the run's result and its per-epoch training losses."""
+    config = load_config(CONFIGS / f"{config_name}.yaml", [
+        "data.test=null", "data.max_train=40", "data.batch_size=8", "data.val_fraction=0.1",
+        f"optim.max_epochs={epochs}", "optim.lr=3e-3", "optim.warmup_steps=0", "optim.max_time_minutes=null",
+        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", f"run_dir={tmp_path}", *overrides,
+    ])
+    result = train(config)
+    with open(Path(result["run_dir"]) / "logs" / "metrics.csv") as handle:
+        losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(handle) if r.get("train/loss_epoch")]
+    return result, losses

@@ -4,8 +4,6 @@ and a short training run."""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,12 +17,9 @@ from frameavg.evaluation.testing import assert_batch_independent, assert_symmetr
 from frameavg.frames import FrameAveraging
 from frameavg.models import MODELS, build_model
 from frameavg.models.dimenetpp import EQUAL_WIDTH_CONFIG, PAPER_CONFIG, DimeNetPlusPlus, triplets
-from frameavg.training.config import load_config
-from frameavg.training.run import train
 
-from .baselines import all_pairs_within, as_batch, molecules, randomize_, slabs, small_oxide
+from .baselines import all_pairs_within, as_batch, molecules, randomize_, slabs, small_oxide, train_epoch_losses
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "dimenetpp.yaml"
 SMALL = dict(hidden_channels=32, num_interactions=2, int_emb_size=16, basis_emb_size=8, out_emb_channels=32,
              num_spherical=7, num_radial=6, cutoff=5.0, output_initializer="glorot_orthogonal")
 #: Symmetry tolerances: |error| <= atol, or relative to |E| (energies) / the largest force norm
@@ -195,13 +190,6 @@ def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
 
 def test_trains_through_the_workflow_with_its_config(tmp_path):
     """configs/dimenetpp.yaml with a tiny model on 36 ethanol frames: the training loss goes down."""
-    config = load_config(CONFIG, [
-        "model.hidden_channels=16", "model.out_emb_channels=16", "model.int_emb_size=8", "model.num_interactions=1",
-        "data.test=null", "data.max_train=40", "data.batch_size=8", "data.val_fraction=0.1",
-        "optim.max_epochs=4", "optim.lr=3e-3", "optim.warmup_steps=0", "optim.max_time_minutes=null",
-        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", f"run_dir={tmp_path}",
-    ])
-    result = train(config)
-    rows = list(csv.DictReader(open(Path(result["run_dir"]) / "logs" / "metrics.csv")))
-    losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    _, losses = train_epoch_losses("dimenetpp", ["model.hidden_channels=16", "model.out_emb_channels=16",
+                                                 "model.int_emb_size=8", "model.num_interactions=1"], tmp_path)
     assert len(losses) == 4 and losses[-1] < 0.7 * losses[0]

@@ -14,7 +14,6 @@ Measured grid non-linearity errors (float64; numbers from these tests, stated wh
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -329,18 +328,12 @@ def test_isolated_atom_has_no_edges_and_zero_force(shared_data, nonlinearity):
 @pytest.mark.slow
 def test_trains_through_the_workflow(tmp_path):
     """configs/escn.yaml with a tiny model for 3 epochs: the training loss goes down."""
-    from frameavg.training.config import load_config
-    from frameavg.training.run import train
+    from .baselines import train_epoch_losses
 
-    config_file = Path(__file__).resolve().parents[2] / "configs" / "escn.yaml"
-    overrides = ["model.hidden_channels=8", "model.num_interactions=1", "model.lmax=2", "model.mmax=1",
-                 "model.edge_channels=8", "model.so2_hidden_channels=16",
-                 "model.cutoff=4.0", "data.cutoff=4.0", "data.max_train=48", "data.val_fraction=0.1",
-                 "data.batch_size=4", "data.test=null", "optim.max_epochs=3", "optim.warmup_steps=0", "optim.lr=1e-2",
-                 "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", f"run_dir={tmp_path}", "name=escn"]
-    result = train(load_config(config_file, overrides))
-    rows = list(csv.DictReader(open(tmp_path / "escn" / "logs" / "metrics.csv")))
-    epoch_losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    result, epoch_losses = train_epoch_losses("escn", [
+        "model.hidden_channels=8", "model.num_interactions=1", "model.lmax=2", "model.mmax=1",
+        "model.edge_channels=8", "model.so2_hidden_channels=16", "model.cutoff=4.0", "data.cutoff=4.0",
+        "data.max_train=48", "data.batch_size=4", "optim.lr=1e-2", "name=escn"], tmp_path, epochs=3)
     assert len(epoch_losses) == 3
     assert epoch_losses[-1] < 0.7 * epoch_losses[0], epoch_losses
     assert Path(result["checkpoint"]).is_file()

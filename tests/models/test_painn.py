@@ -4,7 +4,6 @@ bad inputs, the OCP parameter count, and training through the workflow."""
 
 from __future__ import annotations
 
-import csv
 import itertools
 
 import pytest
@@ -211,21 +210,14 @@ def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
 
 
 def test_trains_through_the_workflow(tmp_path):
-    """configs/painn.yaml with a tiny model for 3 epochs: the training loss goes down."""
+    """configs/painn.yaml with a tiny model for 4 epochs: the training loss goes down."""
     from pathlib import Path
 
-    from frameavg.training.config import load_config
-    from frameavg.training.run import train
+    from .baselines import train_epoch_losses
 
-    config_file = Path(__file__).resolve().parents[2] / "configs" / "painn.yaml"
-    overrides = ["model.hidden_channels=16", "model.num_interactions=1", "model.num_rbf=8", "model.cutoff=4.0",
-                 "data.cutoff=4.0", "data.max_train=48", "data.val_fraction=0.1", "data.batch_size=8",
-                 "data.test=null", "optim.max_epochs=4", "optim.warmup_steps=0", "optim.lr=3e-3",
-                 "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-                 f"run_dir={tmp_path}", "name=painn"]
-    result = train(load_config(config_file, overrides))
-    rows = list(csv.DictReader(open(tmp_path / "painn" / "logs" / "metrics.csv")))
-    epoch_losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    result, epoch_losses = train_epoch_losses("painn", [
+        "model.hidden_channels=16", "model.num_interactions=1", "model.num_rbf=8", "model.cutoff=4.0",
+        "data.cutoff=4.0", "data.max_train=48", "name=painn"], tmp_path)
     assert len(epoch_losses) == 4
     assert epoch_losses[-1] < 0.7 * epoch_losses[0], epoch_losses
     assert Path(result["checkpoint"]).is_file()
