@@ -8,6 +8,7 @@ from pathlib import Path
 import ase.db
 import ase.io
 import torch
+from ase.build import make_supercell
 from torch_geometric.data import Batch
 
 from frameavg.data import atoms_to_data
@@ -72,3 +73,14 @@ def train_epoch_losses(config_name: str, overrides: list[str], tmp_path, epochs:
     with open(Path(result["run_dir"]) / "logs" / "metrics.csv") as handle:
         losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(handle) if r.get("train/loss_epoch")]
     return result, losses
+
+
+def assert_supercell_extensive(model, shared_data, atol: float) -> None:
+    """The 2x2x2 supercell of ``small_oxide`` has 8 times its energy and the same forces per atom
+    (``model`` float64)."""
+    oxide = small_oxide(shared_data)
+    cell = model_inputs(atoms_to_data(oxide, dtype=torch.float64))
+    supercell = model_inputs(atoms_to_data(make_supercell(oxide, 2 * torch.eye(3).numpy()), dtype=torch.float64))
+    one, eight = model(as_batch([cell], 5.0)), model(as_batch([supercell], 5.0))
+    torch.testing.assert_close(eight["energy"], 8 * one["energy"], atol=atol, rtol=0)
+    torch.testing.assert_close(eight["forces"][: len(oxide)], one["forces"], atol=atol, rtol=0)

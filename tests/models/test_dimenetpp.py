@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch_geometric.nn.models.dimenet as pyg_dimenet
-from ase.build import make_supercell
 
 from frameavg.data import atoms_to_data
 from frameavg.errors import ConfigError, DataError
@@ -18,7 +17,8 @@ from frameavg.frames import FrameAveraging
 from frameavg.models import MODELS, build_model
 from frameavg.models.dimenetpp import EQUAL_WIDTH_CONFIG, PAPER_CONFIG, DimeNetPlusPlus, triplets
 
-from .baselines import all_pairs_within, as_batch, molecules, randomize_, slabs, small_oxide, train_epoch_losses
+from .baselines import (all_pairs_within, as_batch, assert_supercell_extensive, molecules, randomize_, slabs,
+                        small_oxide, train_epoch_losses)
 
 SMALL = dict(hidden_channels=32, num_interactions=2, int_emb_size=16, basis_emb_size=8, out_emb_channels=32,
              num_spherical=7, num_radial=6, cutoff=5.0, output_initializer="glorot_orthogonal")
@@ -149,13 +149,7 @@ def test_periodic_images_supercell_is_extensive(shared_data):
     """A 6-atom bulk oxide whose atoms see themselves and each other through several images within
     5 Å: the 2x2x2 supercell has 8 times its energy and the same forces per atom. Dropping every
     k = i triplet (PyG's molecular rule) instead of only the same-image backtrack breaks this."""
-    oxide = small_oxide(shared_data)
-    cell = model_inputs(atoms_to_data(oxide, dtype=torch.float64))
-    supercell = model_inputs(atoms_to_data(make_supercell(oxide, 2 * torch.eye(3).numpy()), dtype=torch.float64))
-    model = small(torch.float64)
-    one, eight = model(as_batch([cell], 5.0)), model(as_batch([supercell], 5.0))
-    torch.testing.assert_close(eight["energy"], 8 * one["energy"], atol=1e-9, rtol=0)
-    torch.testing.assert_close(eight["forces"][: len(oxide)], one["forces"], atol=1e-9, rtol=0)
+    assert_supercell_extensive(small(torch.float64), shared_data, atol=1e-9)
 
 
 def test_forces_are_finite_on_slabs_with_collinear_triplets(shared_data):

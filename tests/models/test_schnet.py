@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ase.build import make_supercell
 from torch_geometric.nn.models import SchNet as PygSchNet
 
-from frameavg.data import atoms_to_data
 from frameavg.errors import ConfigError, DataError
-from frameavg.evaluation.symmetry import model_inputs
 from frameavg.evaluation.testing import assert_batch_independent, assert_symmetric
 from frameavg.frames import FrameAveraging
 from frameavg.models import MODELS, build_model
 from frameavg.models.schnet import EQUAL_WIDTH_CONFIG, PAPER_CONFIG, SchNet
 
-from .baselines import all_pairs_within, as_batch, molecules, randomize_, slabs, small_oxide, train_epoch_losses
+from .baselines import (all_pairs_within, as_batch, assert_supercell_extensive, molecules, randomize_, slabs,
+                        train_epoch_losses)
 
 SMALL = dict(hidden_channels=64, num_filters=64, num_interactions=3, num_gaussians=25, cutoff=5.0)
 #: Symmetry tolerances: |error| <= atol, or relative to |E| (energies) / the largest force norm
@@ -93,13 +91,7 @@ def test_frame_averaging_around_schnet_stays_invariant_and_changes_nothing(share
 def test_periodic_images_supercell_is_extensive(shared_data):
     """A 6-atom bulk oxide whose atoms see several images of each other within 5 Å: the 2x2x2
     supercell has 8 times its energy and the same forces per atom."""
-    oxide = small_oxide(shared_data)
-    cell = model_inputs(atoms_to_data(oxide, dtype=torch.float64))
-    supercell = model_inputs(atoms_to_data(make_supercell(oxide, 2 * torch.eye(3).numpy()), dtype=torch.float64))
-    model = small(torch.float64)
-    one, eight = model(as_batch([cell], 5.0)), model(as_batch([supercell], 5.0))
-    torch.testing.assert_close(eight["energy"], 8 * one["energy"], atol=1e-10, rtol=0)
-    torch.testing.assert_close(eight["forces"][: len(oxide)], one["forces"], atol=1e-10, rtol=0)
+    assert_supercell_extensive(small(torch.float64), shared_data, atol=1e-10)
 
 
 def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
