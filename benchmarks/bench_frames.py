@@ -99,6 +99,9 @@ def loop(batch, method: str, dim: str, generator=None, tol: float = DEFAULT_TOL)
             ref = reference_atoms(z, torch.zeros_like(z), 1)[edges[1]]
             vec = pos[edges[0, ref]] - pos[edges[1, ref]] + offsets[ref] @ cell
             weight = cosine_envelope(vec.norm(dim=-1), CUTOFF)
+            if not bool((weight > 0).any()):  # isolated reference atoms: edges of all atoms
+                vec = pos[edges[0]] - pos[edges[1]] + offsets @ cell
+                weight = cosine_envelope(vec.norm(dim=-1), CUTOFF)
             vec, weight = vec[weight > 0], weight[weight > 0]
         else:
             vec, weight = pos - t, torch.ones(hi - lo, dtype=torch.float64)

@@ -217,3 +217,17 @@ def test_single_atom_and_plain_data_inputs(ethanol):
     del single.batch
     out_data, out_batch = model(single), model(data)
     assert torch.allclose(out_data["energy"], out_batch["energy"]) and torch.allclose(out_data["forces"], out_batch["forces"])
+
+
+def test_slab_with_isolated_adsorbate_stays_exact(shared_data):
+    """The adsorbate (H, the rarest element) lifted 8 Å above its slab has no neighbour within the
+    cutoff; the frame then comes from the edges of all atoms, and stays exact (it used to fall back
+    to identity frames, which are not rotation invariant)."""
+    slab = load(shared_data, "oc20_is2re")[0][0].clone()
+    adsorbate = slab.atomic_numbers == 1
+    assert int(adsorbate.sum()) == 1
+    slab.pos[adsorbate, 2] += 8.0
+    frames = frames_for_batch(graphs([slab], cutoff=CUTOFF), "all", "2D", cutoff=CUTOFF)
+    assert frames.degeneracy_names() != ["point"]
+    model = FrameAveraging(raw_model(), frames="2D", method="all").eval()
+    assert_symmetric(model, [slab], atol=1e-10, checks=_checks("oc20_is2re"), dim="2D", cutoff=CUTOFF, seed=4)

@@ -5,7 +5,8 @@
   all further images within ``cutoff``) from every *reference atom* i to its neighbours j, weighted
   by a cosine envelope ``w(d) = ½(cos(πd/cutoff) + 1)``. Reference atoms are the atoms of the
   graph's rarest element (ties: the heavier element), e.g. the adsorbate of a slab or the metal
-  of an oxide.
+  of an oxide. A graph whose reference atoms have no neighbour within the cutoff (an adsorbate
+  far above its slab) uses the edges around all of its atoms instead.
 
 The periodic cloud depends only on the set of edge vectors around the reference atoms, which is a
 function of the periodic structure itself: it does not change when an atom is moved to another
@@ -110,14 +111,16 @@ def frame_cloud(
     if edge_index is None or cell_offsets is None:
         edge_index, cell_offsets = _periodic_edges(pos, batch, num_graphs, cell, pbc, periodic, cutoff)
     is_reference = reference_atoms(atomic_numbers, batch, num_graphs) & periodic.index_select(0, batch)
-    chosen = torch.nonzero(is_reference.index_select(0, edge_index[1])).flatten()
-    source, target = edge_index[0].index_select(0, chosen), edge_index[1].index_select(0, chosen)
-    offsets = cell_offsets.index_select(0, chosen).to(torch.float64)
-    edge_graph = batch.index_select(0, target)
-    lattice = cell.to(torch.float64).reshape(-1, 3, 3).index_select(0, edge_graph)  # rows a1, a2, a3
-    edge_vec = (pos64.index_select(0, source) - pos64.index_select(0, target) + offsets[:, 0:1] * lattice[:, 0]
-                + offsets[:, 1:2] * lattice[:, 1] + offsets[:, 2:3] * lattice[:, 2])
-    envelope = cosine_envelope(torch.linalg.vector_norm(edge_vec, dim=-1), cutoff)
+    edge_vec, edge_graph, envelope = _reference_edges(pos64, batch, cell, edge_index, cell_offsets, is_reference, cutoff)
+    # A graph whose reference atoms have no neighbour within the cutoff (e.g. an adsorbate far
+    # above its slab) takes the edges around all of its atoms: still a function of the periodic
+    # structure alone, so image-, cell- and order-invariant.
+    covered = torch.zeros(num_graphs, dtype=torch.bool, device=pos.device)
+    covered[edge_graph[envelope > 0]] = True
+    isolated = periodic & ~covered
+    if bool(isolated.any()):
+        is_reference = is_reference | isolated.index_select(0, batch)
+        edge_vec, edge_graph, envelope = _reference_edges(pos64, batch, cell, edge_index, cell_offsets, is_reference, cutoff)
     inside = torch.nonzero(envelope > 0).flatten()
     vectors.append(edge_vec.index_select(0, inside))
     graphs.append(edge_graph.index_select(0, inside))
@@ -130,6 +133,19 @@ def frame_cloud(
         translation=translation,
         periodic=periodic,
     )
+
+
+def _reference_edges(pos64, batch, cell, edge_index, cell_offsets, is_reference, cutoff):
+    """Edge vectors [M,3] (j − i + images) from the reference atoms i, their graph [M] and their
+    cosine-envelope weight [M] (0 beyond the cutoff)."""
+    chosen = torch.nonzero(is_reference.index_select(0, edge_index[1])).flatten()
+    source, target = edge_index[0].index_select(0, chosen), edge_index[1].index_select(0, chosen)
+    offsets = cell_offsets.index_select(0, chosen).to(torch.float64)
+    edge_graph = batch.index_select(0, target)
+    lattice = cell.to(torch.float64).reshape(-1, 3, 3).index_select(0, edge_graph)  # rows a1, a2, a3
+    edge_vec = (pos64.index_select(0, source) - pos64.index_select(0, target) + offsets[:, 0:1] * lattice[:, 0]
+                + offsets[:, 1:2] * lattice[:, 1] + offsets[:, 2:3] * lattice[:, 2])
+    return edge_vec, edge_graph, cosine_envelope(torch.linalg.vector_norm(edge_vec, dim=-1), cutoff)
 
 
 def _periodic_edges(pos, batch, num_graphs, cell, pbc, periodic, cutoff):
