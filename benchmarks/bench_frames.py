@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -40,6 +41,7 @@ import torch
 from torch_geometric.data import Batch
 
 from frameavg.data import atoms_to_data
+from frameavg.data.readers import iter_structures
 from frameavg.data.neighbors import RadiusGraph
 from frameavg.frames import compute_frames
 from frameavg.frames.cloud import FrameCloud, cosine_envelope, periodic_graphs, reference_atoms
@@ -52,19 +54,31 @@ SIGNS = {3: torch.tensor([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (
          2: torch.tensor([[a, b] for a in (1, -1) for b in (1, -1)], dtype=torch.float64)}
 
 
-def load_batches() -> dict:
-    qm9 = ase.io.read(DATA / "qm9_subset" / "qm9_random2000_seed0.extxyz", ":64")
-    ethanol = ase.io.read(DATA / "rmd17_ethanol" / "train.xyz", ":64")
-    oc20 = ase.io.read(DATA / "oc20_is2re_samples" / "is2re_bs8.extxyz", ":")
+def load_batches(scaling: bool = True) -> dict:
+    """{name: (batch, frame dimension)}: the issue's three batches, and (``scaling``) larger real
+    batches showing how the ratio grows with the number of graphs."""
     graph = RadiusGraph(CUTOFF, max_neighbors=40)
     keep = ("pos", "atomic_numbers", "cell", "pbc", "natoms")
 
     def batch(structures):
-        data = [atoms_to_data(a) for a in structures]
+        data = [d if hasattr(d, "pos") else atoms_to_data(d) for d in structures]
         return Batch.from_data_list([graph(type(d)(**{k: d[k] for k in keep})) for d in data])
 
-    return {"qm9_64 (3D)": (batch(qm9), "3D"), "ethanol_64 (3D)": (batch(ethanol), "3D"),
-            "oc20_8 (2D)": (batch(oc20), "2D")}
+    qm9 = ase.io.read(DATA / "qm9_subset" / "qm9_random2000_seed0.extxyz", ":1024" if scaling else ":64")
+    batches = {
+        "qm9_64 (3D)": (batch(qm9[:64]), "3D"),
+        "ethanol_64 (3D)": (batch(ase.io.read(DATA / "rmd17_ethanol" / "train.xyz", ":64")), "3D"),
+        "oc20_8 (2D)": (batch(ase.io.read(DATA / "oc20_is2re_samples" / "is2re_bs8.extxyz", ":")), "2D"),
+    }
+    if scaling:
+        slabs = list(itertools.islice(iter_structures(DATA / "xu_kitchin_adsorption"), 256))
+        batches.update({
+            "qm9_256 (3D)": (batch(qm9[:256]), "3D"),
+            "qm9_1024 (3D)": (batch(qm9), "3D"),
+            "xu_kitchin_64 (2D)": (batch(slabs[:64]), "2D"),
+            "xu_kitchin_256 (2D)": (batch(slabs), "2D"),
+        })
+    return batches
 
 
 def batched(batch, method: str, dim: str, generator=None):
@@ -132,6 +146,14 @@ def loop(batch, method: str, dim: str, generator=None, tol: float = DEFAULT_TOL)
     return torch.cat(positions), torch.cat(cells), torch.cat(rotations)
 
 
+def degenerate_graphs(batch, dim: str) -> int:
+    """How many graphs of the batch take a degenerate-spectrum path (their cost is per batch)."""
+    frames = compute_frames(batch.pos, batch.batch, batch.num_graphs, dim=dim, cell=batch.cell, pbc=batch.pbc,
+                            atomic_numbers=batch.atomic_numbers, edge_index=batch.edge_index,
+                            cell_offsets=batch.cell_offsets, cutoff=CUTOFF)
+    return int(((frames.degeneracy != NONE) & (frames.degeneracy != POINT)).sum())
+
+
 def load_original():
     """The original package via the tests' import helper (as benchmarks/bench_faenet.py); None if absent."""
     path = Path(__file__).resolve().parents[1] / "tests" / "models" / "original_faenet.py"
@@ -175,12 +197,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--methods", default="all,stochastic")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-scaling", action="store_true", help="only the issue's three batches")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     have_original = load_original() is not None
 
     results = []
-    for name, (batch, dim) in load_batches().items():
+    for name, (batch, dim) in load_batches(scaling=not args.no_scaling).items():
         for method in args.methods.split(","):
             a = batched(batch, method, dim, torch.Generator().manual_seed(0))
             b = loop(batch, method, dim, torch.Generator().manual_seed(0))
@@ -189,7 +212,7 @@ def main() -> None:
                     assert x.shape == y.shape and torch.allclose(x, y, atol=1e-12), f"{name}: loop differs from batched"
             gen = torch.Generator().manual_seed(0)
             row = {"batch": name, "method": method, "graphs": int(batch.num_graphs), "atoms": int(batch.num_nodes),
-                   "frames": int(a[2].shape[0])}
+                   "frames": int(a[2].shape[0]), "degenerate": degenerate_graphs(batch, dim)}
             row["batched_ms"], row["batched_median_ms"] = timed(lambda: batched(batch, method, dim, gen), args.repeats)
             row["loop_ms"], row["loop_median_ms"] = timed(lambda: loop(batch, method, dim, gen), args.repeats)
             row["loop_over_batched"] = row["loop_ms"] / row["batched_ms"]
@@ -205,10 +228,12 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), best of {args.repeats} calls, "
           f"load average {meta['load_average']:.2f}")
-    head = f"{'batch':16s} {'method':11s} {'frames':>6s} {'batched ms':>10s} {'loop ms':>8s} {'loop/batched':>12s}"
+    head = (f"{'batch':20s} {'method':11s} {'degenerate':>10s} {'frames':>6s} {'batched ms':>10s} {'loop ms':>8s} "
+            f"{'loop/batched':>12s}")
     print(head + (f" {'original ms':>11s} {'orig/batched':>12s}" if have_original else ""))
     for r in results:
-        line = (f"{r['batch']:16s} {r['method']:11s} {r['frames']:6d} {r['batched_ms']:10.3f} {r['loop_ms']:8.2f} "
+        line = (f"{r['batch']:20s} {r['method']:11s} {r['degenerate']:10d} {r['frames']:6d} {r['batched_ms']:10.3f} "
+                f"{r['loop_ms']:8.2f} "
                 f"{r['loop_over_batched']:11.1f}x")
         if have_original:
             line += f" {r['original_ms']:11.2f} {r['original_over_batched']:11.1f}x"

@@ -552,12 +552,13 @@ def _expand(pos, batch, counts, translation, rotation, graph, cell, spec, set_si
     total = int(new_ptr[-1])
     expanded_batch = torch.repeat_interleave(torch.arange(graph.shape[0], device=device), sizes, output_size=total)
     shift = (torch.cumsum(counts, 0) - counts).index_select(0, graph) - new_ptr[:-1]
-    node_index = torch.arange(total, device=device) + shift.index_select(0, expanded_batch)
+    node_index = torch.repeat_interleave(shift, sizes, output_size=total).add_(torch.arange(total, device=device))
 
     centred = (pos.to(torch.float64) - translation.index_select(0, batch)).index_select(0, node_index)
     frame_of_atom = rotation.index_select(0, expanded_batch)  # rows of U: canonical = Σ_j c_j U[j]
-    canonical = (centred[:, 0:1] * frame_of_atom[:, 0] + centred[:, 1:2] * frame_of_atom[:, 1]
-                 + centred[:, 2:3] * frame_of_atom[:, 2])
+    # accumulated in place: one [N',3] buffer instead of five (fresh large buffers cost page faults)
+    canonical = centred[:, 0:1] * frame_of_atom[:, 0]
+    canonical = canonical.addcmul_(centred[:, 1:2], frame_of_atom[:, 1]).addcmul_(centred[:, 2:3], frame_of_atom[:, 2])
     canonical_cell = None
     if cell is not None:
         canonical_cell = torch.bmm(cell.to(torch.float64).reshape(-1, 3, 3).index_select(0, graph), rotation).to(cell.dtype)
