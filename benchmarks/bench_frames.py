@@ -4,7 +4,9 @@ Inputs (real): the first 64 QM9 molecules of the shared subset (3D frames; two o
 degenerate: C2N2 linear, C4H6 a degenerate pair), 64 rMD17 ethanol structures (3D, none
 degenerate: the common path) and the 8 OC20 IS2RE samples (2D frames, periodic: the frame cloud
 comes from the batch's neighbour list, cutoff 6 Å, 40 neighbours, built once outside the timed
-region as the model needs it anyway; one slab has a degenerate in-plane pair).
+region as the model needs it anyway; one slab has a degenerate in-plane pair). Scaling rows
+(unless ``--no-scaling``): 256 and 1024 QM9 molecules, and 64 and 256 Xu–Kitchin slabs (2D; about
+half of them have a degenerate in-plane pair), to show how the ratio grows with the batch.
 
 Timed, all producing canonical positions, canonical cells and rotations of every frame:
 
@@ -17,12 +19,14 @@ Timed, all producing canonical positions, canonical cells and rotations of every
   (plain PCA of wrapped positions, no degeneracy handling, no periodic cloud: less math; shown for
   context).
 
-Each timing is the best of ``--repeats`` calls (the development machine is shared; the minimum is
-the least disturbed estimate; medians are reported too). One thread: these are ~10^4-element
-tensors, where OpenMP threads only add synchronisation (and stall badly on a loaded machine).
+Each timing is the best of ``--repeats`` calls, the three implementations alternating (order
+flipped every repeat), so load drift on the shared development machine hits them alike; the
+minimum is the least disturbed estimate, and the ratio of medians is reported too. One thread:
+these are ~10^4-element tensors, where OpenMP threads only add synchronisation (and stall badly on
+a loaded machine).
 Usage::
 
-    python benchmarks/bench_frames.py [--threads 1] [--repeats 40] [--methods all,stochastic] [--json]
+    python benchmarks/bench_frames.py [--threads 1] [--repeats 40] [--methods all,stochastic] [--no-scaling] [--json]
 """
 
 from __future__ import annotations
@@ -180,15 +184,19 @@ def original(batch, method: str, dim: str, generator=None):
     return out
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(best, median) milliseconds per call."""
-    fn()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(functions: dict, repeats: int) -> dict:
+    """{name: (best, median) milliseconds per call}. Repeats alternate the functions (order
+    flipped every repeat) so that load drift on a shared machine hits all of them alike."""
+    for fn in functions.values():
         fn()
-        runs.append(time.perf_counter() - start)
-    return min(runs) * 1e3, statistics.median(runs) * 1e3
+    runs = {name: [] for name in functions}
+    order = list(functions)
+    for repeat in range(repeats):
+        for name in (order if repeat % 2 == 0 else order[::-1]):
+            start = time.perf_counter()
+            functions[name]()
+            runs[name].append(time.perf_counter() - start)
+    return {name: (min(r) * 1e3, statistics.median(r) * 1e3) for name, r in runs.items()}
 
 
 def main() -> None:
@@ -213,11 +221,14 @@ def main() -> None:
             gen = torch.Generator().manual_seed(0)
             row = {"batch": name, "method": method, "graphs": int(batch.num_graphs), "atoms": int(batch.num_nodes),
                    "frames": int(a[2].shape[0]), "degenerate": degenerate_graphs(batch, dim)}
-            row["batched_ms"], row["batched_median_ms"] = timed(lambda: batched(batch, method, dim, gen), args.repeats)
-            row["loop_ms"], row["loop_median_ms"] = timed(lambda: loop(batch, method, dim, gen), args.repeats)
-            row["loop_over_batched"] = row["loop_ms"] / row["batched_ms"]
+            functions = {"batched": lambda: batched(batch, method, dim, gen), "loop": lambda: loop(batch, method, dim, gen)}
             if have_original:
-                row["original_ms"], row["original_median_ms"] = timed(lambda: original(batch, method, dim), args.repeats)
+                functions["original"] = lambda: original(batch, method, dim)
+            for side, (best, median) in timed(functions, args.repeats).items():
+                row[f"{side}_ms"], row[f"{side}_median_ms"] = best, median
+            row["loop_over_batched"] = row["loop_ms"] / row["batched_ms"]
+            row["loop_over_batched_median"] = row["loop_median_ms"] / row["batched_median_ms"]
+            if have_original:
                 row["original_over_batched"] = row["original_ms"] / row["batched_ms"]
             results.append(row)
 
