@@ -174,3 +174,34 @@ def test_flat_force_decoder_config_works_unlike_the_original_default(qm9_atoms):
     assert isinstance(model.decoder.model[1], torch.nn.BatchNorm1d)
     with torch.no_grad():
         assert model(to_graph(qm9_atoms[0]))["forces"].shape == (len(qm9_atoms[0]), 3)
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_eager_outputs(qm9_atoms, monkeypatch):
+    """torch.compile(dynamic=True): energy-gradient forces at inference, and a training step of the
+    S2EF mode (direct forces + energy-gradient target) give the eager outputs, and the training
+    loss backpropagates. The gradient-target pass keeps the graph for the loss backward, which
+    needs AOTAutograd's donated buffers off (docs/faenet.md)."""
+    import torch._functorch.config as functorch_config
+
+    monkeypatch.setattr(functorch_config, "donated_buffer", False)
+    batch = Batch.from_data_list([to_graph(a).get_example(0) for a in qm9_atoms[:4]])
+    torch._dynamo.reset()
+    try:
+        model = small(regress_forces="from_energy", tag_hidden_channels=0).eval()
+        with torch.no_grad():
+            eager, out = model(batch.clone()), torch.compile(model, dynamic=True)(batch.clone())
+        for key in ("energy", "forces"):
+            torch.testing.assert_close(out[key], eager[key], rtol=1e-5, atol=1e-5)
+
+        model = small(regress_forces="direct_with_gradient_target", tag_hidden_channels=0,
+                      force_decoder_type="mlp").train()
+        eager, out = model(batch.clone()), torch.compile(model, dynamic=True)(batch.clone())
+        for key in ("energy", "forces", "gradient_forces"):
+            torch.testing.assert_close(out[key], eager[key], rtol=1e-5, atol=1e-5)
+        loss = out["energy"].square().sum() + (out["forces"] - out["gradient_forces"]).square().sum()
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+    finally:
+        torch._dynamo.reset()
