@@ -84,3 +84,21 @@ def assert_supercell_extensive(model, shared_data, atol: float) -> None:
     one, eight = model(as_batch([cell], 5.0)), model(as_batch([supercell], 5.0))
     torch.testing.assert_close(eight["energy"], 8 * one["energy"], atol=atol, rtol=0)
     torch.testing.assert_close(eight["forces"][: len(oxide)], one["forces"], atol=atol, rtol=0)
+
+
+def assert_rejects_bad_atoms(model, shared_data, max_z: int) -> Batch:
+    """A float32 model raises clear DataErrors for an element beyond its table (Z = max_z + 1) and
+    for float64 positions; returns the valid float32 batch (2 molecules) it checked them on."""
+    import pytest
+
+    from frameavg.errors import DataError
+
+    batch = as_batch(molecules(shared_data, torch.float32)[:2], cutoff=5.0)
+    heavy = batch.clone()
+    heavy.atomic_numbers = heavy.atomic_numbers.clone()
+    heavy.atomic_numbers[0] = max_z + 1
+    with pytest.raises(DataError, match=rf"atomic numbers must be in 1\.\.{max_z}"):
+        model(heavy)
+    with pytest.raises(DataError, match="float64 but the model is torch.float32"):
+        model(as_batch(molecules(shared_data, torch.float64)[:1], cutoff=5.0))
+    return batch

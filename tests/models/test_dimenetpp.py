@@ -10,15 +10,15 @@ import torch
 import torch_geometric.nn.models.dimenet as pyg_dimenet
 
 from frameavg.data import atoms_to_data
-from frameavg.errors import ConfigError, DataError
+from frameavg.errors import ConfigError
 from frameavg.evaluation.symmetry import model_inputs
 from frameavg.evaluation.testing import assert_batch_independent, assert_symmetric
 from frameavg.frames import FrameAveraging
 from frameavg.models import MODELS, build_model
 from frameavg.models.dimenetpp import EQUAL_WIDTH_CONFIG, PAPER_CONFIG, DimeNetPlusPlus, triplets
 
-from .baselines import (all_pairs_within, as_batch, assert_supercell_extensive, molecules, randomize_, slabs,
-                        small_oxide, train_epoch_losses)
+from .baselines import (all_pairs_within, as_batch, assert_rejects_bad_atoms, assert_supercell_extensive,
+                        molecules, randomize_, slabs, small_oxide, train_epoch_losses)
 
 SMALL = dict(hidden_channels=32, num_interactions=2, int_emb_size=16, basis_emb_size=8, out_emb_channels=32,
              num_spherical=7, num_radial=6, cutoff=5.0, output_initializer="glorot_orthogonal")
@@ -165,15 +165,7 @@ def test_forces_are_finite_on_slabs_with_collinear_triplets(shared_data):
 
 
 def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
-    model = small()
-    batch = as_batch(molecules(shared_data, torch.float32)[:2], cutoff=5.0)
-    heavy = batch.clone()
-    heavy.atomic_numbers = heavy.atomic_numbers.clone()
-    heavy.atomic_numbers[0] = 95
-    with pytest.raises(DataError, match="atomic numbers must be in 1..94"):
-        model(heavy)
-    with pytest.raises(DataError, match="float64 but the model is torch.float32"):
-        model(as_batch(molecules(shared_data, torch.float64)[:1], cutoff=5.0))
+    assert_rejects_bad_atoms(small(), shared_data, max_z=94)
     with pytest.raises(ConfigError, match="no direct force head"):
         DimeNetPlusPlus(regress_forces="direct")
     with pytest.raises(ConfigError, match="num_blocks"):

@@ -14,8 +14,8 @@ from frameavg.frames import FrameAveraging
 from frameavg.models import MODELS, build_model
 from frameavg.models.schnet import EQUAL_WIDTH_CONFIG, PAPER_CONFIG, SchNet
 
-from .baselines import (all_pairs_within, as_batch, assert_supercell_extensive, molecules, randomize_, slabs,
-                        train_epoch_losses)
+from .baselines import (all_pairs_within, as_batch, assert_rejects_bad_atoms, assert_supercell_extensive,
+                        molecules, randomize_, slabs, train_epoch_losses)
 
 SMALL = dict(hidden_channels=64, num_filters=64, num_interactions=3, num_gaussians=25, cutoff=5.0)
 #: Symmetry tolerances: |error| <= atol, or relative to |E| (energies) / the largest force norm
@@ -96,14 +96,7 @@ def test_periodic_images_supercell_is_extensive(shared_data):
 
 def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
     model = small()
-    batch = as_batch(molecules(shared_data, torch.float32)[:2], cutoff=5.0)
-    heavy = batch.clone()
-    heavy.atomic_numbers = heavy.atomic_numbers.clone()
-    heavy.atomic_numbers[0] = 100
-    with pytest.raises(DataError, match="atomic numbers must be in 1..99"):
-        model(heavy)
-    with pytest.raises(DataError, match="float64 but the model is torch.float32"):
-        model(as_batch(molecules(shared_data, torch.float64)[:1], cutoff=5.0))
+    batch = assert_rejects_bad_atoms(model, shared_data, max_z=99)
     broken = batch.clone()
     broken.pos = broken.pos.clone()
     broken.pos[0, 0] = float("nan")
