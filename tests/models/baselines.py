@@ -102,3 +102,20 @@ def assert_rejects_bad_atoms(model, shared_data, max_z: int) -> Batch:
     with pytest.raises(DataError, match="float64 but the model is torch.float32"):
         model(as_batch(molecules(shared_data, torch.float64)[:1], cutoff=5.0))
     return batch
+
+
+def assert_frame_averaging_changes_nothing(model, shared_data, dtype: torch.dtype, tolerances: dict,
+                                           max_neighbors: int | None = None) -> None:
+    """FrameAveraging (3D, all frames) around an already invariant model stays invariant (under
+    rotations, reflections, translations, with ``tolerances`` for assert_symmetric) and predicts
+    the model's own energies, on 3 molecules and the last OC20 slab."""
+    from frameavg.evaluation.testing import assert_symmetric
+    from frameavg.frames import FrameAveraging
+
+    averaged = FrameAveraging(model, frames="3D", method="all").eval()
+    structures = molecules(shared_data, dtype)[:3] + slabs(shared_data, dtype)[2:]
+    assert_symmetric(averaged, structures, cutoff=5.0, max_neighbors=max_neighbors,
+                     checks=("rotation", "reflection", "translation"), **tolerances)
+    batch = as_batch(structures, cutoff=5.0, max_neighbors=max_neighbors)
+    torch.testing.assert_close(averaged(batch)["energy"], model(batch)["energy"],
+                               **({"atol": 1e-4, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 0}))

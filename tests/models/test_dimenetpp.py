@@ -13,12 +13,11 @@ from frameavg.data import atoms_to_data
 from frameavg.errors import ConfigError
 from frameavg.evaluation.symmetry import model_inputs
 from frameavg.evaluation.testing import assert_batch_independent, assert_symmetric
-from frameavg.frames import FrameAveraging
 from frameavg.models import MODELS, build_model
 from frameavg.models.dimenetpp import EQUAL_WIDTH_CONFIG, PAPER_CONFIG, DimeNetPlusPlus, triplets
 
-from .baselines import (all_pairs_within, as_batch, assert_rejects_bad_atoms, assert_supercell_extensive,
-                        molecules, randomize_, slabs, small_oxide, train_epoch_losses)
+from .baselines import (all_pairs_within, as_batch, assert_frame_averaging_changes_nothing, assert_rejects_bad_atoms,
+                        assert_supercell_extensive, molecules, randomize_, slabs, small_oxide, train_epoch_losses)
 
 SMALL = dict(hidden_channels=32, num_interactions=2, int_emb_size=16, basis_emb_size=8, out_emb_channels=32,
              num_spherical=7, num_radial=6, cutoff=5.0, output_initializer="glorot_orthogonal")
@@ -135,14 +134,7 @@ def test_energy_invariant_and_forces_equivariant(shared_data, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_frame_averaging_around_dimenetpp_stays_invariant_and_changes_nothing(shared_data, dtype):
-    model = small(dtype)
-    averaged = FrameAveraging(model, frames="3D", method="all").eval()
-    structures = molecules(shared_data, dtype)[:3] + slabs(shared_data, dtype)[2:]
-    assert_symmetric(averaged, structures, cutoff=5.0, max_neighbors=12,
-                     checks=("rotation", "reflection", "translation"), **SYMMETRY_TOL[dtype])
-    batch = as_batch(structures, cutoff=5.0, max_neighbors=12)
-    torch.testing.assert_close(averaged(batch)["energy"], model(batch)["energy"],
-                               **({"atol": 1e-4, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 0}))
+    assert_frame_averaging_changes_nothing(small(dtype), shared_data, dtype, SYMMETRY_TOL[dtype], max_neighbors=12)
 
 
 def test_periodic_images_supercell_is_extensive(shared_data):

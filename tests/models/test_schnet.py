@@ -10,12 +10,11 @@ from torch_geometric.nn.models import SchNet as PygSchNet
 
 from frameavg.errors import ConfigError, DataError
 from frameavg.evaluation.testing import assert_batch_independent, assert_symmetric
-from frameavg.frames import FrameAveraging
 from frameavg.models import MODELS, build_model
 from frameavg.models.schnet import EQUAL_WIDTH_CONFIG, PAPER_CONFIG, SchNet
 
-from .baselines import (all_pairs_within, as_batch, assert_rejects_bad_atoms, assert_supercell_extensive,
-                        molecules, randomize_, slabs, train_epoch_losses)
+from .baselines import (all_pairs_within, as_batch, assert_frame_averaging_changes_nothing, assert_rejects_bad_atoms,
+                        assert_supercell_extensive, molecules, randomize_, slabs, train_epoch_losses)
 
 SMALL = dict(hidden_channels=64, num_filters=64, num_interactions=3, num_gaussians=25, cutoff=5.0)
 #: Symmetry tolerances: |error| <= atol, or relative to |E| (energies) / the largest force norm
@@ -78,14 +77,7 @@ def test_energy_invariant_and_forces_equivariant(shared_data, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_frame_averaging_around_schnet_stays_invariant_and_changes_nothing(shared_data, dtype):
-    model = small(dtype)
-    averaged = FrameAveraging(model, frames="3D", method="all").eval()
-    structures = molecules(shared_data, dtype)[:3] + slabs(shared_data, dtype)[2:]
-    assert_symmetric(averaged, structures, cutoff=5.0, checks=("rotation", "reflection", "translation"),
-                     **SYMMETRY_TOL[dtype])
-    batch = as_batch(structures, cutoff=5.0)
-    torch.testing.assert_close(averaged(batch)["energy"], model(batch)["energy"],
-                               **({"atol": 1e-4, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 0}))
+    assert_frame_averaging_changes_nothing(small(dtype), shared_data, dtype, SYMMETRY_TOL[dtype])
 
 
 def test_periodic_images_supercell_is_extensive(shared_data):
