@@ -17,3 +17,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set FRAMEAVG_SHARED_DATA)")
     return SHARED_DATA
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-structures", type=int, default=280,
+                     help="structures in the frame-averaging fuzz test (the slow variant: 10000)")
+    parser.addoption("--fuzz-seed", type=int, default=0, help="seed of the frame-averaging fuzz test")
+
+
+@pytest.fixture(scope="session")
+def fuzz_settings(request) -> tuple[int, int]:
+    """(number of structures, seed) of the frame-averaging fuzz test."""
+    return request.config.getoption("--fuzz-structures"), request.config.getoption("--fuzz-seed")

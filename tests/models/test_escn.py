@@ -169,11 +169,12 @@ def test_rotating_into_the_edge_frame_and_back_is_the_identity(shared_data):
 def test_gate_variant_is_exactly_symmetric(shared_data, regress_forces):
     """With the exact gate instead of grids only floating point is left. Measured at initialisation
     (3 ethanol, 3 QM9, 1 OC20 slab): float64 |ΔE| <= 9e-15 eV, |ΔF| <= 5e-14 eV/Å over all checks;
-    float32 rotation |ΔE|/|E| 3e-7, |ΔF|/max|F| 2.5e-5 (conservative) and 3e-6 (direct)."""
+    float32 rotation |ΔE|/|E| 3e-7 to 4.7e-6 (depending on the CPU's float paths), |ΔF|/max|F|
+    2.5e-5 (conservative) and 3e-6 (direct)."""
     model = _model(nonlinearity="gate", regress_forces=regress_forces)
     assert_symmetric(model, _structures(shared_data, torch.float64), atol=1e-12, checks=PROPER_CHECKS, cutoff=CUTOFF)
     model32 = _model(torch.float32, nonlinearity="gate", regress_forces=regress_forces)
-    assert_symmetric(model32, _structures(shared_data, torch.float32), atol=0, rtol=2e-6, forces_rtol=2e-4,
+    assert_symmetric(model32, _structures(shared_data, torch.float32), atol=0, rtol=1e-5, forces_rtol=2e-4,
                      checks=("rotation", "permutation"), cutoff=CUTOFF)
 
 

@@ -123,7 +123,8 @@ def test_energy_is_smooth_at_the_cutoff():
         pair = Batch.from_data_list([_dimer(CUTOFF - 1e-6), _dimer(CUTOFF + 1e-6), _dimer(2 * CUTOFF)])
         energies = model(pair)["energy"].detach()
         torch.testing.assert_close(energies[0], energies[1], rtol=0, atol=1e-9)
-        torch.testing.assert_close(energies[1], energies[2], rtol=0, atol=0)
+        # an edge at zero weight changes only the order of the float sums (one ulp on some CPUs)
+        torch.testing.assert_close(energies[1], energies[2], rtol=0, atol=1e-14)
 
 
 def _dimer(distance: float):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 import torch
 
@@ -46,6 +47,12 @@ def register(sub) -> None:
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--atol", type=float, default=None,
+                        help="absolute tolerance of 'holds' (default: 1e-10 float64, 1e-5 float32; eV, eV/Å)")
+    parser.add_argument("--rtol", type=float, default=None,
+                        help="relative tolerance of 'holds' (default: 1e-9 float64, 1e-4 float32)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when a claimed symmetry is measured above the tolerance")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(func=run)
 
@@ -63,7 +70,7 @@ def run(args) -> int:
     report = symmetry_report(
         model, structures, checks=checks, dim=frames if frames != "none" else "3D", cutoff=cutoff,
         max_neighbors=max_neighbors, strict_neighbors=args.strict_neighbors, trials=args.trials, batch_size=args.batch_size, seed=args.seed,
-        expected=claims(frames, method, _bare_model(model)),
+        expected=claims(frames, method, _bare_model(model)), atol=args.atol, rtol=args.rtol,
     )
     report.meta.update({"data": str(args.data), "model": name, "frames": frames, "method": method})
     if args.json:
@@ -72,6 +79,13 @@ def run(args) -> int:
         print(f"model {name} | frames {frames} | method {method} | {report.meta['structures']} structures "
               f"({report.meta['periodic']} periodic) | {args.dtype} | cutoff {cutoff} Å")
         print(report.table())
+    broken = report.broken_claims()
+    if broken:
+        worst = ", ".join(f"{r.check} (|dE| {r.energy_abs_max:.2e}, |dF| "
+                          f"{r.forces_abs_max if r.forces_abs_max is not None else float('nan'):.2e})" for r in broken)
+        print(f"frameavg: warning: claimed symmetries measured above the tolerance: {worst}", file=sys.stderr)
+        if args.strict:
+            return 1
     return 0
 
 

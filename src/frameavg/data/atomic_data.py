@@ -29,9 +29,21 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from frameavg.data import lattice
 from frameavg.errors import DataError
 
+#: Atomic numbers the data layer accepts (every known element). Models embed a subset
+#: (``EnergyModel.max_z``); the mismatch is reported with both ranges.
 MAX_Z = 118
+#: Atoms closer than this (Å), to each other or to their own periodic image, are coincident: no
+#: real structure has them, and models' edge directions and gradients are undefined there.
+MIN_DISTANCE = 0.1
+#: OC20 tag convention: 0 subsurface (fixed), 1 surface, 2 adsorbate.
+OC20_TAGS = (0, 1, 2)
+#: How tags are read: ``auto`` (OC20 when every tag is 0, 1 or 2; otherwise ASE's surface
+#: convention), ``oc20`` (as given, must be 0..2), ``ase`` (ASE's builders: layer 1 = top surface,
+#: 2, 3, ... deeper, 0 = adsorbate; mapped to OC20) or ``ignore`` (dropped).
+TAG_CONVENTIONS = ("auto", "oc20", "ase", "ignore")
 
 # Legacy (OCP) names and the field each one maps to.
 LEGACY_KEYS = {"y": "energy", "force": "forces"}
@@ -61,6 +73,7 @@ def atoms_to_data(
     source: str | None = None,
     index: int | None = None,
     dtype: torch.dtype = torch.float32,
+    tags: str = "auto",
 ) -> Data:
     """Convert one ``ase.Atoms`` to a validated ``Data``.
 
@@ -73,6 +86,11 @@ def atoms_to_data(
         required: fields that must be present after mapping (e.g. ``("energy", "forces")``).
         source, index: file and position, used only in error messages.
         dtype: floating dtype of positions, cell and float labels.
+        tags: tag convention (``TAG_CONVENTIONS``); tags are stored in OC20's.
+
+    Raises ``DataError`` (naming ``source`` and ``index``) for no atoms, unknown elements,
+    non-finite positions or labels, a malformed or singular cell, atoms closer than
+    ``MIN_DISTANCE`` to each other or to their own periodic image, and bad tags.
     """
 
     def fail(message: str) -> DataError:
@@ -95,6 +113,7 @@ def atoms_to_data(
     check_cell(cell, pbc, fail)
     if not pbc.any():
         cell = np.zeros((3, 3))
+    check_distances(positions, cell, pbc, fail)
 
     data = Data(
         pos=torch.as_tensor(positions, dtype=dtype),
@@ -104,8 +123,8 @@ def atoms_to_data(
         natoms=torch.tensor([n], dtype=torch.long),
         fixed=torch.as_tensor(_fixed_mask(atoms)),
     )
-    if "tags" in atoms.arrays:
-        data.tags = torch.as_tensor(np.asarray(atoms.arrays["tags"]), dtype=torch.long)
+    if "tags" in atoms.arrays and tags != "ignore":
+        data.tags = torch.as_tensor(convert_tags(np.asarray(atoms.arrays["tags"]), tags, fail), dtype=torch.long)
 
     labels = _collect_labels(atoms)
     mapped = dict(keys or {})
@@ -154,7 +173,8 @@ def check_required(data: Data, required: Iterable[str], available: Iterable[str]
 
 
 def check_cell(cell: np.ndarray, pbc: np.ndarray, fail) -> None:
-    """Raise ``fail(msg)`` unless the periodic lattice vectors are finite and independent."""
+    """Raise ``fail(msg)`` unless the periodic lattice vectors are finite and independent, and no
+    atom would sit within ``MIN_DISTANCE`` of its own periodic image."""
     if not pbc.any():
         return
     if cell.shape != (3, 3) or not np.isfinite(cell).all():
@@ -164,6 +184,111 @@ def check_cell(cell: np.ndarray, pbc: np.ndarray, fail) -> None:
         raise fail(f"singular cell for periodic axes {np.flatnonzero(pbc).tolist()}: {cell.tolist()}")
     if pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
         raise fail(f"cell has (near) zero volume: {cell.tolist()}")
+    shortest = lattice.shortest_length(rows, at_least=MIN_DISTANCE)
+    if shortest < MIN_DISTANCE:
+        raise fail(f"cell too small: every atom is {shortest:.3g} Å from its own periodic image "
+                   f"(closer than {MIN_DISTANCE} Å); cell {np.round(cell, 4).tolist()}")
+
+
+def check_distances(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, fail) -> None:
+    """Raise ``fail(msg)`` if two atoms (or an atom and another's periodic image) are closer than
+    ``MIN_DISTANCE``. Call after ``check_cell``."""
+    n = len(positions)
+    if n < 2:
+        return
+    basis = lattice.periodic_basis(cell, pbc)
+    if n <= _DENSE_DISTANCE_CHECK and (lattice.spacings(basis) > 2 * MIN_DISTANCE).all():
+        first, second, distance = _close_pairs_dense(positions, basis)
+    else:  # vesin costs ~2 ms per call: large structures, extreme cells
+        from vesin import NeighborList
+
+        box = cell if pbc.any() else np.zeros((3, 3))
+        first, second, distance = NeighborList(cutoff=MIN_DISTANCE, full_list=False).compute(
+            positions, box, pbc, quantities="ijd")
+    if len(first):
+        k = int(np.argmin(distance))
+        raise fail(f"atoms {int(first[k])} and {int(second[k])} are {distance[k]:.3g} Å apart "
+                   f"(closer than {MIN_DISTANCE} Å: coincident atoms)")
+
+
+_DENSE_DISTANCE_CHECK = 128
+
+
+def _close_pairs_dense(positions, basis):
+    """Pairs i < j closer than MIN_DISTANCE (to any periodic image), from all pairwise differences
+    with rounded fractional coordinates (exact for such short distances when every lattice
+    spacing exceeds 2·MIN_DISTANCE, see ``lattice.spacings``)."""
+    diff = positions[None, :, :] - positions[:, None, :]  # [n,n,3] = x_j - x_i
+    if basis.shape[0]:
+        diff = diff - np.round(diff @ np.linalg.pinv(basis)) @ basis
+    distance = np.sqrt((diff * diff).sum(-1))
+    first, second = np.nonzero(np.triu(distance < MIN_DISTANCE, k=1))
+    return first, second, distance[first, second]
+
+
+def convert_tags(tags: np.ndarray, convention: str, fail) -> np.ndarray:
+    """Tags in OC20's convention (0 subsurface, 1 surface, 2 adsorbate) from ``convention``
+    (``TAG_CONVENTIONS``)."""
+    if convention not in TAG_CONVENTIONS:
+        raise fail(f"unknown tag convention {convention!r} (choose from {', '.join(TAG_CONVENTIONS)})")
+    tags = np.asarray(tags).astype(np.int64).reshape(-1)
+    if tags.size and tags.min() < 0:
+        raise fail(f"negative tag {int(tags.min())}")
+    if convention == "auto":
+        convention = "oc20" if not tags.size or tags.max() <= 2 else "ase"
+    if convention == "ase":  # ASE: 0 adsorbate, 1 top layer, >= 2 deeper layers
+        return np.select([tags == 0, tags == 1], [2, 1], 0)
+    if tags.size and tags.max() > 2:
+        raise fail(f"tag {int(tags.max())}: OC20 tags are 0 (subsurface), 1 (surface) or 2 (adsorbate); "
+                   "ASE's surface builders number layers 1, 2, ... with 0 for adsorbates (read them with tags='ase')")
+    return tags
+
+
+def validate_data(data: Data, fail, *, distances: bool = False) -> None:
+    """Check a ``Data`` read from storage (our LMDB, user code): the fields and shapes of the
+    table above, known elements, finite positions, cell and labels, a valid cell, tags 0..2, and
+    (``distances``) no coincident atoms. Raises ``fail(msg)``."""
+    for name in ("pos", "atomic_numbers"):
+        if not isinstance(data.get(name), torch.Tensor):
+            raise fail(f"missing field '{name}'")
+    pos, z = data.pos, data.atomic_numbers
+    n = pos.shape[0] if pos.dim() == 2 else -1
+    if pos.dim() != 2 or pos.shape[1] != 3 or not pos.is_floating_point():
+        raise fail(f"pos must be a float tensor [N,3], got {tuple(pos.shape)} {pos.dtype}")
+    if n == 0:
+        raise fail("structure has zero atoms")
+    if tuple(z.shape) != (n,) or z.is_floating_point():
+        raise fail(f"atomic_numbers must be an integer tensor [{n}], got {tuple(z.shape)} {z.dtype}")
+    low, high = int(z.min()), int(z.max())
+    if low < 1 or high > MAX_Z:
+        raise fail(f"unknown element: atomic number {low if low < 1 else high} (valid: 1..{MAX_Z})")
+    if not bool(torch.isfinite(pos).all()):
+        atom = int(torch.nonzero(~torch.isfinite(pos).all(dim=1))[0])
+        raise fail(f"non-finite position (NaN or inf) for atom {atom}")
+    natoms = data.get("natoms")
+    if natoms is not None and (natoms.numel() != 1 or int(natoms.reshape(-1)[0]) != n):
+        raise fail(f"natoms {natoms.tolist()} does not match {n} positions")
+    cell, pbc = data.get("cell"), data.get("pbc")
+    if cell is None or pbc is None:
+        raise fail("missing field 'cell' or 'pbc' (molecules store a zero cell and pbc all False)")
+    if cell.numel() != 9 or pbc.numel() != 3 or pbc.dtype != torch.bool:
+        raise fail(f"cell must be [1,3,3] and pbc [1,3] bool, got {tuple(cell.shape)} and {tuple(pbc.shape)} {pbc.dtype}")
+    cell_np, pbc_np = cell.double().reshape(3, 3).numpy(), pbc.reshape(3).numpy()
+    check_cell(cell_np, pbc_np, fail)
+    for name in ("fixed", "tags"):
+        value = data.get(name)
+        if value is not None and tuple(value.shape) != (n,):
+            raise fail(f"'{name}' must have shape [{n}], got {tuple(value.shape)}")
+    if data.get("tags") is not None:
+        convert_tags(data.tags.numpy(), "oc20", fail)
+    for name, value in data.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise fail(f"field '{name}' contains NaN or inf")
+    forces = data.get("forces")
+    if forces is not None and tuple(forces.shape) != (n, 3):
+        raise fail(f"forces have shape {tuple(forces.shape)}, expected ({n}, 3)")
+    if distances:
+        check_distances(pos.double().numpy(), cell_np, pbc_np, fail)
 
 
 def _fixed_mask(atoms) -> np.ndarray:

@@ -28,6 +28,7 @@ import torch
 from torch_geometric.data import Data
 
 from frameavg import __version__
+from frameavg.data.atomic_data import validate_data
 from frameavg.errors import DataError
 
 FORMAT_NAME = "frameavg-lmdb"
@@ -228,6 +229,7 @@ def decode_data(blob: bytes, *, source: str | None = None, index: int | None = N
 
 
 def _check_storable(data: Data, index: int) -> None:
+    """What is written must read back: the checks of ``atomic_data.validate_data``."""
     def fail(message):
         return DataError(message, source="input", index=index)
 
@@ -236,12 +238,7 @@ def _check_storable(data: Data, index: int) -> None:
     for name in ("pos", "atomic_numbers", "natoms"):
         if not isinstance(data.get(name), torch.Tensor):
             raise fail(f"missing tensor field '{name}'")
-    n = data.pos.shape[0]
-    if data.pos.shape != (n, 3) or data.atomic_numbers.shape != (n,) or int(data.natoms.reshape(-1)[0]) != n:
-        raise fail(
-            f"inconsistent shapes: pos {tuple(data.pos.shape)}, atomic_numbers "
-            f"{tuple(data.atomic_numbers.shape)}, natoms {data.natoms.tolist()}"
-        )
+    validate_data(data, fail, distances=True)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -15,10 +15,17 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 from vesin import NeighborList
 
+from frameavg.data import lattice
 from frameavg.errors import DataError
 
 #: Non-strict ``max_neighbors`` keeps neighbours within this distance (Å) of the k-th one (as OCP).
 TIE_TOLERANCE = 0.01
+#: Default cap of the neighbours per atom a cutoff sphere is expected to hold (density × sphere
+#: volume, ``data.lattice.expected_neighbors``), checked before the list is allocated. Dense metals
+#: hold ~80 at 6 Å and ~650 at 12 Å; a cell far smaller than the cutoff holds millions.
+MAX_EDGES_PER_ATOM = 2000
+#: Edges of one structure above which the list is refused whatever the cap per atom (~4 GB).
+MAX_EDGES = 100_000_000
 
 
 def neighbor_list(
@@ -28,6 +35,7 @@ def neighbor_list(
     cutoff: float,
     max_neighbors: int | None = None,
     strict: bool = True,
+    max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs closer than ``cutoff`` (Å) in one structure.
 
@@ -39,6 +47,9 @@ def neighbor_list(
         max_neighbors: keep at most this many nearest neighbours per centre atom.
         strict: if False, also keep neighbours within ``TIE_TOLERANCE`` of the k-th distance, so
             that symmetry-equivalent neighbours are not cut arbitrarily.
+        max_edges_per_atom: refuse (``DataError``) before allocating when the cell's density
+            says a cutoff sphere holds more neighbours than this (None: no cap; see
+            ``MAX_EDGES_PER_ATOM``). ``max_neighbors`` does not help: all pairs are found first.
 
     Returns:
         edge_index [2,E] long (row 0 neighbour j, row 1 centre i), sorted by centre then distance;
@@ -51,6 +62,7 @@ def neighbor_list(
     box = np.zeros((3, 3)) if cell is None else cell.detach().cpu().numpy().reshape(3, 3).astype(np.float64)
     if not periodic.any():
         box = np.zeros((3, 3))
+    check_edge_budget(len(points), box, periodic, float(cutoff), max_edges_per_atom)
     centre, neighbour, shifts, dist = NeighborList(cutoff=float(cutoff), full_list=True).compute(
         points, box, periodic, quantities="ijSd"
     )
@@ -62,6 +74,21 @@ def neighbor_list(
     edge_index = torch.from_numpy(np.stack([neighbour, centre]).astype(np.int64)).to(pos.device)
     cell_offsets = torch.from_numpy(np.ascontiguousarray(shifts)).to(device=pos.device, dtype=pos.dtype)
     return edge_index, cell_offsets
+
+
+def check_edge_budget(num_atoms: int, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
+                      max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM) -> float:
+    """Expected neighbours per atom of a structure at ``cutoff``; ``DataError`` above the caps."""
+    expected = lattice.expected_neighbors(num_atoms, lattice.periodic_basis(cell, pbc), cutoff)
+    if max_edges_per_atom is not None and expected > max_edges_per_atom:
+        raise DataError(
+            f"cell too small for cutoff {cutoff:g} Å: its density puts ~{expected:.3g} neighbours in a cutoff "
+            f"sphere (cap {max_edges_per_atom:g} per atom); check the cell, or raise the cap "
+            "(max_edges_per_atom; data.max_edges_per_atom in configs)")
+    if expected * num_atoms > MAX_EDGES:
+        raise DataError(f"~{expected * num_atoms:.3g} edges at cutoff {cutoff:g} Å exceed {MAX_EDGES:.0e} "
+                        "for one structure; use a smaller cutoff or max_neighbors")
+    return expected
 
 
 def _max_neighbors_mask(centre, dist, n_atoms, k, strict) -> np.ndarray:
@@ -80,7 +107,8 @@ def _max_neighbors_mask(centre, dist, n_atoms, k, strict) -> np.ndarray:
 
 
 def radius_graph_batch(
-    batch, cutoff: float, max_neighbors: int | None = None, strict: bool = True
+    batch, cutoff: float, max_neighbors: int | None = None, strict: bool = True,
+    max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Neighbour lists for every graph of a PyG ``Batch`` (or a single ``Data``).
 
@@ -101,6 +129,7 @@ def radius_graph_batch(
             cutoff,
             max_neighbors,
             strict,
+            max_edges_per_atom,
         )
         edges.append(ei + lo)
         offsets.append(off)
@@ -119,18 +148,21 @@ class RadiusGraph(BaseTransform):
         cutoff: radius, Å.
         max_neighbors: at most this many nearest neighbours per atom (None: no limit).
         strict: exact ``max_neighbors`` (True) or keep ties within 0.01 Å (False, as OCP).
+        max_edges_per_atom: memory guard (see ``neighbor_list``).
     """
 
-    def __init__(self, cutoff: float, max_neighbors: int | None = None, strict: bool = True):
+    def __init__(self, cutoff: float, max_neighbors: int | None = None, strict: bool = True,
+                 max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM):
         if cutoff <= 0:
             raise DataError(f"cutoff must be positive, got {cutoff}")
         self.cutoff = cutoff
         self.max_neighbors = max_neighbors
         self.strict = strict
+        self.max_edges_per_atom = max_edges_per_atom
 
     def forward(self, data: Data) -> Data:
         edge_index, cell_offsets, neighbors = radius_graph_batch(
-            data, self.cutoff, self.max_neighbors, self.strict
+            data, self.cutoff, self.max_neighbors, self.strict, self.max_edges_per_atom
         )
         data.edge_index = edge_index
         data.cell_offsets = cell_offsets

@@ -23,6 +23,10 @@ Errors: energy |ΔE| per structure (eV) and relative |ΔE|/max(|E|, 1e-6·max|E|
 atom (vector norm, eV/Å) and relative to the largest force norm of the data set (the mean
 relative error divides by the mean force norm). Transformed structures carry the model inputs
 only (pos, atomic_numbers, cell, pbc, natoms, tags, fixed), not the labels.
+
+Each row also says whether the check *holds*: every energy and force error within the report's
+tolerance (``TOLERANCES`` per dtype: absolute or relative, whichever is looser). A symmetry a model
+claims is shown as holding only when the numbers say so.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ from frameavg.data.neighbors import RadiusGraph
 from frameavg.errors import ConfigError, DataError
 
 CHECKS = ("rotation", "reflection", "translation", "permutation", "image", "cell", "batch", "repeat")
+#: Default (atol, rtol) of "exact up to floating point" per dtype: eV and eV/Å, and relative to |E|
+#: per structure / to the largest force norm.
+TOLERANCES = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-4)}
+
+
+def default_tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol) for an exact symmetry measured in ``dtype`` (float32 values for other dtypes)."""
+    return TOLERANCES.get(dtype, TOLERANCES[torch.float32])
 PERIODIC_CHECKS = ("image", "cell")
 INPUT_FIELDS = ("pos", "atomic_numbers", "cell", "pbc", "natoms", "tags", "fixed")
 
@@ -194,13 +206,24 @@ class SymmetryRow:
     forces_abs_max: float | None = None
     forces_rel_mean: float | None = None
     forces_rel_max: float | None = None
+    holds: bool | None = None
+
+    def within(self, atol: float, rtol: float) -> bool:
+        """Every energy and force error within ``atol`` (absolute) or ``rtol`` (relative)."""
+        energy_ok = self.energy_abs_max <= atol or self.energy_rel_max <= rtol
+        forces_ok = self.forces_abs_max is None or self.forces_abs_max <= atol or self.forces_rel_max <= rtol
+        return energy_ok and forces_ok
 
 
 @dataclass
 class SymmetryReport:
+    """Rows per check; ``degeneracy``: worst errors per frame path; ``structures``: per structure,
+    its energy, largest force norm and worst errors over the claimed checks."""
+
     rows: list[SymmetryRow]
     degeneracy: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    structures: list[dict] = field(default_factory=list)
 
     def row(self, check: str) -> SymmetryRow:
         for row in self.rows:
@@ -209,14 +232,20 @@ class SymmetryReport:
         raise KeyError(f"no check '{check}' in this report (checks: {', '.join(r.check for r in self.rows)})")
 
     def to_dict(self) -> dict:
-        return {"meta": self.meta, "checks": [asdict(r) for r in self.rows], "degeneracy": self.degeneracy}
+        return {"meta": self.meta, "checks": [asdict(r) for r in self.rows], "degeneracy": self.degeneracy,
+                "structures": self.structures}
+
+    def broken_claims(self) -> list[SymmetryRow]:
+        """Rows of claimed symmetries whose measured errors exceed the tolerance."""
+        return [r for r in self.rows if r.expected and not r.holds]
 
     def table(self) -> str:
-        """Plain-text table of the report."""
+        """Plain-text table of the report. ``claim``: ``yes`` (claimed and measured within the
+        tolerance), ``BROKEN`` (claimed, measured above it), ``no`` (not claimed), ``-`` (no claims)."""
         head = ["check", "claim", "n", "|dE| mean", "|dE| max", "rel max", "|dF| mean", "|dF| max", "rel max"]
         lines = []
         for r in self.rows:
-            claim = {True: "yes", False: "no", None: "-"}[r.expected]
+            claim = {True: "yes" if r.holds else "BROKEN", False: "no", None: "-"}[r.expected]
             lines.append([
                 r.check, claim, str(r.structures), _fmt(r.energy_abs_mean), _fmt(r.energy_abs_max), _fmt(r.energy_rel_max),
                 _fmt(r.forces_abs_mean), _fmt(r.forces_abs_max), _fmt(r.forces_rel_max),
@@ -224,11 +253,15 @@ class SymmetryReport:
         widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
         out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]
+        atol, rtol = self.meta.get("atol"), self.meta.get("rtol")
+        if atol is not None:
+            out.append(f"(a check holds when every error is within {atol:g} absolute or {rtol:g} relative)")
         if self.degeneracy:
             out.append("")
-            out.append("by degeneracy class (max over the checks the method claims):")
+            out.append("by frame path (degeneracy class / periodic cloud level; max over the claimed checks):")
+            width = max(8, *(len(name) for name in self.degeneracy))
             for name, d in self.degeneracy.items():
-                out.append(f"  {name:8s} {d['count']:5d} structures  |dE| max {_fmt(d['energy_abs_max'])}"
+                out.append(f"  {name:{width}s} {d['count']:5d} structures  |dE| max {_fmt(d['energy_abs_max'])}"
                            f"  |dF| max {_fmt(d['forces_abs_max'])}  frames/structure {d['frames_mean']:.1f}")
         return "\n".join(out)
 
@@ -250,6 +283,8 @@ def symmetry_report(
     batch_size: int = 32,
     seed: int = 0,
     expected: dict | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> SymmetryReport:
     """Measure the symmetry errors of ``model`` on ``structures`` (see module docstring).
 
@@ -268,6 +303,8 @@ def symmetry_report(
         trials: random transforms per structure and check.
         expected: ``{check: bool}``, the symmetries the model claims (shown in the table; the
             per-degeneracy-class maxima only include claimed checks).
+        atol, rtol: tolerance of ``SymmetryRow.holds`` (default: ``default_tolerance`` of the
+            structures' dtype).
     """
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
@@ -277,6 +314,9 @@ def symmetry_report(
     graph = RadiusGraph(cutoff, max_neighbors, strict=strict_neighbors) if cutoff is not None else None
     rng = np.random.default_rng(seed)
     structures = [model_inputs(d) for d in structures]
+    default_atol, default_rtol = default_tolerance(structures[0].pos.dtype)
+    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else rtol
     energy, forces, frames = predict(model, structures, graph=graph, batch_size=batch_size)
     energy_floor = 1e-6 * float(energy.abs().max())
     force_norms = [f.norm(dim=-1) for f in forces if f is not None]
@@ -336,36 +376,47 @@ def symmetry_report(
             energy_rel_mean=float(rel.mean()),
             energy_rel_max=float(rel.max()),
         )
-        if df_all and force_max:
+        if df_all:
             df = torch.cat(df_all)
             row.forces_abs_mean = float(df.mean())
             row.forces_abs_max = float(df.max())
-            row.forces_rel_mean = float(df.mean()) / force_mean
-            row.forces_rel_max = float(df.max()) / force_max
+            row.forces_rel_mean = _relative(row.forces_abs_mean, force_mean)
+            row.forces_rel_max = _relative(row.forces_abs_max, force_max)
+        row.holds = row.within(atol, rtol)
         rows.append(row)
 
     report = SymmetryReport(rows=rows)
     report.degeneracy = _by_degeneracy(frames, worst_energy, worst_force, force_max is not None)
+    report.structures = [
+        {"index": i, "energy": float(energy[i]), "energy_abs_max": float(worst_energy[i]),
+         "forces_max": None if f is None else float(f.norm(dim=-1).max()),
+         "forces_abs_max": None if f is None else float(worst_force[i])}
+        for i, f in enumerate(forces)
+    ]
     report.meta = {"structures": len(structures), "periodic": sum(is_periodic(d) for d in structures),
                    "dim": dim, "cutoff": cutoff, "max_neighbors": max_neighbors, "strict_neighbors": strict_neighbors,
-                   "trials": trials, "seed": seed,
+                   "trials": trials, "seed": seed, "atol": atol, "rtol": rtol,
                    "dtype": str(structures[0].pos.dtype).removeprefix("torch.")}
     return report
 
 
+def _relative(error: float, scale: float | None) -> float:
+    """``error / scale``; with no force anywhere (scale 0: a single atom), 0 for no error, else inf."""
+    if scale:
+        return error / scale
+    return 0.0 if error == 0 else math.inf
+
+
 def _by_degeneracy(frames, worst_energy, worst_force, has_forces) -> dict:
-    """Worst errors per degeneracy class of the frames (FrameAveraging models only)."""
+    """Worst errors per frame path (``Frames.path_names``: degeneracy class, and the cloud level of
+    periodic graphs) of the frames (FrameAveraging models only)."""
     if not frames or any(f is None or f.eigenvalues is None for f in frames):
         return {}
-    from frameavg.frames.compute import DEGENERACY
-
-    classes = torch.cat([f.degeneracy for f in frames]).cpu()
+    paths = [name for f in frames for name in f.path_names()]
     counts = torch.cat([f.set_size for f in frames]).cpu().double()
     out = {}
-    for code, name in enumerate(DEGENERACY):
-        mask = classes == code
-        if not bool(mask.any()):
-            continue
+    for name in sorted(set(paths)):
+        mask = torch.tensor([p == name for p in paths])
         out[name] = {
             "count": int(mask.sum()),
             "energy_abs_max": float(worst_energy[mask].max()),

@@ -1,19 +1,29 @@
 """The point cloud a graph's frame is computed from.
 
 * Non-periodic graph: the atom positions relative to their centroid, weight 1 (plain PCA).
-* Periodic graph: the edge vectors ``pos[j] − pos[i] + offsets @ cell`` (i.e. minimum-image and
-  all further images within ``cutoff``) from every *reference atom* i to its neighbours j, weighted
-  by a cosine envelope ``w(d) = ½(cos(πd/cutoff) + 1)``. Reference atoms are the atoms of the
-  graph's rarest element (ties: the heavier element), e.g. the adsorbate of a slab or the metal
-  of an oxide. A graph whose reference atoms have no neighbour within the cutoff (an adsorbate
-  far above its slab) uses the edges around all of its atoms instead.
+* Periodic graph: edge vectors ``pos[j] − pos[i] + offsets @ cell`` (minimum image and all further
+  images within ``cutoff``) from centre atoms i to their neighbours j, weighted by a cosine
+  envelope ``w(d) = ½(cos(πd/cutoff) + 1)``. Which centres, is the graph's *cloud level*:
 
-The periodic cloud depends only on the set of edge vectors around the reference atoms, which is a
-function of the periodic structure itself: it does not change when an atom is moved to another
-periodic image, when the cell is replaced by an equivalent one (a unimodular change of basis) or
-when atoms are permuted, and it rotates with the structure. The envelope makes it continuous when
-atoms cross the cutoff. Wrapped positions, by contrast, jump by a lattice vector when an atom
-crosses a cell face, which is why PCA of wrapped positions is not image invariant.
+  ====  ===================  ==============================================================
+  0     ``reference-atoms``  the atoms of the graph's rarest element (ties: the heavier one),
+                             e.g. the adsorbate of a slab or the metal of an oxide
+  1     ``all-atoms``        every atom of the graph
+  2     ``lattice``          every atom, plus the shortest lattice vectors (all vectors of the
+                             periodic lattice up to its largest successive minimum, weight 1)
+  ====  ===================  ==============================================================
+
+  ``compute_frames`` starts every periodic graph at level 0 and moves a graph up one level
+  whenever its cloud does not determine a frame: no extent at all, or all vectors on one line
+  (e.g. the O of a CO molecule desorbed far above a slab sees only its C). The level reached is
+  reported in ``Frames.cloud_level``.
+
+Every level is a function of the periodic structure itself: it does not change when an atom is
+moved to another periodic image, when the cell is replaced by an equivalent one (a unimodular
+change of basis) or when atoms are permuted, and it rotates with the structure. The envelope makes
+levels 0 and 1 continuous when atoms cross the cutoff. Wrapped positions, by contrast, jump by a
+lattice vector when an atom crosses a cell face, which is why PCA of wrapped positions is not image
+invariant.
 """
 
 from __future__ import annotations
@@ -21,11 +31,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from frameavg.data.lattice import periodic_basis, shortest_vectors
 from frameavg.errors import DataError
 
 MAX_Z = 118
+
+
+#: Names of the cloud levels of periodic graphs (``FrameCloud.level`` / ``Frames.cloud_level``).
+CLOUD_LEVELS = ("reference-atoms", "all-atoms", "lattice")
+MAX_CLOUD_LEVEL = len(CLOUD_LEVELS) - 1
 
 
 @dataclass
@@ -33,7 +50,8 @@ class FrameCloud:
     """Weighted vectors (float64) whose second moment defines each graph's frame.
 
     vectors [M,3] Å, weight [M], graph [M] (owning graph), translation [B,3] (the centroid that
-    canonical positions are measured from), periodic [B] bool.
+    canonical positions are measured from), periodic [B] bool, level [B] long (cloud level of
+    each periodic graph, see the module docstring; 0 for molecules).
     """
 
     vectors: torch.Tensor
@@ -41,6 +59,7 @@ class FrameCloud:
     graph: torch.Tensor
     translation: torch.Tensor
     periodic: torch.Tensor
+    level: torch.Tensor
 
 
 def periodic_graphs(cell: torch.Tensor | None, pbc: torch.Tensor | None, num_graphs: int, device) -> torch.Tensor:
@@ -83,6 +102,7 @@ def frame_cloud(
     edge_index: torch.Tensor | None = None,
     cell_offsets: torch.Tensor | None = None,
     cutoff: float = 6.0,
+    level: torch.Tensor | None = None,
 ) -> FrameCloud:
     """Build the frame cloud of every graph of a batch (see the module docstring).
 
@@ -91,6 +111,7 @@ def frame_cloud(
         edge_index [2,E] / cell_offsets [E,3]: the batch's neighbour list (row 0 neighbour j,
         row 1 centre i); built here for periodic graphs (vesin, ``cutoff``) when absent.
         cutoff: radius of the periodic cloud and of its envelope, Å.
+        level: [B] cloud level of each periodic graph (default: 0 everywhere).
     """
     pos64 = pos.to(torch.float64)
     counts = torch.bincount(batch, minlength=num_graphs)
@@ -98,9 +119,13 @@ def frame_cloud(
     translation = translation / counts.clamp(min=1).unsqueeze(-1).to(torch.float64)
     periodic = periodic_graphs(cell, pbc, num_graphs, pos.device)
     centred = pos64 - translation.index_select(0, batch)
+    if level is None:
+        level = torch.zeros(num_graphs, dtype=torch.long, device=pos.device)
+    level = torch.where(periodic, level, torch.zeros_like(level))
     if not bool(periodic.any()):
         ones = torch.ones(pos.shape[0], dtype=torch.float64, device=pos.device)
-        return FrameCloud(vectors=centred, weight=ones, graph=batch, translation=translation, periodic=periodic)
+        return FrameCloud(vectors=centred, weight=ones, graph=batch, translation=translation, periodic=periodic,
+                          level=level)
     molecular_atoms = ~periodic[batch]
     vectors = [centred[molecular_atoms]]
     graphs = [batch[molecular_atoms]]
@@ -110,21 +135,19 @@ def frame_cloud(
         raise DataError(f"periodic frames need a positive cutoff, got {cutoff}")
     if edge_index is None or cell_offsets is None:
         edge_index, cell_offsets = _periodic_edges(pos, batch, num_graphs, cell, pbc, periodic, cutoff)
-    is_reference = reference_atoms(atomic_numbers, batch, num_graphs) & periodic.index_select(0, batch)
-    edge_vec, edge_graph, envelope = _reference_edges(pos64, batch, cell, edge_index, cell_offsets, is_reference, cutoff)
-    # A graph whose reference atoms have no neighbour within the cutoff (e.g. an adsorbate far
-    # above its slab) takes the edges around all of its atoms: still a function of the periodic
-    # structure alone, so image-, cell- and order-invariant.
-    covered = torch.zeros(num_graphs, dtype=torch.bool, device=pos.device)
-    covered[edge_graph[envelope > 0]] = True
-    isolated = periodic & ~covered
-    if bool(isolated.any()):
-        is_reference = is_reference | isolated.index_select(0, batch)
-        edge_vec, edge_graph, envelope = _reference_edges(pos64, batch, cell, edge_index, cell_offsets, is_reference, cutoff)
+    centres = reference_atoms(atomic_numbers, batch, num_graphs) | (level > 0).index_select(0, batch)
+    centres = centres & periodic.index_select(0, batch)
+    edge_vec, edge_graph, envelope = _centre_edges(pos64, batch, cell, edge_index, cell_offsets, centres, cutoff)
     inside = torch.nonzero(envelope > 0).flatten()
     vectors.append(edge_vec.index_select(0, inside))
     graphs.append(edge_graph.index_select(0, inside))
     weights.append(envelope.index_select(0, inside))
+    lattice_graphs = torch.nonzero(level >= 2).flatten().tolist()
+    for g in lattice_graphs:
+        shell = lattice_shell(cell[g].to(torch.float64).reshape(3, 3), pbc[g].reshape(3))
+        vectors.append(shell)
+        graphs.append(torch.full((shell.shape[0],), g, dtype=torch.long, device=pos.device))
+        weights.append(torch.ones(shell.shape[0], dtype=torch.float64, device=pos.device))
 
     return FrameCloud(
         vectors=torch.cat(vectors),
@@ -132,13 +155,14 @@ def frame_cloud(
         graph=torch.cat(graphs),
         translation=translation,
         periodic=periodic,
+        level=level,
     )
 
 
-def _reference_edges(pos64, batch, cell, edge_index, cell_offsets, is_reference, cutoff):
-    """Edge vectors [M,3] (j − i + images) from the reference atoms i, their graph [M] and their
-    cosine-envelope weight [M] (0 beyond the cutoff)."""
-    chosen = torch.nonzero(is_reference.index_select(0, edge_index[1])).flatten()
+def _centre_edges(pos64, batch, cell, edge_index, cell_offsets, centres, cutoff):
+    """Edge vectors [M,3] (j − i + images) from the centre atoms i (``centres`` [N] bool), their
+    graph [M] and their cosine-envelope weight [M] (0 beyond the cutoff)."""
+    chosen = torch.nonzero(centres.index_select(0, edge_index[1])).flatten()
     source, target = edge_index[0].index_select(0, chosen), edge_index[1].index_select(0, chosen)
     offsets = cell_offsets.index_select(0, chosen).to(torch.float64)
     edge_graph = batch.index_select(0, target)
@@ -161,3 +185,18 @@ def _periodic_edges(pos, batch, num_graphs, cell, pbc, periodic, cutoff):
         edges.append(ei + lo)
         offsets.append(off)
     return torch.cat(edges, dim=1), torch.cat(offsets, dim=0)
+
+
+def lattice_shell(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
+    """The shortest vectors of a periodic lattice, [K,3] Å (differentiable in ``cell``).
+
+    All lattice vectors ``n @ cell`` (integer n along the periodic axes of ``pbc``) whose length is
+    at most the lattice's largest successive minimum (``data.lattice.shortest_vectors``). The set
+    belongs to the lattice, not to its basis: any equivalent cell gives the same vectors, and it
+    spans every periodic direction.
+    """
+    axes = np.flatnonzero(pbc.detach().cpu().numpy().astype(bool))
+    coefficients = shortest_vectors(periodic_basis(cell.detach().cpu().numpy(), pbc.detach().cpu().numpy()))
+    full = np.zeros((coefficients.shape[0], 3))
+    full[:, axes] = coefficients
+    return torch.as_tensor(full, dtype=cell.dtype, device=cell.device) @ cell

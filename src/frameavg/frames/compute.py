@@ -18,18 +18,24 @@ C = Σ w v vᵀ and eigenvalues λ1 >= λ2 >= λ3 (relative gaps compared with `
   which rotate with the structure, whatever in-plane basis (x, y) was used. Frames:
   [e1, ±a×e1, ±a] (ordered as the eigenvalues): 4p frames (2p with det=+1). Benzene gets p=6.
   If no p <= 12 qualifies, the in-plane directions of the innermost shell of the cloud are used.
-* ``linear`` (λ2≈λ3≈0, e.g. CO2; in 2D no in-plane extent): all atoms on one axis, so rotations
-  about it do not change canonical positions; frames [±a, ±b, ±a×b] for an arbitrary b ⟂ a
-  (8 / 4), and averaging over the signs of b cancels the components of vector outputs that the
-  arbitrary b would otherwise leave.
+* ``linear`` (λ2≈λ3≈0, e.g. CO2; in 2D no in-plane extent): the cloud lies on (or, within
+  ``tol``, near) one axis a. When its extent across the axis is above the rounding level of the
+  input dtype (``LINEAR_NOISE`` × machine epsilon, relative), the directions across the axis are
+  taken from harmonic moments as for ``pair`` (a nearly linear molecule is still exact). Otherwise
+  the cloud is exactly linear and rotations about a do not change canonical positions: frames
+  [±a, ±b, ±a×b] for an arbitrary b ⟂ a (8 / 4), and averaging over the signs of b cancels the
+  components of vector outputs that the arbitrary b would otherwise leave. A *periodic* graph whose
+  cloud is exactly linear (or has no extent) is not exactly linear itself: its cloud is widened
+  (``frames.cloud``: reference atoms -> all atoms -> all atoms + lattice) until it determines a
+  frame; ``Frames.cloud_level`` tells how far each graph went.
 * ``triple`` (λ1≈λ2≈λ3, e.g. methane, cubic crystals): the covariance carries no direction. We use
   the shell of cloud vectors (equal length within tol) that yields the fewest frames among the
   4 innermost shells, and from every ordered pair (a, b) of shell vectors at the smallest angle
   (within tol) the frame [â, b⊥, â×b⊥] (and its mirror image). For a structure with exact
   symmetry this set is finite and maps onto itself under the symmetry, so averaging is exact
   (methane: 24 frames = |Td|; fcc Cu: 48).
-* ``point`` (no extent: one atom; a periodic graph without neighbours within the cutoff): the
-  identity basis with its sign flips.
+* ``point`` (no extent: one atom): the identity basis with its sign flips. Periodic graphs never
+  end here (the lattice level always has extent).
 
 ``tol`` is the single relative margin used for every "equal within tolerance" decision (eigen
 gaps, moments, shell radii, angles, third-moment signs). Frame sets are exact (invariant up to
@@ -44,7 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from frameavg.errors import DataError
-from frameavg.frames.cloud import FrameCloud, frame_cloud
+from frameavg.frames.cloud import CLOUD_LEVELS, MAX_CLOUD_LEVEL, FrameCloud, frame_cloud
 from frameavg.frames.linalg import random_orthogonal, random_z_rotations, symmetric_eigh
 from frameavg.frames.methods import FrameMethod
 
@@ -61,6 +67,9 @@ ZERO_EXTENT = 1e-20
 # Floor of the tolerance in geometric decisions (collinear vectors, zero-length vectors), so that
 # even tol=0 (degeneracy detection effectively off) never builds a frame from a null vector.
 MIN_GEOMETRIC_TOL = 1e-9
+# A linear cloud whose extent across its axis is at most LINEAR_NOISE × eps(dtype) of its size
+# (relative length) is exactly linear: what is left across the axis is rounding noise.
+LINEAR_NOISE = 1e3
 
 _SIGNS3 = torch.tensor([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)], dtype=torch.float64)
 _SIGNS2 = torch.tensor([[a, b] for a in (1, -1) for b in (1, -1)], dtype=torch.float64)
@@ -88,6 +97,9 @@ class Frames:
         translation [B,3]: the centroid t.
         eigenvalues [B,3] (3D) or [B,2] (2D): spectrum of the frame cloud's second moment, Å².
         degeneracy [B]: index into ``DEGENERACY``.
+        cloud_level [B]: periodic graphs: the frame cloud used, index into
+            ``frames.cloud.CLOUD_LEVELS`` (0 reference atoms, 1 all atoms, 2 all atoms + lattice);
+            0 for molecules.
         harmonic_order [B]: p used inside a degenerate plane (0 if none).
         truncated [B] bool: frame set cut at ``max_frames`` (averaging is then approximate).
         method: the FrameMethod used.
@@ -110,6 +122,8 @@ class Frames:
     harmonic_order: torch.Tensor
     truncated: torch.Tensor
     method: FrameMethod
+    cloud_level: torch.Tensor | None = None
+    periodic: torch.Tensor | None = None
 
     @property
     def num_graphs(self) -> int:
@@ -117,6 +131,15 @@ class Frames:
 
     def degeneracy_names(self) -> list[str]:
         return [DEGENERACY[i] for i in self.degeneracy.tolist()]
+
+    def path_names(self) -> list[str]:
+        """Per graph, the path its frames took: the degeneracy class, and for periodic graphs the
+        cloud level after a slash, e.g. ``pair/all-atoms``."""
+        names = self.degeneracy_names()
+        if self.periodic is None or self.cloud_level is None:
+            return names
+        return [f"{name}/{CLOUD_LEVELS[level]}" if periodic else name
+                for name, periodic, level in zip(names, self.periodic.tolist(), self.cloud_level.tolist())]
 
 
 def compute_frames(
@@ -170,11 +193,19 @@ def compute_frames(
         info = _SetInfo(None, zeros, zeros, torch.zeros(num_graphs, dtype=torch.bool, device=pos.device))
         set_size = torch.ones(num_graphs, dtype=torch.long, device=pos.device)
     else:
-        cloud = frame_cloud(
-            pos, batch, num_graphs, cell=cell, pbc=pbc, atomic_numbers=atomic_numbers,
-            edge_index=edge_index, cell_offsets=cell_offsets, cutoff=cutoff,
-        )
-        rotation, graph, info = frame_sets(cloud, num_graphs, spec, tol=tol, max_frames=max_frames)
+        noise = LINEAR_NOISE * torch.finfo(pos.dtype).eps
+        level = None
+        while True:  # periodic graphs whose cloud does not determine a frame widen it (frames.cloud)
+            cloud = frame_cloud(
+                pos, batch, num_graphs, cell=cell, pbc=pbc, atomic_numbers=atomic_numbers,
+                edge_index=edge_index, cell_offsets=cell_offsets, cutoff=cutoff, level=level,
+            )
+            rotation, graph, info = frame_sets(cloud, num_graphs, spec, tol=tol, max_frames=max_frames, noise=noise)
+            widen = info.unresolved & cloud.periodic & (cloud.level < MAX_CLOUD_LEVEL)
+            if not info.any_unresolved or not bool(widen.any()):
+                break
+            level = cloud.level + widen.long()
+        info.cloud_level, info.periodic = cloud.level, cloud.periodic
         _check_extent(info.extent, counts, cloud.periodic)
         translation = cloud.translation
         set_size = torch.bincount(graph, minlength=num_graphs)
@@ -258,12 +289,20 @@ class _SetInfo:
     harmonic_order: torch.Tensor
     truncated: torch.Tensor
     extent: torch.Tensor | None = None
+    # [B] bool: the cloud determines no frame (``point``, or exactly ``linear``); any_unresolved: any()
+    unresolved: torch.Tensor | None = None
+    any_unresolved: bool = False
+    cloud_level: torch.Tensor | None = None
+    periodic: torch.Tensor | None = None
 
 
 def frame_sets(
-    cloud: FrameCloud, num_graphs: int, spec: FrameMethod, *, tol: float, max_frames: int
+    cloud: FrameCloud, num_graphs: int, spec: FrameMethod, *, tol: float, max_frames: int, noise: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, _SetInfo]:
-    """The frame set of every graph: rotations [K,3,3] float64 and their graph [K] (sorted)."""
+    """The frame set of every graph: rotations [K,3,3] float64 and their graph [K] (sorted).
+
+    ``noise``: relative extent across the axis below which a ``linear`` cloud is exactly linear
+    (see the module docstring)."""
     device = cloud.vectors.device
     dim = 3 if spec.dim == "3D" else 2
     v = cloud.vectors if dim == 3 else cloud.vectors[:, :2]
@@ -285,10 +324,15 @@ def frame_sets(
 
     planar = (degeneracy == PAIR) | (degeneracy == LINEAR)
     triple = degeneracy == TRIPLE
-    any_planar, any_triple = torch.stack([planar.any(), triple.any()]).tolist()
+    linear, point = degeneracy == LINEAR, degeneracy == POINT
+    any_planar, any_triple, any_linear, any_point = torch.stack(
+        [planar.any(), triple.any(), linear.any(), point.any()]).tolist()
+    exactly_linear = linear & _within_noise_of_axis(v, w, g, vectors, num_graphs, extent, noise) if any_linear else linear
+    unresolved = exactly_linear | point
+    any_unresolved = any_point or (any_linear and bool(exactly_linear.any()))
     harmonic = torch.zeros(num_graphs, dtype=torch.long, device=device)
     truncated = torch.zeros(num_graphs, dtype=torch.bool, device=device)
-    info = _SetInfo(lam, degeneracy, harmonic, truncated, extent)
+    info = _SetInfo(lam, degeneracy, harmonic, truncated, extent, unresolved, any_unresolved)
 
     simple = (degeneracy == NONE) | (degeneracy == POINT)
     rotation, owner = _sign_frames(v, w, g, vectors, degeneracy, simple, spec, tol, num_graphs)
@@ -297,7 +341,7 @@ def frame_sets(
 
     rotations, owners = [rotation], [owner]
     if any_planar:
-        rot, own, order = _plane_frames(cloud, vectors, lam, degeneracy, planar, spec, tol)
+        rot, own, order = _plane_frames(cloud, vectors, lam, degeneracy, planar, exactly_linear, spec, tol)
         rotations.append(rot)
         owners.append(own)
         info.harmonic_order = harmonic.index_put((torch.nonzero(planar).flatten(),), order)
@@ -316,6 +360,19 @@ def frame_sets(
         keep = rank < max_frames
         rotation, owner = rotation[keep], owner[keep]
     return rotation, owner, info
+
+
+def _within_noise_of_axis(v, w, g, vectors, num_graphs, extent, noise):
+    """[B] bool: the cloud's second moment across its axis is at most ``noise``² of its extent.
+
+    3D: across the dominant eigenvector; 2D: the whole in-plane moment (the axis is z). Computed
+    from the vectors themselves: eigenvalues resolve it only to eps·extent, not eps²·extent."""
+    v = v.detach()
+    if vectors.shape[-1] == 3:
+        axis = vectors.detach()[:, :, 0].index_select(0, g)
+        v = v - (v * axis).sum(-1, keepdim=True) * axis
+    across = torch.zeros(num_graphs, dtype=v.dtype, device=v.device).index_add(0, g, w.detach() * (v * v).sum(-1))
+    return across <= noise**2 * extent
 
 
 def _third_moment_rule(v, w, g, axes, num_graphs, tol):
@@ -361,13 +418,13 @@ def _sign_frames(v, w, g, vectors, degeneracy, selected, spec, tol, num_graphs):
     return frames[mask], owner[mask]
 
 
-def _plane_frames(cloud, vectors, lam, degeneracy, planar, spec, tol):
-    """Frames of graphs with a degenerate pair (``pair``) or no extent inside it (``linear``).
+def _plane_frames(cloud, vectors, lam, degeneracy, planar, exactly_linear, spec, tol):
+    """Frames of graphs with a degenerate pair (``pair``) or (almost) no extent inside it (``linear``).
 
     Per graph: a basis (b1, b2, axis) whose first two vectors span the degenerate plane (any
     orthonormal pair: the result does not depend on it), in-plane directions e1 from harmonic
-    moments (``linear``: ±b1), then frames [e1, h·(s·axis × e1), s·axis] for the axis signs s
-    (3D only) and handedness h (both unless proper), columns ordered like the eigenvalues.
+    moments (exactly linear clouds: ±b1), then frames [e1, h·(s·axis × e1), s·axis] for the axis
+    signs s (3D only) and handedness h (both unless proper), columns ordered like the eigenvalues.
     """
     device = vectors.device
     idx = torch.nonzero(planar).flatten()
@@ -383,7 +440,7 @@ def _plane_frames(cloud, vectors, lam, degeneracy, planar, spec, tol):
     else:
         axis_last = torch.ones(count, dtype=torch.bool, device=device)
         basis = torch.eye(3, dtype=torch.float64, device=device).expand(count, 3, 3)
-    linear = degeneracy.index_select(0, idx) == LINEAR
+    linear = exactly_linear.index_select(0, idx)
 
     member = local.index_select(0, cloud.graph)
     rows = torch.nonzero(member >= 0).flatten()
@@ -392,7 +449,7 @@ def _plane_frames(cloud, vectors, lam, degeneracy, planar, spec, tol):
     proj = (v[:, :, None] * basis.index_select(0, owner)).sum(1)  # (x, y, height) in the basis
 
     order, phase = _harmonic_orientation(proj[:, 0], proj[:, 1], w, owner, count, ~linear, tol)
-    order = torch.where(linear, 2, order)  # linear: directions ±b1
+    order = torch.where(linear, 2, order)  # exactly linear: directions ±b1
     unresolved = (order == 0).tolist()
 
     b1, b2, axis = basis[:, :, 0], basis[:, :, 1], basis[:, :, 2]
@@ -473,40 +530,45 @@ def shell_frames(vectors: torch.Tensor, *, proper: bool, tol: float, max_shells:
     new_shell = torch.ones_like(radii, dtype=torch.bool)
     new_shell[1:] = radii[1:] > radii[:-1] * (1 + tol)
     shell_id = torch.cumsum(new_shell.long(), 0) - 1
-    unit = vectors / norms[:, None]
 
-    def members_of(shell: int) -> torch.Tensor:
-        # equal vectors (e.g. the same neighbour direction seen from several equivalent reference
-        # atoms of a crystal) would only repeat frames: keep one of each
-        members = torch.nonzero(shell_id == shell).flatten()
-        gap = torch.cdist(vectors[members].detach(), vectors[members].detach())
-        twin = (gap <= tol * radii[members].max()) & torch.ones_like(gap, dtype=torch.bool).tril(diagonal=-1)
-        return members[~twin.any(dim=1)]
+    def shell_vectors(shell: int) -> torch.Tensor:
+        """The shell's distinct vectors [k,3]. Equal vectors (e.g. the same neighbour direction
+        seen from several equivalent reference atoms of a crystal) would only repeat frames; each
+        group of them (equal within tol) is replaced by its mean, so that the frames, and their
+        gradients, do not depend on which atoms the kept copy came from."""
+        members = vectors[shell_id == shell]
+        gap = torch.cdist(members.detach(), members.detach())
+        twin = gap <= tol * float(radii[shell_id == shell].max())
+        merged = (twin.to(members.dtype) @ members) / twin.sum(1, keepdim=True).to(members.dtype)
+        first = ~(twin & torch.ones_like(twin).tril(diagonal=-1)).any(dim=1)
+        return merged[first]
+
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
 
     num_shells = int(shell_id.max()) + 1
     best = None
     for s in range(min(max_shells, num_shells)):
-        members = members_of(s)
-        pairs = _closest_pairs(unit[members].detach(), unit[members].detach(), tol)
+        members = shell_vectors(s)
+        pairs = _closest_pairs(unit(members).detach(), unit(members).detach(), tol)
         if pairs is None:
             continue
         count = pairs[0].shape[0] * (1 if proper else 2)
         if best is None or count < best[0]:
             best = (count, members[pairs[0]], members[pairs[1]])
     if best is None:
-        first = members_of(0)
+        first = shell_vectors(0)
         for s in range(1, num_shells):
-            members = members_of(s)
-            pairs = _closest_pairs(unit[first].detach(), unit[members].detach(), tol)
+            members = shell_vectors(s)
+            pairs = _closest_pairs(unit(first).detach(), unit(members).detach(), tol)
             if pairs is not None:
                 best = (None, first[pairs[0]], members[pairs[1]])
                 break
     if best is None:  # only reachable for collinear clouds, which are never triple-degenerate
         eye = torch.eye(3, dtype=vectors.dtype, device=vectors.device)
         return eye[None] if proper else torch.stack([eye, eye * eye.new_tensor([1.0, 1.0, -1.0])])
-    _, ia, ib = best
-    e1 = unit[ia]
-    b = vectors[ib]
+    _, a, b = best
+    e1 = unit(a)
     b_perp = b - (b * e1).sum(-1, keepdim=True) * e1
     e2 = b_perp / torch.linalg.vector_norm(b_perp, dim=-1, keepdim=True)
     e3 = torch.linalg.cross(e1, e2)
@@ -580,4 +642,6 @@ def _expand(pos, batch, counts, translation, rotation, graph, cell, spec, set_si
         harmonic_order=info.harmonic_order,
         truncated=info.truncated,
         method=spec,
+        cloud_level=info.cloud_level,
+        periodic=info.periodic,
     )

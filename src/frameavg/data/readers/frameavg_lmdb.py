@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 from torch_geometric.data import Data
 
-from frameavg.data.atomic_data import check_key_mapping, check_required
+from frameavg.data.atomic_data import check_key_mapping, check_required, validate_data
 from frameavg.data.lmdb_store import LmdbSource, count_entries, decode_data, is_lmdb_file, lmdb_kind, read_meta
 from frameavg.data.readers.registry import ReadOptions, register
 from frameavg.errors import DataError
@@ -36,6 +36,7 @@ def _length_of(env, file: Path) -> int:
 
 def _decode(blob: bytes, file: Path, key: int, *, keys, required, dtype) -> Data:
     data = decode_data(blob, source=str(file), index=key)
+    validate_data(data, lambda message: DataError(f"invalid record: {message}", source=str(file), index=key))
     return apply_options(data, keys, required, dtype, source=str(file), index=key)
 
 
