@@ -65,5 +65,7 @@ def test_all_frames_faenet_is_invariant_on_random_structures(fuzz_settings):
             forces_error = row["forces_abs_max"] / max(1.0, row["forces_max"])
             worst[kind] = max(worst.get(kind, 0.0), energy_error, forces_error)
             assert energy_error <= TOLERANCE and forces_error <= TOLERANCE, (dim, kind, row)
+    print(f"\nfuzz: {count} structures (seed {seed}), refused {dict(refused)}; worst scaled error per kind: "
+          + ", ".join(f"{kind} {error:.1e}" for kind, error in sorted(worst.items())))
     assert sum(refused.values()) < 0.2 * count, refused
     assert set(worst) == set(kind for kind, _, _ in random_structures(seed, min(count, 7))), worst

@@ -97,7 +97,7 @@ def assert_rejects_bad_atoms(model, shared_data, max_z: int) -> Batch:
     heavy = batch.clone()
     heavy.atomic_numbers = heavy.atomic_numbers.clone()
     heavy.atomic_numbers[0] = max_z + 1
-    with pytest.raises(DataError, match=rf"atomic numbers must be in 1\.\.{max_z}"):
+    with pytest.raises(DataError, match=rf"atomic number {max_z + 1} \(\w+\): \w+ embeds Z = 1\.\.{max_z}"):
         model(heavy)
     with pytest.raises(DataError, match="float64 but the model is torch.float32"):
         model(as_batch(molecules(shared_data, torch.float64)[:1], cutoff=5.0))

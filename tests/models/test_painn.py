@@ -194,7 +194,7 @@ def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
     heavy = data.clone()
     heavy.atomic_numbers = heavy.atomic_numbers.clone()
     heavy.atomic_numbers[0] = 101
-    with pytest.raises(DataError, match=r"atomic numbers must be in 1\.\.100"):
+    with pytest.raises(DataError, match=r"atomic number 101 \(Md\): PaiNN embeds Z = 1\.\.100 \(the readers accept 1\.\.118\)"):
         model(graph_batch([heavy]))
     overlapping = data.clone()
     overlapping.pos = overlapping.pos.clone()

@@ -34,8 +34,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     config_path.write_text(yaml.safe_dump(load_config(None, OVERRIDES + [f"run_dir={tmp_path / 'b'}", "name=run"])))
     process = subprocess.Popen([sys.executable, "-m", "frameavg.cli.main", "train", str(config_path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    target = tmp_path / "b" / "run" / "checkpoints" / f"step-step={KILL_AT_STEP}.ckpt"
-    written = target.with_name(f"step-step={KILL_AT_STEP + 1}.ckpt")  # then the target is complete
+    target = tmp_path / "b" / "run" / "checkpoints" / f"step-{KILL_AT_STEP}.ckpt"
+    written = target.with_name(f"step-{KILL_AT_STEP + 1}.ckpt")  # then the target is complete
     deadline = time.time() + 300
     while not written.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)

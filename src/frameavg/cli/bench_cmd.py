@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 
+from frameavg.cli.commands import command_help
+
 
 def register(sub) -> None:
     from frameavg.evaluation.benchmark import ACCURACY_DATASETS, BENCH_MODELS, COMPARISONS
 
     parser = sub.add_parser(
         "bench",
-        help="throughput, peak memory and parameters of FAENet and the baselines on the same batches "
-             "(or, with --accuracy, test MAE after the same training budget)",
+        help=command_help("bench"),
         description="Speed mode: 'paper' configurations on the 8 OC20 samples and 'equal-width' (128 wide, 4 "
                     "blocks, 6 Å) on 64 QM9 molecules and 64 rMD17 ethanol frames; inference and training-step "
                     "graphs/s as ratios to FAENet in the same run. Accuracy mode: each model trained for the same "

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from frameavg.cli.commands import command_help
+
 
 def register(sub) -> None:
     parser = sub.add_parser(
         "convert-checkpoint",
-        help="convert FAENet weights of the original faenet package or the OCP fork",
+        help=command_help("convert-checkpoint"),
         description=(
             "Read a checkpoint of the original FAENet (faenet package state dict, OCP-fork trainer "
             "checkpoint, Lightning checkpoint) with torch.load(weights_only=True), load it into "

@@ -9,10 +9,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
-import torch
-from ase.data import chemical_symbols
-
+from frameavg.cli.commands import command_help, nonnegative_int, positive_int
 from frameavg.cli.main import print_json
 from frameavg.errors import ConfigError
 
@@ -21,19 +18,19 @@ STRUCTURAL_FIELDS = {
     "pos", "atomic_numbers", "cell", "pbc", "natoms", "fixed", "tags", "edge_index", "cell_offsets",
     "neighbors", "name",
 }
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPES = ("float32", "float64")
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("data", help="inspect and convert structure files")
+    parser = sub.add_parser("data", help=command_help("data"))
     data_sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     info = data_sub.add_parser("info", help="summary of a structure file: counts, elements, labels, edges")
     info.add_argument("path", help="file or folder (format detected; see `frameavg data formats`)")
     _add_read_options(info)
     info.add_argument("--cutoff", type=float, default=6.0, help="edges per atom at this cutoff, Å (0: skip)")
-    info.add_argument("--max-neighbors", type=int, default=None, help="cap neighbours per atom")
-    info.add_argument("--limit", type=int, default=None, help="read only the first N structures")
+    info.add_argument("--max-neighbors", type=positive_int, default=None, help="cap neighbours per atom")
+    info.add_argument("--limit", type=nonnegative_int, default=None, help="read only the first N structures")
     info.add_argument("--json", action="store_true", help="print one JSON document")
     info.set_defaults(func=_info)
 
@@ -42,12 +39,12 @@ def register(sub) -> None:
     convert.add_argument("output", help="output LMDB file, e.g. train.lmdb (written atomically)")
     _add_read_options(convert)
     convert.add_argument("--cutoff", type=float, default=None, help="precompute edges at this cutoff, Å")
-    convert.add_argument("--max-neighbors", type=int, default=None, help="cap neighbours per atom")
+    convert.add_argument("--max-neighbors", type=positive_int, default=None, help="cap neighbours per atom")
     convert.add_argument(
         "--keep-ties", action="store_true", help="with --max-neighbors, keep neighbours tied within 0.01 Å (OCP)"
     )
-    convert.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="float precision stored")
-    convert.add_argument("--limit", type=int, default=None, help="convert only the first N structures")
+    convert.add_argument("--dtype", choices=_DTYPES, default="float32", help="float precision stored")
+    convert.add_argument("--limit", type=nonnegative_int, default=None, help="convert only the first N structures")
     convert.add_argument("--no-progress", action="store_true", help="no progress bar")
     convert.add_argument("--json", action="store_true", help="print one JSON document")
     convert.set_defaults(func=_convert)
@@ -147,6 +144,10 @@ def run_info(
 
 def summarize(structures: Iterable, cutoff: float | None = None, max_neighbors: int | None = None) -> dict:
     """Statistics of a stream of ``Data``: counts, elements, labels, periodicity, edges per atom."""
+    import numpy as np
+    import torch
+    from ase.data import chemical_symbols
+
     from frameavg.data.neighbors import neighbor_list
 
     count, natoms, elements, periodicity, tags = 0, [], Counter(), Counter(), Counter()
@@ -251,7 +252,7 @@ def _convert(args) -> int:
         cutoff=args.cutoff,
         max_neighbors=args.max_neighbors,
         strict=not args.keep_ties,
-        dtype=_DTYPES[args.dtype],
+        dtype=args.dtype,
         limit=args.limit,
         progress=not args.no_progress,
         as_json=args.json,
@@ -266,13 +267,17 @@ def run_convert(
     cutoff: float | None = None,
     max_neighbors: int | None = None,
     strict: bool = True,
-    dtype: torch.dtype = torch.float32,
+    dtype="float32",
     limit: int | None = None,
     progress: bool = True,
     as_json: bool = False,
     **options,
 ) -> int:
-    """Convert ``input`` to our LMDB format at ``output`` (atomic write); returns 0."""
+    """Convert ``input`` to our LMDB format at ``output`` (atomic write); returns 0.
+
+    ``dtype``: ``"float32"``/``"float64"`` or a torch dtype."""
+    import torch
+
     from frameavg.data.lmdb_store import write_lmdb
     from frameavg.data.neighbors import RadiusGraph
     from frameavg.data.readers import detect_format, iter_structures, resolve_path
@@ -283,6 +288,7 @@ def run_convert(
     if output.exists() and source.exists() and output.resolve() == source.resolve():
         raise DataError("output would overwrite the input", source=str(output))
     fmt = options.pop("format", None) or detect_format(source)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     structures = iter_structures(source, fmt, dtype=dtype, **options)
     if limit is not None:
         structures = islice(structures, limit)

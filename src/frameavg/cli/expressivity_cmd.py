@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
+from frameavg.cli.commands import command_help
 from frameavg.errors import ConfigError
 
 
@@ -14,7 +15,7 @@ def register(sub) -> None:
 
     parser = sub.add_parser(
         "expressivity",
-        help="train each model to tell apart geometric graph pairs (k-chains, L-fold stars, counterexamples)",
+        help=command_help("expressivity"),
         description="Binary classification of each pair, fresh initialisation per seed; accuracy (percent, mean ± "
                     "std over seeds) on the pair as given and randomly rotated + translated at test time. Suite "
                     f"model names: {', '.join(FAENET_VARIANTS)} (FAENet with frame averaging) or any name in the "

@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from frameavg.cli.commands import command_help, nonnegative_int
 from frameavg.errors import ConfigError
 
 _CLAIMS_ALL = {"rotation": True, "reflection": True, "translation": True, "permutation": True,
@@ -19,15 +20,14 @@ def register(sub) -> None:
 
     parser = sub.add_parser(
         "symmetry",
-        help="invariance/equivariance errors of a model under rotations, reflections, translations, "
-             "permutations, periodic image shifts and cell choices",
+        help=command_help("symmetry"),
         description="Transforms every structure at random, rebuilds its neighbour list, predicts again and "
                     "reports energy and force errors (mean/max, absolute/relative), plus batch independence "
                     "and determinism. Frame-averaged models also get errors per degeneracy class.",
     )
     parser.add_argument("--data", required=True, help="structures (any format `frameavg data formats` lists)")
     parser.add_argument("--format", default=None, help="reader name (default: detected)")
-    parser.add_argument("--limit", type=int, default=64, help="use the first N structures (default 64; 0 = all)")
+    parser.add_argument("--limit", type=nonnegative_int, default=64, help="use the first N structures (default 64; 0 = all)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", default=None,
                        help="model name from the registry, randomly initialised (default raw-mpnn: a raw-coordinate "

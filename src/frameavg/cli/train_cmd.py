@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from frameavg.cli.commands import command_help
 from frameavg.errors import FrameavgError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a model from a YAML config",
+    p = sub.add_parser("train", help=command_help("train"),
                        description="Train from CONFIG; overrides like optim.lr=1e-3 or --trainer.strategy ddp.")
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="section.key=value or --section.key value")
@@ -17,12 +19,12 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("test", help="evaluate a checkpoint on labelled data (OC20 metrics)")
+    p = sub.add_parser("test", help=command_help("test"))
     _add_checkpoint_data_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_test)
 
-    p = sub.add_parser("predict", help="predict energies/forces with a checkpoint")
+    p = sub.add_parser("predict", help=command_help("predict"))
     _add_checkpoint_data_args(p)
     p.add_argument("--out", required=True, help="output file: .npz or .extxyz/.xyz (ASE-readable)")
     p.set_defaults(func=run_predict)
@@ -42,9 +44,10 @@ def run_train(args) -> int:
     from frameavg.training.config import load_config
     from frameavg.training.run import train
 
-    overrides = [o for o in args.overrides if o != "--json"]
-    as_json = args.json or len(overrides) != len(args.overrides)
-    result = train(load_config(args.config, overrides), resume=args.resume)
+    overrides, flags = split_flags(args.overrides, valued=("--resume",), switches=("--json",))
+    resume = flags.get("--resume", args.resume)
+    as_json = args.json or "--json" in flags
+    result = train(load_config(args.config, overrides), resume=resume)
     if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
     if as_json:
@@ -59,11 +62,35 @@ def run_train(args) -> int:
     return 0
 
 
-def _load(args):
-    from frameavg.data.neighbors import RadiusGraph
-    from frameavg.training.run import load_task
+def split_flags(items: list[str], *, valued=(), switches=()) -> tuple[list[str], dict]:
+    """Separate the command's own flags from config overrides anywhere on the line (argparse's
+    REMAINDER after the config keeps them): ``--flag VALUE`` / ``--flag=VALUE`` for ``valued``,
+    bare ``--flag`` for ``switches``. Returns (overrides, {flag: value or True})."""
+    rest, flags, i = [], {}, 0
+    while i < len(items):
+        item = items[i]
+        name, eq, value = item.partition("=")
+        if name in valued:
+            if not eq:
+                if i + 1 >= len(items):
+                    raise FrameavgError(f"{name} needs a value")
+                value, i = items[i + 1], i + 1
+            flags[name] = value
+        elif item in switches:
+            flags[item] = True
+        else:
+            rest.append(item)
+        i += 1
+    return rest, flags
 
+
+def _load(args):
+    """(task, structures with graphs, key mapping, {index: error} of structures that could not be
+    prepared). A structure that fails does not stop the others: it is reported and skipped."""
     from frameavg.data import read_structures
+    from frameavg.errors import DataError
+    from frameavg.training.data_module import graph_transform
+    from frameavg.training.run import load_task
 
     task = load_task(args.checkpoint)
     data_cfg = task.config["data"]
@@ -73,21 +100,37 @@ def _load(args):
             keys = dict(item.split("=", 1) for item in args.keys.split(","))
         except ValueError:
             raise FrameavgError(f"--keys must look like energy=U0,forces=F, got '{args.keys}'") from None
-    structures = read_structures(args.data, format=args.format, keys=keys or None,
-                                 trusted=args.trusted)
-    transform = RadiusGraph(data_cfg["cutoff"], data_cfg["max_neighbors"], strict=False)
-    return task, [transform(d) for d in structures], keys
+    structures = read_structures(args.data, format=args.format, keys=keys or None, trusted=args.trusted)
+    transform = graph_transform(data_cfg)
+    failed = {}
+    for i, data in enumerate(structures):
+        try:
+            structures[i] = transform(data)
+        except DataError as exc:
+            failed[i] = str(exc)
+    return task, structures, keys, failed
+
+
+def _report_failures(source, status: list[str]) -> None:
+    """One stderr line per structure that was not predicted."""
+    for index, message in enumerate(status):
+        if message != "ok":
+            print(f"frameavg: warning: {source}, structure {index}: {message} (skipped)", file=sys.stderr)
 
 
 def run_test(args) -> int:
     from frameavg.cli.main import print_json
     from frameavg.training.run import evaluate, paper_unit_metrics
 
-    task, structures, keys = _load(args)
+    task, structures, keys, failed = _load(args)
     missing = [t for t, on in task.config["targets"].items() if on and t not in structures[0]]
     if missing:
         raise FrameavgError(f"{args.data}: no '{', '.join(missing)}' labels to test against (use --keys)")
-    metrics, _ = evaluate(task, structures, args.batch_size)
+    metrics, pred = evaluate(task, structures, args.batch_size, failed=failed)
+    _report_failures(args.data, pred["status"])
+    if len(failed) == len(structures) or metrics.get("structures_failed") == len(structures):
+        raise FrameavgError(f"{args.data}: no structure could be predicted (first error: "
+                            f"{next(m for m in pred['status'] if m != 'ok')})")
     metrics |= paper_unit_metrics(keys.get("energy"), metrics)
     if args.json:
         print_json(metrics)
@@ -97,13 +140,16 @@ def run_test(args) -> int:
 
 
 def run_predict(args) -> int:
-    from frameavg.training.run import evaluate
     from frameavg.training.predictions import write_predictions
+    from frameavg.training.run import evaluate
 
-    task, structures, _ = _load(args)
-    _, pred = evaluate(task, structures, args.batch_size)
+    task, structures, _, failed = _load(args)
+    _, pred = evaluate(task, structures, args.batch_size, failed=failed)
+    _report_failures(args.data, pred["status"])
     write_predictions(Path(args.out), structures, pred)
-    print(f"wrote predictions for {len(structures)} structures to {args.out}")
+    bad = sum(s != "ok" for s in pred["status"])
+    print(f"wrote predictions for {len(structures) - bad} structures to {args.out}"
+          + (f" ({bad} failed: status in the file)" if bad else ""))
     return 0
 
 

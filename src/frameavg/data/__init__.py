@@ -1,23 +1,39 @@
-"""Data layer: readers -> ``Data`` (PyG) -> neighbour-list transform -> ``Batch``."""
+"""Data layer: readers -> ``Data`` (PyG) -> neighbour-list transform -> ``Batch``.
 
-from frameavg.data.atomic_data import atoms_to_data
-from frameavg.data.datasets import LmdbDataset, StructureDataset, open_dataset
-from frameavg.data.lmdb_store import write_lmdb
-from frameavg.data.readers import available_formats, detect_format, iter_structures, read_structures
-from frameavg.data.splits import build_datasets, index_split, load_index_file, random_split
+Names are imported on first use (PEP 562), so ``import frameavg.data`` (and the command line's
+start-up) does not pay for torch and PyG until a reader or dataset is actually used.
+"""
 
-__all__ = [
-    "LmdbDataset",
-    "StructureDataset",
-    "atoms_to_data",
-    "available_formats",
-    "build_datasets",
-    "detect_format",
-    "index_split",
-    "iter_structures",
-    "load_index_file",
-    "open_dataset",
-    "random_split",
-    "read_structures",
-    "write_lmdb",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "LmdbDataset": "frameavg.data.datasets",
+    "StructureDataset": "frameavg.data.datasets",
+    "open_dataset": "frameavg.data.datasets",
+    "atoms_to_data": "frameavg.data.atomic_data",
+    "write_lmdb": "frameavg.data.lmdb_store",
+    "available_formats": "frameavg.data.readers",
+    "detect_format": "frameavg.data.readers",
+    "iter_structures": "frameavg.data.readers",
+    "read_structures": "frameavg.data.readers",
+    "build_datasets": "frameavg.data.splits",
+    "index_split": "frameavg.data.splits",
+    "load_index_file": "frameavg.data.splits",
+    "random_split": "frameavg.data.splits",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'frameavg.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

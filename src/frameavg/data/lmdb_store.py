@@ -29,7 +29,8 @@ from torch_geometric.data import Data
 
 from frameavg import __version__
 from frameavg.data.atomic_data import validate_data
-from frameavg.errors import DataError
+from frameavg.errors import DataError, FrameavgError
+from frameavg.files import atomic_output
 
 FORMAT_NAME = "frameavg-lmdb"
 SCHEMA_VERSION = 1
@@ -252,9 +253,10 @@ def write_lmdb(
 ) -> int:
     """Write structures to ``path`` in our LMDB format, atomically; returns the count.
 
-    Records go to a temporary file in the same folder, which replaces ``path`` (``os.replace``)
-    only once everything is written and synced: readers never see a half-written file, and an
-    error leaves any previous file untouched.
+    Records go to a temporary file in the same folder (``frameavg.files.atomic_output``), which
+    replaces ``path`` only once everything is written and synced: readers never see a
+    half-written file, an error leaves any previous file untouched, and a killed writer's
+    temporary file is removed by the next write.
 
     Args:
         datas: iterable of ``Data`` (streamed; need not fit in memory).
@@ -264,10 +266,6 @@ def write_lmdb(
     path = Path(path)
     if path.is_dir():
         raise DataError("output path is a folder; give a file name such as out.lmdb", source=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    env = lmdb.open(str(tmp), subdir=False, lock=False, map_size=_INITIAL_MAP_SIZE)  # meminit: no stale bytes on disk
     count, fields, pending = 0, set(), []
     iterator = datas
     bar = None
@@ -277,39 +275,41 @@ def write_lmdb(
         bar = tqdm(datas, total=total, unit=" structures", desc=f"writing {path.name}", dynamic_ncols=True)
         iterator = bar
     try:
-        for data in iterator:
-            _check_storable(data, count)
-            pending.append((str(count).encode("ascii"), encode_data(data)))
-            fields.update(data.keys())
-            count += 1
-            if len(pending) >= _COMMIT_EVERY:
-                _put_all(env, pending)
-                pending = []
-        meta = {
-            "format": FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION,
-            "length": count,
-            "fields": sorted(fields),
-            "frameavg_version": __version__,
-            "metadata": dict(metadata or {}),
-        }
-        pending.append((META_KEY, json.dumps(meta, default=_json_default).encode("utf-8")))
-        _put_all(env, pending)
-        env.sync(True)
-        env.close()
-        release_env(path)
-        os.replace(tmp, path)
-    except BaseException:
-        env.close()
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_output(path) as tmp:
+            try:  # meminit: no stale bytes on disk
+                env = lmdb.open(str(tmp), subdir=False, lock=False, map_size=_INITIAL_MAP_SIZE)
+            except lmdb.Error as exc:
+                raise FrameavgError(f"cannot write {path}: {exc}") from None
+            try:
+                for data in iterator:
+                    _check_storable(data, count)
+                    pending.append((str(count).encode("ascii"), encode_data(data)))
+                    fields.update(data.keys())
+                    count += 1
+                    if len(pending) >= _COMMIT_EVERY:
+                        _put_all(env, pending, path)
+                        pending = []
+                meta = {
+                    "format": FORMAT_NAME,
+                    "schema_version": SCHEMA_VERSION,
+                    "length": count,
+                    "fields": sorted(fields),
+                    "frameavg_version": __version__,
+                    "metadata": dict(metadata or {}),
+                }
+                pending.append((META_KEY, json.dumps(meta, default=_json_default).encode("utf-8")))
+                _put_all(env, pending, path)
+                env.sync(True)
+            finally:
+                env.close()
+            release_env(path)
     finally:
         if bar is not None:
             bar.close()
     return count
 
 
-def _put_all(env: lmdb.Environment, items: list[tuple[bytes, bytes]]) -> None:
+def _put_all(env: lmdb.Environment, items: list[tuple[bytes, bytes]], path: Path) -> None:
     """Write ``items`` in one transaction, doubling the map size whenever it is full."""
     while True:
         try:
@@ -319,6 +319,8 @@ def _put_all(env: lmdb.Environment, items: list[tuple[bytes, bytes]]) -> None:
             return
         except lmdb.MapFullError:
             env.set_mapsize(env.info()["map_size"] * 2)
+        except lmdb.Error as exc:  # disk full, I/O error
+            raise FrameavgError(f"cannot write {path}: {exc}") from None
 
 
 def _json_default(obj):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 
 from torch import nn
 
@@ -32,10 +33,16 @@ def build_model(name: str, **kwargs) -> nn.Module:
         close = difflib.get_close_matches(key, MODELS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown model {name!r}{hint}; available: {', '.join(sorted(MODELS))}")
+    accepted = [p for p in inspect.signature(MODELS[key].__init__).parameters if p != "self"]
+    for argument in kwargs:
+        if argument not in accepted:
+            close = difflib.get_close_matches(argument, accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"model {name!r} has no argument {argument!r}{hint}")
     try:
         return MODELS[key](**kwargs)
-    except TypeError as exc:  # unknown keyword argument
-        raise ConfigError(f"model {name!r}: {exc}") from exc
+    except TypeError as exc:  # a value of the wrong type deep in a constructor
+        raise ConfigError(f"model {name!r}: {exc}") from None
 
 
 __all__ = ["DimeNetPlusPlus", "FAENet", "MODELS", "RawCoordinateMPNN", "SchNet", "build_model"]

@@ -51,6 +51,30 @@ class GraphInputs:
         return edge_vectors(self.pos, self.edge_index, self.cell_offsets, self.cell, self.batch)
 
 
+def check_atomic_numbers(z: Tensor, max_z: int, model: str) -> None:
+    """``DataError`` naming the element and both ranges when ``z`` leaves the model's 1..max_z."""
+    low, high = (int(v) for v in torch.aminmax(z))
+    if low >= 1 and high <= max_z:
+        return
+    from ase.data import chemical_symbols
+
+    from frameavg.data.atomic_data import MAX_Z
+
+    bad = low if low < 1 else high
+    symbol = f" ({chemical_symbols[bad]})" if 0 < bad < len(chemical_symbols) else ""
+    raise DataError(f"atomic number {bad}{symbol}: {model} embeds Z = 1..{max_z} "
+                    f"(the readers accept 1..{MAX_Z}); remove the element or use a model that embeds it")
+
+
+def check_tags(tags: Tensor) -> None:
+    """``DataError`` unless the tags follow OC20 (0 subsurface, 1 surface, 2 adsorbate)."""
+    low, high = (int(v) for v in torch.aminmax(tags))
+    if low < 0 or high > 2:
+        raise DataError(f"tag {low if low < 0 else high}: tags must be 0 (subsurface), 1 (surface) or 2 (adsorbate) "
+                        "as in OC20; ASE's layer tags (1 = top layer, 2, 3, ... deeper, 0 = adsorbate) are converted "
+                        "by the readers (tags='ase')")
+
+
 def num_graphs_of(batch, batch_vector: Tensor) -> int:
     """B for a PyG ``Batch`` or ``Data`` (``num_graphs``, else ``natoms``, else from ``batch``)."""
     num_graphs = getattr(batch, "num_graphs", None)
@@ -111,10 +135,7 @@ class EnergyModel(nn.Module):
             raise DataError(f"positions are {pos.dtype} but the model is {model_dtype}: convert one "
                             f"(model.to({pos.dtype}) or read the data with dtype={model_dtype})")
         if not torch.compiler.is_compiling():
-            low, high = torch.aminmax(z)
-            if int(low) < 1 or int(high) > self.max_z:
-                raise DataError(f"atomic numbers must be in 1..{self.max_z} for {type(self).__name__}, "
-                                f"got {int(low)}..{int(high)}")
+            check_atomic_numbers(z, self.max_z, type(self).__name__)
             if not bool(torch.isfinite(pos).all()):
                 raise DataError("positions contain NaN or inf")
         batch_vector = getattr(batch, "batch", None)

@@ -19,7 +19,7 @@ from torch.nn import Embedding, Linear
 
 from frameavg.data.neighbors import edge_vectors, radius_graph_batch
 from frameavg.errors import ConfigError, DataError
-from frameavg.models.base import num_graphs_of
+from frameavg.models.base import check_atomic_numbers, check_tags, num_graphs_of
 from frameavg.models.blocks import (
     Activation,
     GaussianSmearing,
@@ -722,13 +722,9 @@ class FAENet(nn.Module):
         if pos.dtype != model_dtype:
             raise DataError(f"positions are {pos.dtype} but the model is {model_dtype}: convert one "
                             f"(model.to({pos.dtype}) or read the data with dtype={model_dtype})")
-        low, high = torch.aminmax(z)
-        if int(low) < 1 or int(high) > MAX_ATOMIC_NUMBER:
-            raise DataError(f"atomic numbers must be in 1..{MAX_ATOMIC_NUMBER} for FAENet, got {int(low)}..{int(high)}")
+        check_atomic_numbers(z, MAX_ATOMIC_NUMBER, "FAENet")
         if tags is not None and self.embed_block.use_tag:
-            low, high = torch.aminmax(tags)
-            if int(low) < 0 or int(high) >= NUM_TAGS:
-                raise DataError(f"tags must be 0, 1 or 2, got values in {int(low)}..{int(high)}")
+            check_tags(tags)
 
     # ------------------------------------------------------------ checkpoints
     @classmethod

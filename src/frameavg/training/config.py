@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 32,
         "eval_batch_size": 64,
         "num_workers": 0,
+        "max_edges_per_atom": 2000,  # memory guard of the neighbour lists (see data.neighbors)
     },
     "targets": {"energy": True, "forces": False},
     "loss": {
@@ -85,6 +86,157 @@ DEFAULTS: dict[str, Any] = {
 
 FREE_SECTIONS = ("model", "trainer")
 
+FRAME_DIMS = ("3D", "2D", "none")
+FRAME_METHODS = ("all", "stochastic", "det", "DA", "se3-all", "se3-stochastic", "se3-det", "se3-DA")
+PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
+
+
+def _int(low=None, high=None, none=False):
+    return ("int", low, high, none)
+
+
+def _float(low=None, high=None, none=False, open_low=False):
+    return ("float", low, high, none, open_low)
+
+
+def _choice(*options, none=False):
+    return ("choice", options, none)
+
+
+_BOOL, _STR, _STR_OR_NONE, _MAP = ("bool",), ("str", False), ("str", True), ("map",)
+
+#: Type and range of every fixed key, checked by ``validate_config`` when a config is loaded (before
+#: any run folder exists). ``model`` keys are checked against the model's constructor by
+#: ``validate_model_section``; other ``trainer`` keys go to ``lightning.Trainer`` as given.
+SCHEMA: dict[str, tuple] = {
+    "name": _STR, "seed": _int(), "run_dir": _STR,
+    "frames.frames": _choice(*FRAME_DIMS), "frames.train": _choice(*FRAME_METHODS),
+    "frames.eval": _choice(*FRAME_METHODS),
+    "data.train": _STR_OR_NONE, "data.val": _STR_OR_NONE, "data.test": _STR_OR_NONE,
+    "data.val_fraction": _float(0.0, 1.0), "data.test_fraction": _float(0.0, 1.0), "data.split_seed": _int(),
+    "data.max_train": _int(1, none=True), "data.format": _STR_OR_NONE, "data.keys": _MAP, "data.options": _MAP,
+    "data.trusted": _BOOL, "data.cutoff": _float(0.0, open_low=True), "data.max_neighbors": _int(1, none=True),
+    "data.batch_size": _int(1), "data.eval_batch_size": _int(1), "data.num_workers": _int(0),
+    "data.max_edges_per_atom": _float(0.0, none=True, open_low=True),
+    "targets.energy": _BOOL, "targets.forces": _BOOL,
+    "loss.energy": _choice("mae", "mse"), "loss.forces": _choice("l2mae", "mae", "mse"),
+    "loss.energy_weight": _float(0.0), "loss.forces_weight": _float(0.0), "loss.gradient_weight": _float(0.0),
+    "loss.conservation_weight": _float(0.0), "loss.train_on_free_atoms": _BOOL,
+    "normalize.energy": _BOOL, "normalize.element_references": _BOOL, "normalize.mean": _float(none=True),
+    "normalize.std": _float(0.0, none=True, open_low=True),
+    "optim.lr": _float(0.0, open_low=True), "optim.weight_decay": _float(0.0),
+    "optim.scheduler": _choice("cosine", "plateau", "constant"), "optim.warmup_steps": _int(0),
+    "optim.min_lr_ratio": _float(0.0, 1.0), "optim.plateau_patience": _int(0),
+    "optim.plateau_factor": _float(0.0, 1.0, open_low=True), "optim.clip_grad": _float(0.0, none=True),
+    "optim.ema_decay": _float(0.0, 1.0, none=True, open_low=True), "optim.max_epochs": _int(1),
+    "optim.max_time_minutes": _float(0.0, none=True, open_low=True),
+    "optim.early_stopping_patience": _int(1, none=True), "optim.monitor": _STR,
+    "trainer.num_nodes": _int(1), "trainer.precision": _choice(*PRECISIONS),
+    "trainer.log_every_n_steps": _int(1), "trainer.enable_progress_bar": _BOOL,
+    "trainer.checkpoint_every_n_steps": _int(1, none=True),
+}
+
+
+def validate_config(config: dict, where: str = "config") -> None:
+    """Check every ``SCHEMA`` key's type and range; ``ConfigError`` naming the key otherwise.
+    Integral floats (``10.0``) become ints, numbers written as strings (``"1e-3"``) floats."""
+    for dotted, rule in SCHEMA.items():
+        section, _, key = dotted.rpartition(".")
+        node = config
+        for part in section.split(".") if section else ():
+            node = node[part]
+        if key in node:
+            node[key] = _checked(node[key], rule, f"{where}: '{dotted}'")
+    devices = config.get("trainer", {}).get("devices", 1)
+    if not (isinstance(devices, (str, list)) or (isinstance(devices, int) and not isinstance(devices, bool) and devices != 0)):
+        raise ConfigError(f"{where}: 'trainer.devices' must be a positive integer, -1, 'auto' or a list, got {devices!r}")
+
+
+def _checked(value, rule, name):
+    kind = rule[0]
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind == "str":
+        if value is None and rule[1]:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+        return value
+    if kind == "map":
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return value
+    if kind == "choice":
+        options, none = rule[1], rule[2]
+        if value is None and none:
+            return None
+        if value not in options:
+            close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, options))}, got {value!r}{hint}")
+        return value
+    if kind == "int":
+        _, low, high, none = rule
+        if value is None and none:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer{_range(low, high)}, got {value!r}")
+    else:
+        _, low, high, none, open_low = rule
+        if value is None and none:
+            return None
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            raise ConfigError(f"{name} must be a number{_range(low, high, open_low)}, got {value!r}")
+        value = float(value)
+        if open_low and low is not None and value <= low:
+            raise ConfigError(f"{name} must be > {low:g}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{name} must be{_range(low, high)}, got {value!r}")
+    return value
+
+
+def _range(low, high, open_low=False) -> str:
+    if low is not None and high is not None:
+        return f" in [{low:g}, {high:g}]"
+    if low is not None:
+        return f" {'>' if open_low else '>='} {low:g}"
+    return ""
+
+
+def validate_model_section(config: dict, where: str = "config") -> None:
+    """The model name exists and every ``model`` key is an argument of its constructor (with a
+    "did you mean" hint); imports the model registry."""
+    import inspect
+
+    from frameavg.models import MODELS
+
+    model = config["model"]
+    name = str(model.get("name", "")).lower()
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{where}: unknown model '{model.get('name')}'{hint} (available: {', '.join(sorted(MODELS))})")
+    parameters = inspect.signature(MODELS[name].__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in parameters if p != "self"]
+    for key in model:
+        if key != "name" and key not in accepted:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f"; did you mean 'model.{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: model '{name}' has no argument '{key}'{hint}")
+
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
     """Defaults <- YAML file <- overrides (``a.b=value`` or ``--a.b value`` pairs, YAML values)."""
@@ -102,6 +254,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
         merge(config, user, where=str(path))
     for key, value in parse_overrides(overrides):
         merge(config, nest(key, value), where="override")
+    validate_config(config, where=str(path) if path is not None else "config")
     return config
 
 
@@ -170,4 +323,8 @@ def merge(base: dict, update: dict, *, where: str, prefix: str = "") -> None:
 
 
 def save_config(config: dict, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    """Write ``config`` as YAML, atomically."""
+    from frameavg.files import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))

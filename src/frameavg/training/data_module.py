@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Sampler, Subset
 from torch_geometric.loader import DataLoader
 
-from frameavg.data.neighbors import RadiusGraph
+from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, RadiusGraph
 from frameavg.data.splits import random_split
 from frameavg.errors import ConfigError, DataError
 
@@ -88,6 +88,13 @@ class ResumableLoader(DataLoader):
         self._resumed = True
 
 
+def graph_transform(data_cfg: dict) -> RadiusGraph:
+    """The neighbour-list transform of a config's ``data`` section (training, test, predict and
+    simulations all build their graphs with it). Ties at ``max_neighbors`` are kept."""
+    return RadiusGraph(data_cfg["cutoff"], data_cfg["max_neighbors"], strict=False,
+                       max_edges_per_atom=data_cfg.get("max_edges_per_atom", MAX_EDGES_PER_ATOM))
+
+
 class AtomisticDataModule(L.LightningDataModule):
     """Train/val/test datasets from the ``data`` section of a training config."""
 
@@ -106,7 +113,7 @@ class AtomisticDataModule(L.LightningDataModule):
         """A dataset with graphs: in-memory files get their edges once here, LMDBs on access."""
         from frameavg.data import StructureDataset, open_dataset
 
-        transform = RadiusGraph(self.cfg["cutoff"], self.cfg["max_neighbors"], strict=False)
+        transform = graph_transform(self.cfg)
         dataset = open_dataset(path, self.cfg["format"], transform=transform, keys=self.cfg["keys"] or None,
                                required=self.required_labels(), trusted=self.cfg["trusted"],
                                **(self.cfg["options"] or {}))

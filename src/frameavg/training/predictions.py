@@ -2,47 +2,42 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from frameavg.errors import FrameavgError
+from frameavg.files import atomic_output
 
 
 def write_predictions(path: Path, structures: list, pred: dict) -> None:
-    """Atomically write ``pred`` (``energy`` [B] eV, optional ``forces`` [N,3] eV/Å, ``natoms`` [B]).
+    """Atomically write ``pred`` (``energy`` [B] eV, optional ``forces`` [N,3] eV/Å, ``natoms`` [B],
+    optional ``status`` [B]: "ok" or why a structure was not predicted, its values then NaN).
 
-    ``.npz``: ``energy`` [B], ``natoms`` [B], ``forces`` [N,3] (concatenated), ``index`` [B].
-    ``.extxyz``/``.xyz``: the input structures with predicted ``energy`` and ``forces``
-    (read back with ``ase.io.read(path, ':')``).
+    ``.npz``: ``energy`` [B], ``natoms`` [B], ``forces`` [N,3] (concatenated), ``index`` [B],
+    ``status`` [B] strings.
+    ``.extxyz``/``.xyz``: the input structures with predicted ``energy`` and ``forces`` and
+    ``info["status"]`` (read back with ``ase.io.read(path, ':')``).
     """
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".extxyz", ".xyz"):
         raise FrameavgError(f"--out must end in .npz, .extxyz or .xyz, got '{path.name}'")
-    path.parent.mkdir(parents=True, exist_ok=True)
     energy = pred["energy"].double().cpu().numpy()
     natoms = pred["natoms"].cpu().numpy()
     forces = pred["forces"].double().cpu().numpy() if "forces" in pred else None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
+    status = list(pred.get("status") or ["ok"] * len(energy))
+    with atomic_output(path) as tmp:
         if suffix == ".npz":
-            arrays = {"energy": energy, "natoms": natoms, "index": np.arange(len(energy))}
+            arrays = {"energy": energy, "natoms": natoms, "index": np.arange(len(energy)), "status": np.array(status)}
             if forces is not None:
                 arrays["forces"] = forces
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
         else:
-            _write_extxyz(tmp, structures, energy, forces, natoms)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            _write_extxyz(tmp, structures, energy, forces, natoms, status)
 
 
-def _write_extxyz(tmp: str, structures: list, energy, forces, natoms) -> None:
+def _write_extxyz(tmp, structures: list, energy, forces, natoms, status) -> None:
     import ase
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -57,5 +52,6 @@ def _write_extxyz(tmp: str, structures: list, energy, forces, natoms) -> None:
         if forces is not None:
             results["forces"] = forces[offsets[i]:offsets[i + 1]]
         atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info["status"] = status[i]
         frames.append(atoms)
-    ase.io.write(tmp, frames, format="extxyz")
+    ase.io.write(str(tmp), frames, format="extxyz")

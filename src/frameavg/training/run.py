@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import lightning as L
 import torch
 from torch_geometric.data import Batch
 
-from frameavg.errors import ConfigError, FrameavgError
-from frameavg.training.config import save_config
+from frameavg.errors import ConfigError, DataError, FrameavgError
+from frameavg.training.config import save_config, validate_model_section
 from frameavg.training.data_module import AtomisticDataModule
 from frameavg.training.metrics import oc20_metrics
 from frameavg.training.module import AtomisticTask
@@ -48,8 +49,8 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=()) -> L.Trainer:
     ]
     if every_n:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step}",
-                                         every_n_train_steps=int(every_n), save_top_k=-1, save_last=True,
-                                         enable_version_counter=False))
+                                         auto_insert_metric_name=False, every_n_train_steps=int(every_n),
+                                         save_top_k=-1, save_last=True, enable_version_counter=False))
     if optim["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=optim["monitor"], patience=optim["early_stopping_patience"]))
     if optim["ema_decay"]:
@@ -69,18 +70,24 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=()) -> L.Trainer:
 
 def train(config: dict, resume: str | None = None) -> dict:
     """Train per ``config``. Returns {"run_dir", "checkpoint", "epochs", "test", "baseline", "plots"}
-    on rank 0 ("test" is None without a test set) and None on the other ranks of a DDP run."""
+    on rank 0 ("test" is None without a test set) and None on the other ranks of a DDP run.
+
+    Everything that can be checked is checked before the run folder is touched: the config (at
+    load), the model section, the resume checkpoint (readable, a frameavg checkpoint of the same
+    model) and the data."""
+    validate_model_section(config)
+    checkpoint = None if resume is None else _resume_checkpoint(resume, config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
-    run_dir = _run_dir(config, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
     data = AtomisticDataModule(config["data"], config["targets"], seed=config["seed"])
     data.setup("fit")
     task = AtomisticTask(config)
-    if resume is None:
+    if checkpoint is None:
         task.normalizer = fit_normalizer(config, data.train_set)
     else:
-        data.resume_loader_state = _loader_state(resume)
+        data.resume_loader_state = _loader_state(checkpoint)
+    run_dir = _run_dir(config, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
     trainer = build_trainer(config, run_dir)
     trainer.fit(task, datamodule=data, ckpt_path=resume)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -111,12 +118,40 @@ def paper_unit_metrics(target: str | None, metrics: dict) -> dict:
     return {f"{target}_mae_{unit}": metrics["energy_mae"] * factor}
 
 
-def _loader_state(checkpoint_path) -> dict | None:
-    """The train loader's saved position in a Lightning checkpoint (None if it has none)."""
+def read_checkpoint(path) -> dict:
+    """A frameavg training checkpoint, read without executing pickles (``weights_only=True``);
+    ``FrameavgError`` for a missing, unreadable or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FrameavgError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FrameavgError(f"{checkpoint_path}: cannot read checkpoint safely ({type(exc).__name__})") from None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupted, truncated, or holding objects a safe load refuses
+        text = str(exc)
+        if "Unsupported global" in text:
+            reason = "it holds Python objects beyond tensors and plain data, which frameavg never unpickles"
+        else:  # torch's other messages (invalid pickles, broken zip archives) end in advice that does not apply
+            reason = "not a PyTorch checkpoint, or a truncated or corrupted one"
+        raise FrameavgError(f"{path}: cannot read checkpoint safely ({reason})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or \
+            "config" not in (checkpoint.get("hyper_parameters") or {}):
+        raise FrameavgError(f"{path}: not a frameavg training checkpoint (no config/state_dict)")
+    return checkpoint
+
+
+def _resume_checkpoint(path, config: dict) -> dict:
+    """The checkpoint to resume from, checked against ``config`` (same model and targets)."""
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint["hyper_parameters"]["config"]
+    for section in ("model", "targets"):
+        if saved.get(section) != config.get(section):
+            raise FrameavgError(f"{path}: cannot resume: the checkpoint's '{section}' section "
+                                f"{saved.get(section)} differs from the config's {config.get(section)}")
+    return checkpoint
+
+
+def _loader_state(checkpoint: dict) -> dict | None:
+    """The train loader's saved position in a Lightning checkpoint (None if it has none)."""
     states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [None]
     return states[0]
 
@@ -160,52 +195,94 @@ def baseline_metrics(task: AtomisticTask, structures: list) -> dict:
 
 
 @torch.no_grad()
-def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64) -> tuple[dict, dict]:
-    """OC20 metrics over all structures at once, and the predictions (eV, eV/Å) per structure."""
-    from torch_geometric.loader import DataLoader
+def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
+             failed: dict[int, str] | None = None) -> tuple[dict, dict]:
+    """OC20 metrics over all structures at once, and the predictions (eV, eV/Å) per structure.
 
+    A structure the model refuses (a ``DataError``: an element it does not embed, bad tags) does
+    not stop the others: its batch is re-run one structure at a time, its predictions are NaN,
+    ``pred["status"]`` holds ``"ok"`` or its error message for every structure, and the metrics
+    cover the structures that were predicted (``metrics["structures_failed"]`` counts the rest).
+    ``failed``: {index: message} of structures already known to be bad (not predicted).
+    """
     task.eval()
-    energies, forces, target_e, target_f, natoms, free = [], [], [], [], [], []
-    for batch in DataLoader(structures, batch_size=batch_size, shuffle=False):
-        pred = task(batch)
-        energies.append(pred["energy"].detach())
-        natoms.append(batch.natoms)
-        if "forces" in pred:
-            forces.append(pred["forces"].detach())
-        if "energy" in batch:
-            target_e.append(batch.energy)
-        if "forces" in batch:
-            target_f.append(batch.forces)
-        free.append(~batch.fixed if "fixed" in batch else torch.ones(batch.num_nodes, dtype=torch.bool))
-    pred = {"energy": torch.cat(energies)}
-    if forces:
-        pred["forces"] = torch.cat(forces)
+    status = ["ok"] * len(structures)
+    for i, message in (failed or {}).items():
+        status[i] = message
+    outputs: list[dict | None] = [None] * len(structures)
+    todo = [i for i in range(len(structures)) if status[i] == "ok"]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        try:
+            parts = _predict_split(task, [structures[i] for i in chunk])
+        except DataError:
+            parts = []
+            for i in chunk:
+                try:
+                    parts += _predict_split(task, [structures[i]])
+                except DataError as exc:
+                    parts.append(None)
+                    status[i] = str(exc)
+        for i, part in zip(chunk, parts):
+            outputs[i] = part
+    natoms = torch.tensor([int(d.natoms.reshape(-1)[0]) for d in structures], dtype=torch.long)
+    has_forces = any(o is not None and "forces" in o for o in outputs)
+    energies, forces = [], []
+    for data, out in zip(structures, outputs):
+        n = int(data.natoms.reshape(-1)[0])
+        energies.append(out["energy"] if out is not None else torch.full((1,), math.nan, dtype=torch.float64))
+        if has_forces:
+            forces.append(out["forces"] if out is not None else torch.full((n, 3), math.nan, dtype=torch.float64))
+    pred = {"energy": torch.cat(energies).double()}
+    if has_forces:
+        pred["forces"] = torch.cat(forces).double()
+    ok = torch.tensor([s == "ok" for s in status])
+    atom_ok = torch.repeat_interleave(ok, natoms)
     target = {}
-    if len(target_e) == len(energies):
-        target["energy"] = torch.cat(target_e)
-    if forces and len(target_f) == len(energies):
-        target["forces"] = torch.cat(target_f)
-    use_free = task.config["loss"]["train_on_free_atoms"]
-    metrics = oc20_metrics(pred, target, torch.cat(natoms), torch.cat(free) if use_free else None)
-    pred["natoms"] = torch.cat(natoms)
+    if all("energy" in d for d in structures):
+        target["energy"] = torch.cat([d.energy.reshape(-1) for d in structures])[ok]
+    if has_forces and all("forces" in d for d in structures):
+        target["forces"] = torch.cat([d.forces for d in structures])[atom_ok]
+    kept = {key: value[ok] if key == "energy" else value[atom_ok] for key, value in pred.items()}
+    free = None
+    if task.config["loss"]["train_on_free_atoms"]:
+        free = torch.cat([~d.fixed if "fixed" in d else torch.ones(int(d.natoms), dtype=torch.bool)
+                          for d in structures])[atom_ok]
+    metrics = oc20_metrics(kept, target, natoms[ok], free) if bool(ok.any()) else {}
+    if not bool(ok.all()):
+        metrics["structures_failed"] = int((~ok).sum())
+    pred["natoms"] = natoms
+    pred["status"] = status
     return metrics, pred
+
+
+def _predict_split(task: AtomisticTask, chunk: list) -> list[dict]:
+    """Predictions of one batch, split per structure: [{"energy": [1], "forces": [n,3]}]."""
+    batch = Batch.from_data_list(chunk)
+    out = task(batch)
+    parts = []
+    for k, (lo, hi) in enumerate(zip(batch.ptr[:-1].tolist(), batch.ptr[1:].tolist())):
+        part = {"energy": out["energy"][k:k + 1].detach().double()}
+        if "forces" in out:
+            part["forces"] = out["forces"][lo:hi].detach().double()
+        parts.append(part)
+    return parts
 
 
 def load_task(path: str | os.PathLike) -> AtomisticTask:
     """Rebuild a trained task from a checkpoint without executing pickles (weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FrameavgError(f"checkpoint not found: {path}")
+    checkpoint = read_checkpoint(path)
+    config, state = checkpoint["hyper_parameters"]["config"], checkpoint["state_dict"]
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupted, truncated, or containing non-tensor objects
-        raise FrameavgError(f"{path}: cannot read checkpoint safely ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    try:
-        config = checkpoint["hyper_parameters"]["config"]
-        state = checkpoint["state_dict"]
-    except (KeyError, TypeError):
-        raise FrameavgError(f"{path}: not a frameavg training checkpoint (no config/state_dict)") from None
-    task = AtomisticTask(config)
+        task = AtomisticTask(config)
+    except (ConfigError, TypeError, KeyError) as exc:
+        raise FrameavgError(f"{path}: the checkpoint's config does not build a model ({exc})") from None
+    shapes = {name: tuple(t.shape) for name, t in task.state_dict().items()}
+    wrong = [f"{name} {tuple(t.shape)} vs {shapes[name]}" for name, t in state.items()
+             if name in shapes and isinstance(t, torch.Tensor) and tuple(t.shape) != shapes[name]]
+    if wrong:
+        raise FrameavgError(f"{path}: weights do not fit the checkpoint's model config ({len(wrong)} tensors, "
+                            f"e.g. {wrong[0]}; was the checkpoint edited or its config changed?)")
     missing, unexpected = task.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise FrameavgError(

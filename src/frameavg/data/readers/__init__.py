@@ -3,22 +3,22 @@
 ``read_structures(path)`` detects the format from the path (extension, folder contents, magic
 bytes) unless ``format=`` names it; ``iter_structures`` streams the same structures one at a time.
 Formats (``available_formats()``): ``frameavg-lmdb`` (ours), ``oc20-lmdb`` (legacy pickles, needs
-``trusted=True``), ``qm9`` (qm9pack CSV / QM9 extxyz), ``xu-kitchin``, ``ase-db`` (SQLite / ASE
-JSON), ``ase`` (extxyz/xyz/traj), ``ase-other`` (anything else ASE reads).
+``trusted=True``), ``qm9`` (qm9pack CSV / QM9 extxyz), ``xu-kitchin``, ``pymatgen-json``
+(Structure/Molecule dicts and entries), ``ase-db`` (SQLite / ASE JSON), ``ase`` (extxyz/xyz/traj),
+``ase-other`` (anything else ASE reads).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
-import torch
-from torch_geometric.data import Data
-
-# Importing the reader modules registers them.
-from frameavg.data.readers import ase_db, ase_files, frameavg_lmdb, oc20_lmdb, qm9, xu_kitchin  # noqa: F401
-from frameavg.data.readers.registry import READERS, ReadOptions, check_path, detect_format, get_reader
+from frameavg.data.readers.catalog import available_formats
 from frameavg.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch_geometric.data import Data
 
 __all__ = [
     "available_formats",
@@ -29,15 +29,21 @@ __all__ = [
 ]
 
 
-def available_formats() -> dict[str, str]:
-    """Reader name -> one-line description."""
-    return {name: reader.description for name, reader in sorted(READERS.items())}
+def detect_format(path: str | Path) -> str:
+    """Name of the reader for ``path`` (see ``registry.detect_format``)."""
+    from frameavg.data.readers.registry import detect_format as detect
+
+    return detect(path)
 
 
 def resolve_path(path: str | Path) -> Path:
     """``path`` as a Path. Special names: ``qm9pack`` (the installed qm9pack CSV folder) and
     ``shipped:NAME`` (data shipped in the package, see ``frameavg.data.shipped``)."""
+    from frameavg.data.readers.registry import check_path
+
     if str(path) == "qm9pack" and not Path(path).exists():
+        from frameavg.data.readers import qm9
+
         return qm9.qm9pack_folder()
     if str(path).startswith("shipped:"):
         from frameavg.data.shipped import shipped_path
@@ -53,12 +59,21 @@ def iter_structures(
     keys: Mapping[str, str] | None = None,
     required=(),
     trusted: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: "torch.dtype | None" = None,
+    tags: str = "auto",
     **options,
-) -> Iterator[Data]:
+) -> "Iterator[Data]":
     """Stream validated structures from ``path`` (see ``read_structures`` for the arguments)."""
+    import torch
+
+    from frameavg.data.atomic_data import TAG_CONVENTIONS
+    from frameavg.data.readers.registry import READERS, ReadOptions, get_reader, load_readers
+
     path = resolve_path(path)
+    load_readers()
     reader = get_reader(format) if format else READERS[detect_format(path)]
+    if tags not in TAG_CONVENTIONS:
+        raise ConfigError(f"unknown tag convention '{tags}' (choose from {', '.join(TAG_CONVENTIONS)})")
     unknown = sorted(set(options) - set(reader.options))
     if unknown:
         raise ConfigError(
@@ -67,7 +82,8 @@ def iter_structures(
         )
     if isinstance(required, str):
         required = (required,)
-    read_options = ReadOptions(keys=dict(keys or {}), required=tuple(required), trusted=trusted, dtype=dtype, extra=options)
+    read_options = ReadOptions(keys=dict(keys or {}), required=tuple(required), trusted=trusted,
+                               dtype=torch.float32 if dtype is None else dtype, extra=options, tags=tags)
     return reader.iterate(path, read_options)
 
 
@@ -78,9 +94,10 @@ def read_structures(
     keys: Mapping[str, str] | None = None,
     required=(),
     trusted: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: "torch.dtype | None" = None,
+    tags: str = "auto",
     **options,
-) -> list[Data]:
+) -> "list[Data]":
     """All structures of a file or folder as validated ``Data`` objects.
 
     Args:
@@ -90,11 +107,14 @@ def read_structures(
             error that suggests the closest existing key.
         required: fields every structure must have after mapping, e.g. ``("energy", "forces")``.
         trusted: allow unpickling legacy OC20 LMDBs (pickles can run code: trusted files only).
-        dtype: floating dtype of positions, cell and float labels.
+        dtype: floating dtype of positions, cell and float labels (default float32).
+        tags: tag convention of the file: ``auto`` (OC20 when all tags are 0..2, else ASE's layer
+            tags), ``oc20``, ``ase`` or ``ignore``; stored in OC20's convention.
         **options: reader-specific options, e.g. ``targets=("U0",)`` for QM9,
             ``include_clean=True`` for Xu-Kitchin.
 
     Raises:
         DataError naming the file and the structure for unreadable or invalid input.
     """
-    return list(iter_structures(path, format, keys=keys, required=required, trusted=trusted, dtype=dtype, **options))
+    return list(iter_structures(path, format, keys=keys, required=required, trusted=trusted, dtype=dtype,
+                                tags=tags, **options))

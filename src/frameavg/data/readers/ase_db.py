@@ -6,14 +6,12 @@ Labels come from each row's calculator results (energy, forces, ...), its key-va
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Iterator
 
 import ase.db
 from torch_geometric.data import Data
 
-from frameavg.data.atomic_data import atoms_to_data
 from frameavg.data.readers.registry import ReadOptions, read_head, register
 from frameavg.errors import DataError
 
@@ -26,13 +24,7 @@ def sniff(path: Path) -> bool:
     return read_head(path, 16) == SQLITE_MAGIC or path.suffix.lower() in (".db", ".json")
 
 
-@register(
-    "ase-db",
-    sniff=sniff,
-    description="ASE database: SQLite (.db) or ASE JSON (.json)",
-    aliases=("db", "json", "ase-json"),
-    order=50,
-)
+@register("ase-db", sniff=sniff)
 def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
     source = str(path)
     kind = "db" if read_head(path, 16) == SQLITE_MAGIC else "json"
@@ -48,13 +40,13 @@ def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
             atoms = row.toatoms()
             for key, value in {**(row.get("data") or {}), **row.key_value_pairs}.items():
                 atoms.info.setdefault(key, value)
-            yield atoms_to_data(
-                atoms, keys=options.keys, required=options.required, source=source, index=index, dtype=options.dtype
-            )
+            yield options.to_data(atoms, source=source, index=index)
             index += 1
-    except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"cannot read ASE database ({type(exc).__name__}: {exc})", source=source, index=index) from None
+    except DataError:
+        raise
+    except Exception as exc:  # ASE's parsers raise anything for files that are not its databases
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(f"cannot read ASE database ({type(exc).__name__}{': ' + first_line if first_line else ''})",
+                        source=source, index=index if index else None) from None
     if index == 0:
         raise DataError("no structures found", source=source)

@@ -16,7 +16,6 @@ import ase.io
 from ase.io.formats import filetype, ioformats
 from torch_geometric.data import Data
 
-from frameavg.data.atomic_data import atoms_to_data
 from frameavg.data.readers.registry import ReadOptions, register
 from frameavg.errors import DataError
 
@@ -56,9 +55,7 @@ def iterate_ase(path: Path, options: ReadOptions, ase_format: str | None = None)
         except Exception as exc:
             raise DataError(describe_parse_error(exc), source=source, index=index) from None
         _bare_number_comment(atoms)
-        yield atoms_to_data(
-            atoms, keys=options.keys, required=options.required, source=source, index=index, dtype=options.dtype
-        )
+        yield options.to_data(atoms, source=source, index=index)
         index += 1
     if index == 0:
         raise DataError("no structures found", source=source)
@@ -84,22 +81,11 @@ def describe_parse_error(exc: Exception) -> str:
     return f"cannot parse ({type(exc).__name__}: {exc})"
 
 
-@register(
-    "ase",
-    sniff=sniff,
-    description="files ase.io reads: extxyz/xyz, ASE trajectories (.traj)",
-    aliases=("extxyz", "xyz", "traj"),
-    order=60,
-)
+@register("ase", sniff=sniff)
 def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
     return iterate_ase(path, options)
 
 
-@register(
-    "ase-other",
-    sniff=sniff_any,
-    description="any other format ase.io recognises (CIF, POSCAR, ...)",
-    order=1000,
-)
+@register("ase-other", sniff=sniff_any)
 def iterate_other(path: Path, options: ReadOptions) -> Iterator[Data]:
     return iterate_ase(path, options, ase_format=filetype(str(path), read=True))

@@ -66,12 +66,6 @@ def apply_options(data: Data, keys, required, dtype, *, source, index) -> Data:
     return data
 
 
-@register(
-    "frameavg-lmdb",
-    sniff=sniff,
-    description="frameavg LMDB (write_lmdb / frameavg data convert): one .lmdb file or a folder of them",
-    aliases=("lmdb",),
-    order=10,
-)
+@register("frameavg-lmdb", sniff=sniff)
 def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
     yield from open_source(path, options).stream()

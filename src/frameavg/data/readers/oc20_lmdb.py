@@ -154,12 +154,6 @@ def _decode(blob: bytes, file: Path, key: int, *, trusted, keys, required, dtype
     return legacy_to_data(fields, keys=keys, required=required, dtype=dtype, source=str(file), index=key)
 
 
-@register(
-    "oc20-lmdb",
-    sniff=sniff,
-    description="legacy OC20/OCP LMDB of pickled PyG Data (needs trusted=True / --trusted)",
-    aliases=("legacy-lmdb", "ocp-lmdb"),
-    order=20,
-)
+@register("oc20-lmdb", sniff=sniff)
 def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
     yield from open_source(path, options).stream()

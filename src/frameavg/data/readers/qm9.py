@@ -50,7 +50,6 @@ import ase.io
 import numpy as np
 from torch_geometric.data import Data
 
-from frameavg.data.atomic_data import atoms_to_data
 from frameavg.data.readers.ase_files import describe_parse_error
 from frameavg.data.readers.registry import ReadOptions, read_head, register
 from frameavg.errors import ConfigError, DataError
@@ -225,19 +224,10 @@ def _to_data(atoms, raw, qm9_index, options, targets, source, index) -> Data:
     atoms.info.update(convert_targets(raw, atoms.numbers, targets, fail))
     if qm9_index not in (None, ""):
         atoms.info["idx"] = int(qm9_index)
-    return atoms_to_data(
-        atoms, keys=options.keys, required=options.required, source=source, index=index, dtype=options.dtype
-    )
+    return options.to_data(atoms, source=source, index=index)
 
 
-@register(
-    "qm9",
-    sniff=sniff,
-    description="QM9: qm9pack CSV file(s) (path 'qm9pack' = the installed package) or QM9 extxyz",
-    aliases=("qm9-csv", "qm9pack"),
-    options=("targets",),
-    order=30,
-)
+@register("qm9", sniff=sniff)
 def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
     targets = select_targets(options.extra.get("targets"))
     if path.suffix.lower() in (".xyz", ".extxyz"):

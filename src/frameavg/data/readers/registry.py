@@ -1,12 +1,15 @@
-"""The shared reader registry: each reader module registers a name, a cheap sniff and an iterator.
+"""The shared reader registry: each reader module registers an iterator and a cheap sniff under a
+name of ``catalog.FORMATS`` (which holds the description, aliases, options and detection order).
 
 A reader turns one path (file or folder) into an iterator of validated ``Data`` objects (see
 ``frameavg.data.atomic_data``). Auto-detection asks each reader's ``sniff(path)`` in ascending
-``order``; the first that accepts the path wins. An explicit ``format=`` skips detection.
+``order``; the first that accepts the path wins. An explicit ``format=`` skips detection. Reader
+modules are imported on first use (``load_readers``), so importing this package stays cheap.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -14,18 +17,29 @@ from typing import Callable, Iterator, Mapping
 import torch
 from torch_geometric.data import Data
 
+from frameavg.data.readers.catalog import BY_NAME, FORMATS
 from frameavg.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """Options every reader understands, plus reader-specific ``extra`` options."""
+    """Options every reader understands, plus reader-specific ``extra`` options.
+
+    tags: tag convention (``atomic_data.TAG_CONVENTIONS``: auto, oc20, ase, ignore)."""
 
     keys: Mapping[str, str] | None = None
     required: tuple[str, ...] = ()
     trusted: bool = False
     dtype: torch.dtype = torch.float32
     extra: Mapping[str, object] = field(default_factory=dict)
+    tags: str = "auto"
+
+    def to_data(self, atoms, *, source: str, index: int | None) -> Data:
+        """``atomic_data.atoms_to_data`` with these options (the readers' one conversion path)."""
+        from frameavg.data.atomic_data import atoms_to_data
+
+        return atoms_to_data(atoms, keys=self.keys, required=self.required, source=source, index=index,
+                             dtype=self.dtype, tags=self.tags)
 
 
 @dataclass(frozen=True)
@@ -40,33 +54,45 @@ class Reader:
 
 
 READERS: dict[str, Reader] = {}
-_ALIASES: dict[str, str] = {}
+_ALIASES = {alias.lower(): info.name for info in FORMATS for alias in (info.name, *info.aliases)}
 
 
-def register(name: str, *, sniff, description: str, aliases=(), options=(), order: int = 100):
-    """Decorator registering ``iterate(path, options) -> Iterator[Data]`` as reader ``name``."""
+def register(name: str, *, sniff):
+    """Decorator registering ``iterate(path, options) -> Iterator[Data]`` as reader ``name``
+    (described in ``catalog.FORMATS``)."""
+    info = BY_NAME[name]
 
     def decorate(iterate):
-        READERS[name] = Reader(name, description, iterate, sniff, tuple(aliases), tuple(options), order)
-        for alias in (name, *aliases):
-            _ALIASES[alias.lower()] = name
+        READERS[name] = Reader(name, info.description, iterate, sniff, info.aliases, info.options, info.order)
         return iterate
 
     return decorate
 
 
+def load_readers() -> dict[str, Reader]:
+    """Import every reader module of the catalog (once) and return the registry."""
+    import importlib
+
+    for info in FORMATS:
+        if info.name not in READERS:
+            importlib.import_module(f"frameavg.data.readers.{info.module}")
+    return READERS
+
+
 def get_reader(format: str) -> Reader:
     """The reader registered under ``format`` (a name or an alias, case-insensitive)."""
-    try:
-        return READERS[_ALIASES[format.lower()]]
-    except KeyError:
-        raise ConfigError(f"unknown format '{format}'; available: {', '.join(sorted(_ALIASES))}") from None
+    name = _ALIASES.get(str(format).lower())
+    if name is None:
+        close = difflib.get_close_matches(str(format).lower(), list(_ALIASES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown format '{format}'{hint}; available: {', '.join(sorted(_ALIASES))}")
+    return load_readers()[name]
 
 
 def detect_format(path: str | Path) -> str:
     """Name of the reader for ``path``, from its extension, folder contents or magic bytes."""
     path = check_path(path)
-    for reader in sorted(READERS.values(), key=lambda r: r.order):
+    for reader in sorted(load_readers().values(), key=lambda r: r.order):
         if reader.sniff(path):
             return reader.name
     raise DataError(

@@ -28,7 +28,6 @@ import ase
 import numpy as np
 from torch_geometric.data import Data
 
-from frameavg.data.atomic_data import atoms_to_data
 from frameavg.data.readers.ase_files import describe_parse_error
 from frameavg.data.readers.registry import ReadOptions, register
 from frameavg.errors import DataError
@@ -81,14 +80,7 @@ def _entries(tree: dict):
                     yield (metal, adsorbate, site, coverage), entry
 
 
-@register(
-    "xu-kitchin",
-    sniff=sniff,
-    description="Xu-Kitchin adsorption JSON (folder with structures.json + energies.json)",
-    aliases=("xu-kitchin-json",),
-    options=("include_clean",),
-    order=40,
-)
+@register("xu-kitchin", sniff=sniff)
 def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
     structures_file, energies_file = _files(path)
     include_clean = bool(options.extra.get("include_clean", False))
@@ -140,8 +132,6 @@ def _to_data(entry, metal, name, coverage, energy, options, source, index) -> Da
     atoms.info["coverage"] = coverage
     if energy is not None:
         atoms.info["energy"] = energy
-    data = atoms_to_data(
-        atoms, keys=options.keys, required=options.required, source=source, index=index, dtype=options.dtype
-    )
+    data = options.to_data(atoms, source=source, index=index)
     data.name = name
     return data

@@ -1,0 +1,48 @@
+"""The ``frameavg`` commands: name -> (module that registers it, one-line help).
+
+Kept free of heavy imports: ``frameavg --help`` lists these without importing torch, PyG or
+Lightning, and only the module of the command being run is imported.
+"""
+
+from __future__ import annotations
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("frameavg.cli.data_cmd", "inspect and convert structure files"),
+    "train": ("frameavg.cli.train_cmd", "train a model from a YAML config"),
+    "test": ("frameavg.cli.train_cmd", "evaluate a checkpoint on labelled data (OC20 metrics)"),
+    "predict": ("frameavg.cli.train_cmd", "predict energies/forces with a checkpoint"),
+    "convert-checkpoint": ("frameavg.cli.checkpoint_cmd", "convert FAENet weights of the original faenet package or the OCP fork"),
+    "bench": ("frameavg.cli.bench_cmd", "throughput, peak memory and parameters of FAENet and the baselines on the same "
+              "batches (or, with --accuracy, test MAE after the same training budget)"),
+    "symmetry": ("frameavg.cli.symmetry_cmd", "invariance/equivariance errors of a model under rotations, reflections, "
+                 "translations, permutations, periodic image shifts and cell choices"),
+    "expressivity": ("frameavg.cli.expressivity_cmd", "train each model to tell apart geometric graph pairs "
+                     "(k-chains, L-fold stars, counterexamples)"),
+}
+
+
+def command_help(name: str) -> str:
+    return COMMANDS[name][1]
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (``--limit``)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, counts)."""
+    import argparse
+
+    value = nonnegative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
