@@ -143,3 +143,49 @@ def test_missing_path_and_unknown_format(tmp_path):
     (tmp_path / "notes.bin").write_bytes(b"\x00\x01 not a structure file")
     with pytest.raises(DataError, match=r"notes.bin: cannot detect the format"):
         read_structures(tmp_path / "notes.bin")
+
+
+def test_coincident_atoms(tmp_path, ethanol_text):
+    """Two atoms 0.03 Å apart pass no reader (they used to fail only at prediction)."""
+    first, second = ethanol_text
+    frame = list(second)
+    parts = frame[2 + 4].split()
+    x, y, z = (float(v) for v in frame[2 + 1].split()[1:4])
+    frame[2 + 4] = " ".join([parts[0], f"{x + 0.03:.8f}", f"{y:.8f}", f"{z:.8f}"] + parts[4:]) + "\n"
+    path = _write(tmp_path, "overlap.xyz", first, frame)
+    with pytest.raises(DataError, match=r"overlap.xyz, structure 1: atoms 1 and 4 are 0.03 Å apart \(closer than 0.1 Å"):
+        read_structures(path)
+
+
+@pytest.mark.parametrize("skew", [0.0, 0.97])
+def test_coincident_across_the_cell_boundary(tmp_path, skew):
+    """An atom at the cell's far corner coincides with another's periodic image, in an orthogonal
+    and in a strongly skewed cell."""
+    cell = np.array([[4.0, 0, 0], [4.0 * skew, 4.0, 0], [0, 0, 4.0]])
+    near = np.array([0.01, 0.02, 0.0])
+    image = near + cell[0] + cell[1] - [0.03, 0.01, 0.0]  # 0.04 Å from near's image
+    atoms = ase.Atoms("CuO", positions=[near, image], cell=cell, pbc=True)
+    path = tmp_path / "boundary.extxyz"
+    ase.io.write(path, atoms)
+    with pytest.raises(DataError, match=r"atoms 0 and 1 are 0.0\d+ Å apart"):
+        read_structures(path)
+    atoms.positions[1] += [1.0, 1.0, 1.0]
+    ase.io.write(path, atoms)
+    assert len(read_structures(path)) == 1
+
+
+def test_bad_tags(tmp_path, shared_data):
+    frames = ase.io.read(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":2")
+    tags = frames[1].get_tags()
+    tags[0] = 3
+    frames[1].set_tags(tags)
+    path = tmp_path / "tags.extxyz"
+    ase.io.write(path, frames)
+    with pytest.raises(DataError, match=r"tags.extxyz, structure 1: tag 3: OC20 tags are 0 .*tags='ase'"):
+        read_structures(path, tags="oc20")
+    assert read_structures(path)[1].tags.max() == 2  # auto: a tag above 2 means ASE's layer convention
+    tags[0] = -1
+    frames[1].set_tags(tags)
+    ase.io.write(path, frames)
+    with pytest.raises(DataError, match=r"structure 1: negative tag -1"):
+        read_structures(path)

@@ -231,3 +231,31 @@ def test_surface_tags_rule_on_a_relaxed_buckled_top_layer():
     symbols = np.array(["Pt"] * 8 + ["O"])
     heights = np.array([0.0, 0.05, 2.3, 2.31, 4.2, 4.9, 4.6, 4.3, 6.0])  # 2 atoms per layer; top buckled
     assert surface_tags(symbols, heights, "Pt").tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 2]
+
+
+def test_pymatgen_json_structures_molecules_and_entries(tmp_path):
+    """Structure dicts (Cartesian or fractional sites), Molecule dicts and computed entries with
+    energies, per-site forces; disordered sites refused."""
+    lattice = {"matrix": [[3.0, 0, 0], [0, 3.0, 0], [0, 0, 4.0]], "pbc": [True, True, False]}
+    structure = {"@module": "pymatgen.core.structure", "@class": "Structure", "lattice": lattice, "properties": {},
+                 "sites": [{"species": [{"element": "Pt", "occu": 1}], "abc": [0.5, 0.5, 0.25],
+                            "properties": {"forces": [0.0, 0.1, -0.2]}},
+                           {"species": [{"element": "O", "occu": 1.0}], "xyz": [0.0, 0.0, 2.5],
+                            "properties": {"forces": [0.0, -0.1, 0.2]}}]}
+    molecule = {"@module": "pymatgen.core.structure", "@class": "Molecule", "charge": 0, "spin_multiplicity": 1,
+                "sites": [{"species": [{"element": "C", "occu": 1}], "xyz": [0, 0, 0]},
+                          {"species": [{"element": "O", "occu": 1}], "xyz": [0, 0, 1.13]}]}
+    entry = {"@module": "pymatgen.entries.computed_entries", "@class": "ComputedStructureEntry", "energy": -12.5,
+             "correction": -0.3, "structure": structure, "entry_id": "mp-x"}
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps({"a": entry, "b": molecule}))
+    assert detect_format(path) == "pymatgen-json"
+    first, second = read_structures(path, dtype=torch.float64)
+    assert first.energy.item() == -12.5 and first.correction.item() == pytest.approx(-0.3)
+    assert first.pos[0].tolist() == [1.5, 1.5, 1.0] and first.pbc.tolist() == [[True, True, False]]
+    assert first.forces.tolist() == [[0.0, 0.1, -0.2], [0.0, -0.1, 0.2]]
+    assert second.atomic_numbers.tolist() == [6, 8] and not second.pbc.any() and "energy" not in second
+    structure["sites"][0]["species"] = [{"element": "Pt", "occu": 0.5}, {"element": "Pd", "occu": 0.5}]
+    path.write_text(json.dumps([structure]))
+    with pytest.raises(DataError, match=r"mixed.json, structure 0: site 0 is disordered"):
+        read_structures(path)
