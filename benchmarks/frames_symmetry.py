@@ -12,10 +12,15 @@ not invariant by itself) is wrapped in ``FrameAveraging`` and evaluated with
    image-invariant frame cloud vs PCA of wrapped positions (the original's frames).
 3. ``datasets``: every real dataset in ../shared/data, all checks, float64 and float32, with
    ``all`` frames; plus ``det`` (float64) and the bare model for contrast.
+4. ``periodic-faenet``: EVERY shared periodic structure (11 OC20 IS2RE slabs, the S2EF system, 882
+   Xu–Kitchin slabs, 295 oxides) and the CO-desorbed-above-Cu(111) slab, with a random FAENet
+   (float64, all frames, forces = −∂E/∂x through the frames), in 2D and 3D frames: worst errors
+   over all periodic checks, and which cloud level (reference atoms / all atoms / lattice) the
+   frames took.
 
 Usage::
 
-    python benchmarks/frames_symmetry.py [--tables degenerate,periodic,datasets] [--json]
+    python benchmarks/frames_symmetry.py [--tables degenerate,periodic,datasets,periodic-faenet] [--json]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import itertools
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +166,55 @@ def datasets_table():
     return rows
 
 
+PERIODIC_SETS = {
+    "OC20 IS2RE slabs (11)": ["oc20_is2re_samples/is2re_bs8.extxyz", "oc20_is2re_samples/is2re_bs3.extxyz"],
+    "OC20 S2EF system": ["oc20_s2ef_single/oc20_single_atoms.json"],
+    "Xu–Kitchin slabs": ["xu_kitchin_adsorption"],
+    "oxide bulk crystals": ["oxides_eos/oxides.db"],
+}
+
+
+def faenet_fa(dim):
+    from frameavg.models import FAENet
+
+    torch.manual_seed(0)
+    model = FAENet(cutoff=6.0, hidden_channels=64, num_filters=64, num_interactions=2, num_gaussians=20,
+                   tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,
+                   regress_forces=None)
+    return FrameAveraging(model, frames=dim, method="all", forces="gradient", cutoff=6.0).double().eval()
+
+
+def co_above_cu111():
+    from ase.build import add_adsorbate, fcc111
+
+    slab = fcc111("Cu", size=(3, 3, 4), vacuum=12.0)
+    add_adsorbate(slab, molecule("CO"), height=7.5, position="ontop", mol_index=0)
+    slab.center(vacuum=12.0, axis=2)
+    return atoms_to_data(slab, dtype=torch.float64)
+
+
+def periodic_faenet_table():
+    rows = []
+    sets = {"CO 7.5 Å above Cu(111)": None, **PERIODIC_SETS}
+    for name, paths in sets.items():
+        if paths is None:
+            structures = [model_inputs(co_above_cu111())]
+        else:
+            structures = [model_inputs(d) for path in paths for d in iter_structures(DATA / path, dtype=torch.float64)]
+        for dim in ("2D", "3D"):
+            report = symmetry_report(faenet_fa(dim), structures, checks=PERIODIC_CHECKS, dim=dim, cutoff=6.0,
+                                     batch_size=16)
+            levels = {}
+            for path, d in report.degeneracy.items():
+                level = path.split("/")[-1]
+                levels[level] = levels.get(level, 0) + d["count"]
+            rows.append({"dataset": name, "frames": dim, "structures": len(structures), **worst(report),
+                         "cloud_levels": levels, "paths": {k: v["count"] for k, v in report.degeneracy.items()}})
+            print(f"  {name} {dim}: |dE| {rows[-1]['energy_abs']:.1e} |dF| {rows[-1]['forces_abs']:.1e} {levels}", file=sys.stderr,
+                  flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", default="degenerate,periodic,datasets")
@@ -174,6 +229,8 @@ def main() -> None:
         result["periodic"] = periodic_table()
     if "datasets" in tables:
         result["datasets"] = datasets_table()
+    if "periodic-faenet" in tables:
+        result["periodic-faenet"] = periodic_faenet_table()
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -197,6 +254,11 @@ def main() -> None:
                   f"batch {a['batch_abs']:.0e} | f32 rel {b['energy_rel']:.1e} {b['forces_rel']:.1e} abs {b['forces_abs']:.1e} "
                   f"| det {r['det_float64']['energy_abs']:.1e} | bare {r['bare_model_rotation']['energy_abs']:.1e} "
                   f"{r['bare_model_rotation']['forces_abs']:.1e} | {r['degeneracy']}")
+    if "periodic-faenet" in result:
+        print("\nEvery shared periodic structure, FAENet all frames, float64: max over all periodic checks")
+        for r in result["periodic-faenet"]:
+            print(f"{r['dataset']:24s} {r['frames']} n={r['structures']:4d} |dE| {r['energy_abs']:.1e} "
+                  f"|dF| {r['forces_abs']:.1e} | {r['cloud_levels']} | {r['paths']}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; the command named in ``argv`` gets its full parser, the others a stub (all of
     them fully when ``argv`` is None)."""
-    parser = Parser(prog="frameavg", description=__doc__.splitlines()[0])
+    parser = Parser(prog="frameavg", description="frame averaging and FAENet for machine learning on 3D atomic systems")
     parser.add_argument("--version", action="version", version=f"frameavg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -54,7 +54,14 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, like errors."""
+    print(f"frameavg: warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
@@ -62,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():  # restores the caller's warning display afterwards
+            if not args.debug:
+                warnings.showwarning = _show_warning
+            code = args.func(args)
     except (FrameavgError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         if args.debug:
             raise

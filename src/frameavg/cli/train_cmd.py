@@ -27,6 +27,8 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help=command_help("predict"))
     _add_checkpoint_data_args(p)
     p.add_argument("--out", required=True, help="output file: .npz or .extxyz/.xyz (ASE-readable)")
+    p.add_argument("--stress", action="store_true",
+                   help="also predict the stress (eV/Å³, strain derivative) of structures with a cell volume")
     p.set_defaults(func=run_predict)
 
 
@@ -144,7 +146,7 @@ def run_predict(args) -> int:
     from frameavg.training.run import evaluate
 
     task, structures, _, failed = _load(args)
-    _, pred = evaluate(task, structures, args.batch_size, failed=failed)
+    _, pred = evaluate(task, structures, args.batch_size, failed=failed, stress=args.stress or None)
     _report_failures(args.data, pred["status"])
     write_predictions(Path(args.out), structures, pred)
     bad = sum(s != "ok" for s in pred["status"])

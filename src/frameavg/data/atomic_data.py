@@ -121,7 +121,7 @@ def atoms_to_data(
         cell=torch.as_tensor(cell, dtype=dtype).unsqueeze(0),
         pbc=torch.as_tensor(pbc).unsqueeze(0),
         natoms=torch.tensor([n], dtype=torch.long),
-        fixed=torch.as_tensor(_fixed_mask(atoms)),
+        fixed=torch.as_tensor(fixed_mask(atoms)),
     )
     if "tags" in atoms.arrays and tags != "ignore":
         data.tags = torch.as_tensor(convert_tags(np.asarray(atoms.arrays["tags"]), tags, fail), dtype=torch.long)
@@ -147,6 +147,22 @@ def atoms_to_data(
 
     check_required(data, required, labels, fail)
     return data
+
+
+def data_to_atoms(data: Data):
+    """An ``ase.Atoms`` of one structure's ``Data`` (positions, numbers, cell, pbc; ``fixed`` as
+    ``FixAtoms``; tags in OC20's convention). Labels are not copied."""
+    import ase
+    from ase.constraints import FixAtoms
+
+    atoms = ase.Atoms(numbers=data.atomic_numbers.cpu().numpy(), positions=data.pos.detach().cpu().double().numpy(),
+                      cell=data.cell.reshape(3, 3).detach().cpu().double().numpy(),
+                      pbc=data.pbc.reshape(3).cpu().numpy())
+    if "tags" in data:
+        atoms.set_tags(data.tags.cpu().numpy())
+    if "fixed" in data and bool(data.fixed.any()):
+        atoms.set_constraint(FixAtoms(mask=data.fixed.cpu().numpy()))
+    return atoms
 
 
 def check_key_mapping(keys: Mapping[str, str], available: Iterable[str], fail) -> None:
@@ -291,7 +307,8 @@ def validate_data(data: Data, fail, *, distances: bool = False) -> None:
         check_distances(pos.double().numpy(), cell_np, pbc_np, fail)
 
 
-def _fixed_mask(atoms) -> np.ndarray:
+def fixed_mask(atoms) -> np.ndarray:
+    """[N] bool: atoms held fixed (``fixed`` / OC20 ``move_mask`` arrays, ``FixAtoms`` constraints)."""
     fixed = np.zeros(len(atoms), dtype=bool)
     if "fixed" in atoms.arrays:
         fixed |= np.asarray(atoms.arrays["fixed"], dtype=bool)

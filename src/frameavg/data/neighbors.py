@@ -185,3 +185,70 @@ def edge_vectors(pos: torch.Tensor, edge_index: torch.Tensor, cell_offsets: torc
         graph = batch[target] if batch is not None else torch.zeros_like(target)
         vectors = vectors + torch.einsum("ek,ekl->el", cell_offsets.to(pos.dtype), cell.to(pos.dtype)[graph])
     return vectors
+
+
+class VerletList:
+    """Neighbour list with a skin, for one structure whose atoms move a little between calls
+    (molecular dynamics, relaxations, an ASE calculator).
+
+    Candidate pairs are found at ``cutoff + skin`` and rebuilt only when an atom has moved more
+    than ``skin / 2`` since the last build, or the cell, periodicity or number of atoms changed. At
+    every call the candidates are filtered to ``d < cutoff`` and ``max_neighbors`` (ties within
+    0.01 Å kept unless ``strict``) is applied to the current distances, so the edges equal those of
+    a fresh ``neighbor_list`` (same order: by centre, then distance).
+
+    Attributes: ``calls``, ``rebuilds``.
+    """
+
+    def __init__(self, cutoff: float, skin: float = 0.5, max_neighbors: int | None = None, strict: bool = False,
+                 max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM):
+        if cutoff <= 0 or skin < 0:
+            raise DataError(f"cutoff must be positive and skin non-negative, got {cutoff} and {skin}")
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self.max_neighbors, self.strict = max_neighbors, strict
+        self.max_edges_per_atom = max_edges_per_atom
+        self.calls = self.rebuilds = 0
+        self._reference = None  # (positions, cell, pbc) of the last build
+        self._candidates = None  # (neighbour j, centre i, shifts)
+
+    def edges(self, pos: torch.Tensor, cell: torch.Tensor | None, pbc: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """edge_index [2,E] (row 0 neighbour j, row 1 centre i) and cell_offsets [E,3] at ``pos``."""
+        self.calls += 1
+        points = pos.detach().cpu().numpy().astype(np.float64)
+        periodic = np.zeros(3, dtype=bool) if pbc is None else pbc.detach().cpu().numpy().reshape(3).astype(bool)
+        box = np.zeros((3, 3)) if cell is None or not periodic.any() else \
+            cell.detach().cpu().numpy().reshape(3, 3).astype(np.float64)
+        if self._stale(points, box, periodic):
+            self._rebuild(pos, points, box, periodic)
+        neighbour, centre, shifts = self._candidates
+        vectors = points[neighbour] - points[centre] + shifts @ box
+        distance = np.sqrt((vectors * vectors).sum(-1))
+        inside = np.flatnonzero(distance < self.cutoff)
+        order = inside[np.lexsort((distance[inside], centre[inside]))]
+        neighbour, centre, shifts, distance = neighbour[order], centre[order], shifts[order], distance[order]
+        if self.max_neighbors is not None:
+            keep = _max_neighbors_mask(centre, distance, len(points), self.max_neighbors, self.strict)
+            neighbour, centre, shifts = neighbour[keep], centre[keep], shifts[keep]
+        edge_index = torch.from_numpy(np.stack([neighbour, centre]).astype(np.int64)).to(pos.device)
+        offsets = torch.from_numpy(np.ascontiguousarray(shifts)).to(device=pos.device, dtype=pos.dtype)
+        return edge_index, offsets
+
+    def _stale(self, points, box, periodic) -> bool:
+        if self._reference is None:
+            return True
+        old_points, old_box, old_periodic = self._reference
+        if old_points.shape != points.shape or not np.array_equal(old_periodic, periodic) \
+                or not np.array_equal(old_box, box):
+            return True
+        moved = np.sqrt(((points - old_points) ** 2).sum(-1)).max() if len(points) else 0.0
+        return bool(moved > self.skin / 2)
+
+    def _rebuild(self, pos, points, box, periodic) -> None:
+        self.rebuilds += 1
+        edge_index, offsets = neighbor_list(
+            pos, torch.as_tensor(box, dtype=pos.dtype), torch.as_tensor(periodic), self.cutoff + self.skin,
+            max_edges_per_atom=self.max_edges_per_atom)
+        self._candidates = (edge_index[0].cpu().numpy(), edge_index[1].cpu().numpy(),
+                            offsets.cpu().numpy().astype(np.float64))
+        self._reference = (points.copy(), box.copy(), periodic.copy())

@@ -39,6 +39,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from frameavg.data.neighbors import RadiusGraph
+from frameavg.derivatives import with_derivatives
 from frameavg.errors import ConfigError, DataError
 
 CHECKS = ("rotation", "reflection", "translation", "permutation", "image", "cell", "batch", "repeat")
@@ -167,11 +168,11 @@ def predict(model, structures: list[Data], *, graph=None, batch_size: int = 32) 
             raise ConfigError(f"model output has no 'energy' (keys: {', '.join(out)})")
         energy = out["energy"].reshape(-1)
         f = out.get("forces")
-        if f is None:  # forces as -dE/dpos
-            with torch.enable_grad():
-                batch.pos = batch.pos.detach().requires_grad_(True)
-                energy = model(batch)["energy"].reshape(-1)
-                f = -torch.autograd.grad(energy.sum(), batch.pos)[0] if energy.requires_grad else None
+        if f is None:  # forces as -dE/dpos (None when the energy does not depend on positions)
+            with torch.no_grad():
+                out = with_derivatives(model, batch, forces=True)
+            energy = out["energy"].reshape(-1)
+            f = out["forces"] if out["energy"].requires_grad else None
         energies.append(energy.detach().double())
         ptr = batch.ptr.tolist()
         forces.extend(None if f is None else f.detach().double()[ptr[i]:ptr[i + 1]] for i in range(len(chunk)))

@@ -11,11 +11,13 @@ vector outputs (forces) are rotated back with ``v @ U.T`` before averaging, rank
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from torch import nn
 from torch_geometric.data import Batch
 
+from frameavg.derivatives import energy_gradients
 from frameavg.errors import ConfigError
 from frameavg.frames.compute import DEFAULT_MAX_FRAMES, DEFAULT_TOL, Frames, compute_frames
 from frameavg.frames.methods import FrameMethod
@@ -91,6 +93,15 @@ class FrameAveraging(nn.Module):
         """The frame method of the current mode (train or eval)."""
         return self.train_spec if self.training else self.eval_spec
 
+    def with_eval_method(self, method: str) -> "FrameAveraging":
+        """A wrapper around the same model (shared weights) that evaluates with ``method`` (e.g.
+        ``all`` for exact averages, ``stochastic`` for one frame), other settings unchanged."""
+        other = copy.copy(self)
+        other.eval_spec = FrameMethod.parse(method, self.eval_spec.dim)
+        other.generator = torch.Generator().manual_seed(self.seed)
+        other.last_frames = None
+        return other
+
     def reset_generator(self, seed: int | None = None) -> None:
         """Restart the stochastic/DA random stream (reproducible evaluations)."""
         self.generator.manual_seed(self.seed if seed is None else seed)
@@ -129,11 +140,11 @@ class FrameAveraging(nn.Module):
             if gradient:
                 if self.energy_key not in out:
                     raise ConfigError(f"forces='gradient' needs the model output '{self.energy_key}'")
-                (grad,) = torch.autograd.grad(out[self.energy_key].sum(), pos, create_graph=self.training)
+                forces, _ = energy_gradients(out[self.energy_key], pos, create_graph=self.training)
                 key = "forces_gradient" if self.forces == "both" else "forces"
                 if self.forces == "gradient" and "forces" in out:
                     out["forces_model"] = out.pop("forces")
-                out[key] = -grad
+                out[key] = forces
         return out
 
 

@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from frameavg.data.neighbors import edge_vectors, radius_graph_batch
+from frameavg.derivatives import conservative_forces
 from frameavg.errors import ConfigError, DataError
+from frameavg.outputs import ENERGY, FORCES
 
 #: Force modes of the baselines: conservative, a direct head, or energy only.
 FORCE_MODES = ("from_energy", "direct", None)
@@ -162,11 +164,9 @@ class EnergyModel(nn.Module):
                 pos = pos.detach().requires_grad_(True)
             inputs = self.graph_inputs(batch, pos)
             energy, direct = self.energy(inputs, direct_forces=self.regress_forces == "direct")
-        out = {"energy": energy}
+        out = {ENERGY: energy}
         if self.regress_forces == "direct":
-            out["forces"] = direct
+            out[FORCES] = direct
         elif from_energy:
-            (grad,) = torch.autograd.grad(energy, pos, grad_outputs=torch.ones_like(energy),
-                                          create_graph=outer_grad, retain_graph=outer_grad)
-            out["forces"] = -grad
+            out[FORCES] = conservative_forces(energy, pos, create_graph=outer_grad)
         return out

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import Embedding, Linear
 
 from frameavg.data.neighbors import edge_vectors, radius_graph_batch
+from frameavg.derivatives import energy_gradients
 from frameavg.errors import ConfigError, DataError
 from frameavg.models.base import check_atomic_numbers, check_tags, num_graphs_of
 from frameavg.models.blocks import (
@@ -31,6 +32,7 @@ from frameavg.models.blocks import (
 )
 from frameavg.models.edge_filter import EdgePass, EdgeWorkspace, edge_pairs, filtered_message_sum
 from frameavg.models.elements import MAX_ATOMIC_NUMBER, NORMALISATION_MAX_Z, element_table
+from frameavg.outputs import ENERGY, FORCES, GRADIENT_FORCES
 
 MP_TYPES = ("simple", "updownscale", "updownscale_base", "base", "updown_local_env")
 SKIP_CO = (False, "add", "concat", "concat_atom")
@@ -654,19 +656,16 @@ class FAENet(nn.Module):
             ),
         )
 
-        out = {"energy": energy}
+        out = {ENERGY: energy}
         if self.decoder is not None:
-            out["forces"] = self.decoder(h)
+            out[FORCES] = self.decoder(h)
         if need_pos_grad:
             create_graph = outer_grad and self.regress_forces == "from_energy"
-            (grad,) = torch.autograd.grad(
-                energy, pos, grad_outputs=torch.ones_like(energy),
-                create_graph=create_graph, retain_graph=outer_grad,
-            )
+            forces, _ = energy_gradients(energy, pos, create_graph=create_graph, retain_graph=outer_grad)
             if self.regress_forces == "from_energy":
-                out["forces"] = -grad
+                out[FORCES] = forces
             else:
-                out["gradient_forces"] = -grad.detach()
+                out[GRADIENT_FORCES] = forces.detach()
         return out
 
     def energy_and_states(

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "max_edges_per_atom": 2000,  # memory guard of the neighbour lists (see data.neighbors)
     },
-    "targets": {"energy": True, "forces": False},
+    "targets": {"energy": True, "forces": False, "stress": False},
     "loss": {
         "energy": "mae",  # mae | mse
         "forces": "l2mae",  # l2mae | mae | mse
@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
         "forces_weight": 100.0,
         "gradient_weight": 0.0,  # direct forces vs -dE/dx of the model (direct_with_gradient_target)
         "conservation_weight": 0.0,  # -dE/dx of the model vs the reference forces
+        "stress": "mae",  # mae | mse, over the 9 components (eV/Å³ labels, Voigt or 3x3)
+        "stress_weight": 1.0,
         "train_on_free_atoms": True,
     },
     # std None: the training force RMS when forces are a target, else the energy residual std
@@ -118,7 +120,8 @@ SCHEMA: dict[str, tuple] = {
     "data.trusted": _BOOL, "data.cutoff": _float(0.0, open_low=True), "data.max_neighbors": _int(1, none=True),
     "data.batch_size": _int(1), "data.eval_batch_size": _int(1), "data.num_workers": _int(0),
     "data.max_edges_per_atom": _float(0.0, none=True, open_low=True),
-    "targets.energy": _BOOL, "targets.forces": _BOOL,
+    "targets.energy": _BOOL, "targets.forces": _BOOL, "targets.stress": _BOOL,
+    "loss.stress": _choice("mae", "mse"), "loss.stress_weight": _float(0.0),
     "loss.energy": _choice("mae", "mse"), "loss.forces": _choice("l2mae", "mae", "mse"),
     "loss.energy_weight": _float(0.0), "loss.forces_weight": _float(0.0), "loss.gradient_weight": _float(0.0),
     "loss.conservation_weight": _float(0.0), "loss.train_on_free_atoms": _BOOL,

@@ -8,6 +8,9 @@ Thresholds: 0.02 eV for energies, 0.03 eV/Å (maximum absolute component) for fo
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 ENERGY_THRESHOLD = 0.02  # eV
@@ -64,7 +67,7 @@ def oc20_metrics(pred: dict, target: dict, natoms: torch.Tensor, free: torch.Ten
 
     Args:
         natoms: [B] atoms per structure. free: [N] bool, atoms the force metrics are taken on
-            (None: all atoms).
+            (None: all atoms). ``stress`` [B,3,3] (eV/Å³) gives ``stress_mae`` (not an OC20 metric).
     Returns: {metric name: float}.
     """
     out = {}
@@ -89,4 +92,59 @@ def oc20_metrics(pred: dict, target: dict, natoms: torch.Tensor, free: torch.Ten
             out["energy_forces_within_threshold"] = energy_forces_within_threshold(
                 e_pred, e_true, f_pred, f_true, counts
             ).item()
+    if "stress" in pred and "stress" in target:
+        s_pred, s_true = pred["stress"].detach().reshape(-1, 9), target["stress"].detach().reshape(-1, 9)
+        out["stress_mae"] = (s_pred - s_true).abs().mean().item()  # eV/Å³, over all 9 components
+    return out
+
+
+# --------------------------------------------------------------------------- IS2RS / IS2RE by relaxation
+ADWT_THRESHOLDS = np.arange(0.01, 0.5, 0.001)  # Å, the OC20 evaluator's
+
+
+def min_image_displacement(pred_pos: np.ndarray, target_pos: np.ndarray, cell: np.ndarray, pbc) -> np.ndarray:
+    """[n,3] displacements pred − target reduced to the nearest periodic image (OC20 ``min_diff``):
+    fractional differences along periodic axes wrapped into (−1/2, 1/2]. (OC20 also folds
+    non-periodic axes; its structures are periodic along all three, where both agree.)"""
+    diff = np.asarray(pred_pos, dtype=np.float64) - np.asarray(target_pos, dtype=np.float64)
+    periodic = np.asarray(pbc, dtype=bool).reshape(3)
+    if not periodic.any():
+        return diff
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    fractional = np.linalg.solve(cell.T, diff.T).T
+    wrapped = fractional % 1.0 % 1.0  # twice, as OC20: -1e-17 % 1.0 == 1.0
+    wrapped[wrapped > 0.5] -= 1.0
+    fractional[:, periodic] = wrapped[:, periodic]
+    return fractional @ cell
+
+
+def average_distance_within_threshold(mean_distances) -> float:
+    """OC20's ADwT: the fraction of (structure, threshold) pairs, thresholds 0.01..0.499 Å, whose
+    mean free-atom distance to the relaxed positions is below the threshold."""
+    distances = np.asarray(mean_distances, dtype=np.float64)
+    if distances.size == 0:
+        return math.nan
+    return float((distances[:, None] < ADWT_THRESHOLDS[None, :]).mean())
+
+
+def relaxation_metrics(pred_positions, target_positions, cells, pbcs, free_masks,
+                       pred_energies=None, target_energies=None) -> dict:
+    """IS2RS and IS2RE-by-relaxation metrics of relaxed structures against relaxed references.
+
+    Args (one entry per structure): positions [n,3] Å, cells [3,3], pbcs [3], free_masks [n]
+    (atoms that count: OC20 evaluates free atoms only); energies eV (optional).
+    Returns ``average_distance_within_threshold``, ``mean_distance`` (Å, mean over structures),
+    and with energies ``relaxed_energy_mae`` (eV) and ``relaxed_energy_within_threshold``
+    (fraction within 0.02 eV)."""
+    distances = []
+    for pred, target, cell, pbc, free in zip(pred_positions, target_positions, cells, pbcs, free_masks):
+        free = np.asarray(free, dtype=bool)
+        diff = min_image_displacement(np.asarray(pred)[free], np.asarray(target)[free], cell, pbc)
+        distances.append(float(np.linalg.norm(diff, axis=1).mean()) if free.any() else 0.0)
+    out = {"average_distance_within_threshold": average_distance_within_threshold(distances),
+           "mean_distance": float(np.mean(distances)) if distances else math.nan}
+    if pred_energies is not None and target_energies is not None:
+        errors = np.abs(np.asarray(pred_energies, dtype=np.float64) - np.asarray(target_energies, dtype=np.float64))
+        out["relaxed_energy_mae"] = float(errors.mean())
+        out["relaxed_energy_within_threshold"] = float((errors < ENERGY_THRESHOLD).mean())
     return out

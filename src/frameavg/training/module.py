@@ -2,7 +2,8 @@
 
 The network predicts normalised energies (and forces in the same units per Å); the module maps
 them to eV / eV/Å with its ``EnergyNormalizer``, which is saved in the checkpoint together with the
-config, so a checkpoint alone rebuilds the model and predicts.
+config, so a checkpoint alone rebuilds the model and predicts. Forces and stress that are not a
+model head come from ``frameavg.derivatives`` (through the frames when frame-averaged).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import math
 import lightning as L
 import torch
 
+from frameavg.derivatives import differentiable_inputs, voigt_to_matrix
 from frameavg.errors import ConfigError, TrainingError
+from frameavg.outputs import ENERGY, FORCES, GRADIENT_FORCES, STRESS
 from frameavg.training.losses import energy_loss, forces_loss
 from frameavg.training.metrics import oc20_metrics
 from frameavg.training.normalization import EnergyNormalizer
@@ -44,37 +47,51 @@ class AtomisticTask(L.LightningModule):
         self.net = build_network(config)
         self.normalizer = EnergyNormalizer()
         self.predict_forces = bool(config["targets"]["forces"])
+        self.predict_stress = bool(config["targets"].get("stress", False))
         self.loss_cfg = config["loss"]
+        #: atomic numbers of the training set (saved in checkpoints; None when unknown)
+        self.training_elements: list[int] | None = None
 
     # ---- prediction -------------------------------------------------------------------------
-    def normalized_outputs(self, batch) -> dict:
-        """Network outputs in normalised units.
+    def normalized_outputs(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
+        """Network outputs in normalised units (the batch is never modified).
 
-        When forces are a target, ``pos`` gets ``requires_grad``, and ``gradient_forces`` = -dE/dpos
-        of the (frame-averaged) energy with respect to the original positions is computed when the
-        network predicts no ``forces``, for the conservation loss, or for the gradient loss when the
-        network does not supply its own (detached) ``gradient_forces``, as FAENet's
-        ``direct_with_gradient_target`` does.
+        ``forces``/``stress`` (default: whether they are training targets): ``gradient_forces`` =
+        −∂E/∂x of the (frame-averaged) energy with respect to the original positions is computed
+        when the network predicts no ``forces``, for the conservation loss, or for the gradient
+        loss when the network does not supply its own (detached) ``gradient_forces``, as FAENet's
+        ``direct_with_gradient_target`` does; with ``stress``, also ``virial`` and ``stress`` from
+        the strain derivative.
         """
-        if not self.predict_forces:
+        forces = self.predict_forces if forces is None else forces
+        stress = self.predict_stress if stress is None else stress
+        if not (forces or stress):
             return dict(self.net(batch))
         with torch.enable_grad():
-            batch.pos.requires_grad_(True)
-            out = dict(self.net(batch))
+            inputs = differentiable_inputs(batch, stress=stress)
+            out = dict(self.net(inputs.batch))
             cfg = self.loss_cfg
-            needs_own = cfg["conservation_weight"] > 0 or (cfg["gradient_weight"] > 0 and "gradient_forces" not in out)
-            if "forces" not in out or (self.training and needs_own):
-                (grad,) = torch.autograd.grad(out["energy"].sum(), batch.pos, create_graph=self.training)
-                out["gradient_forces"] = -grad
-                out.setdefault("forces", out["gradient_forces"])
+            needs_own = cfg["conservation_weight"] > 0 or (cfg["gradient_weight"] > 0 and GRADIENT_FORCES not in out)
+            if FORCES not in out or (self.training and needs_own) or stress:
+                derived = inputs.derivatives(out[ENERGY], create_graph=self.training)
+                out[GRADIENT_FORCES] = derived.pop(FORCES)
+                out.setdefault(FORCES, out[GRADIENT_FORCES])
+                out.update(derived)
         return out
 
-    def forward(self, batch) -> dict:
-        """Predictions in physical units: ``energy`` [B] eV (float64), ``forces`` [N,3] eV/Å."""
-        out = self.normalized_outputs(batch)
-        pred = {"energy": self.normalizer.denormalize_energy(out["energy"], batch.atomic_numbers, batch.batch)}
-        if self.predict_forces:
-            pred["forces"] = self.normalizer.denormalize_forces(out["forces"])
+    def forward(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
+        """Predictions in physical units: ``energy`` [B] eV (float64), ``forces`` [N,3] eV/Å,
+        ``stress`` [B,3,3] eV/Å³ (``forces``/``stress`` default to the training targets)."""
+        forces = self.predict_forces if forces is None else forces
+        stress = self.predict_stress if stress is None else stress
+        out = self.normalized_outputs(batch, forces=forces, stress=stress)
+        pred = {ENERGY: self.normalizer.denormalize_energy(out[ENERGY], batch.atomic_numbers, batch.batch)}
+        if forces:
+            pred[FORCES] = self.normalizer.denormalize_forces(out[FORCES])
+            if GRADIENT_FORCES in out and out[GRADIENT_FORCES] is not out[FORCES]:
+                pred[GRADIENT_FORCES] = self.normalizer.denormalize_forces(out[GRADIENT_FORCES])
+        if stress:
+            pred[STRESS] = self.normalizer.denormalize_forces(out[STRESS])
         return pred
 
     # ---- losses ------------------------------------------------------------------------------
@@ -95,6 +112,9 @@ class AtomisticTask(L.LightningModule):
                 if cfg["conservation_weight"] > 0:  # the energy's gradient follows the reference forces
                     losses["conservation"] = cfg["conservation_weight"] * forces_loss(
                         cfg["forces"], out["gradient_forces"], target, mask)
+        if self.predict_stress:
+            target = self.normalizer.normalize_forces(voigt_to_matrix(batch.stress)).to(out[STRESS].dtype)
+            losses["stress"] = cfg["stress_weight"] * energy_loss(cfg["stress"], out[STRESS], target)
         losses["loss"] = sum(losses.values())
         return losses
 
@@ -117,6 +137,9 @@ class AtomisticTask(L.LightningModule):
         if self.predict_forces:
             pred["forces"] = self.normalizer.denormalize_forces(out["forces"].detach())
             target["forces"] = batch.forces
+        if self.predict_stress:
+            pred[STRESS] = self.normalizer.denormalize_forces(out[STRESS].detach())
+            target[STRESS] = voigt_to_matrix(batch.stress)
         free = ~batch.fixed if "fixed" in batch and self.config["loss"]["train_on_free_atoms"] else None
         metrics = oc20_metrics(pred, target, batch.natoms, free)
         logged = {f"val/{k}": v for k, v in losses.items()} | {f"val/{k}": v for k, v in metrics.items()}
@@ -151,12 +174,14 @@ class AtomisticTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         import frameavg
 
-        checkpoint["frameavg"] = {"version": frameavg.__version__, "torch": "%s" % torch.__version__}  # plain str: TorchVersion is not weights_only-safe
+        checkpoint["frameavg"] = {"version": frameavg.__version__, "torch": "%s" % torch.__version__,  # plain str: TorchVersion is not weights_only-safe
+                                  "training_elements": self.training_elements}
         generator = getattr(self.net, "generator", None)  # stochastic frames: resume the same stream
         if generator is not None:
             checkpoint["frame_generator_state"] = generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.training_elements = (checkpoint.get("frameavg") or {}).get("training_elements")
         generator = getattr(self.net, "generator", None)
         if generator is not None and "frame_generator_state" in checkpoint:
             generator.set_state(checkpoint["frame_generator_state"])

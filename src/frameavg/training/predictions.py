@@ -11,8 +11,9 @@ from frameavg.files import atomic_output
 
 
 def write_predictions(path: Path, structures: list, pred: dict) -> None:
-    """Atomically write ``pred`` (``energy`` [B] eV, optional ``forces`` [N,3] eV/Å, ``natoms`` [B],
-    optional ``status`` [B]: "ok" or why a structure was not predicted, its values then NaN).
+    """Atomically write ``pred`` (``energy`` [B] eV, optional ``forces`` [N,3] eV/Å, ``stress``
+    [B,3,3] eV/Å³, ``natoms`` [B], optional ``status`` [B]: "ok" or why a structure was not
+    predicted, its values then NaN).
 
     ``.npz``: ``energy`` [B], ``natoms`` [B], ``forces`` [N,3] (concatenated), ``index`` [B],
     ``status`` [B] strings.
@@ -25,32 +26,36 @@ def write_predictions(path: Path, structures: list, pred: dict) -> None:
     energy = pred["energy"].double().cpu().numpy()
     natoms = pred["natoms"].cpu().numpy()
     forces = pred["forces"].double().cpu().numpy() if "forces" in pred else None
+    stress = pred["stress"].double().cpu().numpy() if "stress" in pred else None
     status = list(pred.get("status") or ["ok"] * len(energy))
     with atomic_output(path) as tmp:
         if suffix == ".npz":
             arrays = {"energy": energy, "natoms": natoms, "index": np.arange(len(energy)), "status": np.array(status)}
             if forces is not None:
                 arrays["forces"] = forces
+            if stress is not None:
+                arrays["stress"] = stress
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
         else:
-            _write_extxyz(tmp, structures, energy, forces, natoms, status)
+            _write_extxyz(tmp, structures, energy, forces, natoms, status, stress)
 
 
-def _write_extxyz(tmp, structures: list, energy, forces, natoms, status) -> None:
-    import ase
+def _write_extxyz(tmp, structures: list, energy, forces, natoms, status, stress=None) -> None:
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
+
+    from frameavg.data.atomic_data import data_to_atoms
 
     offsets = np.concatenate([[0], np.cumsum(natoms)])
     frames = []
     for i, data in enumerate(structures):
-        pbc = data.pbc[0].numpy()
-        atoms = ase.Atoms(numbers=data.atomic_numbers.numpy(), positions=data.pos.detach().double().numpy(),
-                          cell=data.cell[0].double().numpy(), pbc=pbc)
+        atoms = data_to_atoms(data)
         results = {"energy": float(energy[i])}
         if forces is not None:
             results["forces"] = forces[offsets[i]:offsets[i + 1]]
+        if stress is not None and np.isfinite(stress[i]).all():
+            results["stress"] = stress[i]
         atoms.calc = SinglePointCalculator(atoms, **results)
         atoms.info["status"] = status[i]
         frames.append(atoms)

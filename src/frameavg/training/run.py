@@ -11,7 +11,9 @@ import lightning as L
 import torch
 from torch_geometric.data import Batch
 
+from frameavg.derivatives import voigt_to_matrix
 from frameavg.errors import ConfigError, DataError, FrameavgError
+from frameavg.outputs import ENERGY, FORCES, STRESS
 from frameavg.training.config import save_config, validate_model_section
 from frameavg.training.data_module import AtomisticDataModule
 from frameavg.training.metrics import oc20_metrics
@@ -19,11 +21,11 @@ from frameavg.training.module import AtomisticTask
 from frameavg.training.normalization import EnergyNormalizer
 
 
-def fit_normalizer(config: dict, train_set: list) -> EnergyNormalizer:
+def fit_normalizer(config: dict, batch: Batch) -> EnergyNormalizer:
+    """The energy normaliser of a config fitted on the training structures (one ``Batch``)."""
     cfg = config["normalize"]
     if not config["targets"]["energy"] or not cfg["energy"]:
         return EnergyNormalizer()
-    batch = Batch.from_data_list([train_set[i] for i in range(len(train_set))])
     fitted = EnergyNormalizer.fit(batch.atomic_numbers, batch.batch, batch.energy,
                                   use_element_references=cfg["element_references"])
     mean = fitted.mean.item() if cfg["mean"] is None else cfg["mean"]
@@ -82,7 +84,9 @@ def train(config: dict, resume: str | None = None) -> dict:
     data.setup("fit")
     task = AtomisticTask(config)
     if checkpoint is None:
-        task.normalizer = fit_normalizer(config, data.train_set)
+        train_batch = Batch.from_data_list([data.train_set[i] for i in range(len(data.train_set))])
+        task.normalizer = fit_normalizer(config, train_batch)
+        task.training_elements = train_batch.atomic_numbers.unique().tolist()
     else:
         data.resume_loader_state = _loader_state(checkpoint)
     run_dir = _run_dir(config, resume)
@@ -196,16 +200,19 @@ def baseline_metrics(task: AtomisticTask, structures: list) -> dict:
 
 @torch.no_grad()
 def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
-             failed: dict[int, str] | None = None) -> tuple[dict, dict]:
-    """OC20 metrics over all structures at once, and the predictions (eV, eV/Å) per structure.
+             failed: dict[int, str] | None = None, stress: bool | None = None) -> tuple[dict, dict]:
+    """OC20 metrics over all structures at once, and the predictions (eV, eV/Å, eV/Å³) per structure.
 
     A structure the model refuses (a ``DataError``: an element it does not embed, bad tags) does
     not stop the others: its batch is re-run one structure at a time, its predictions are NaN,
     ``pred["status"]`` holds ``"ok"`` or its error message for every structure, and the metrics
     cover the structures that were predicted (``metrics["structures_failed"]`` counts the rest).
     ``failed``: {index: message} of structures already known to be bad (not predicted).
+    ``stress``: predict stress [B,3,3] too (default: when the model was trained on it; NaN for
+    structures without a cell volume).
     """
     task.eval()
+    stress = task.predict_stress if stress is None else stress
     status = ["ok"] * len(structures)
     for i, message in (failed or {}).items():
         status[i] = message
@@ -214,36 +221,35 @@ def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         try:
-            parts = _predict_split(task, [structures[i] for i in chunk])
+            parts = _predict_split(task, [structures[i] for i in chunk], stress)
         except DataError:
             parts = []
             for i in chunk:
                 try:
-                    parts += _predict_split(task, [structures[i]])
+                    parts += _predict_split(task, [structures[i]], stress)
                 except DataError as exc:
                     parts.append(None)
                     status[i] = str(exc)
         for i, part in zip(chunk, parts):
             outputs[i] = part
     natoms = torch.tensor([int(d.natoms.reshape(-1)[0]) for d in structures], dtype=torch.long)
-    has_forces = any(o is not None and "forces" in o for o in outputs)
-    energies, forces = [], []
-    for data, out in zip(structures, outputs):
-        n = int(data.natoms.reshape(-1)[0])
-        energies.append(out["energy"] if out is not None else torch.full((1,), math.nan, dtype=torch.float64))
-        if has_forces:
-            forces.append(out["forces"] if out is not None else torch.full((n, 3), math.nan, dtype=torch.float64))
-    pred = {"energy": torch.cat(energies).double()}
-    if has_forces:
-        pred["forces"] = torch.cat(forces).double()
+    pred = {}
+    for key, per_atom, shape in ((ENERGY, False, ()), (FORCES, True, (3,)), (STRESS, False, (3, 3))):
+        if not any(o is not None and key in o for o in outputs):
+            continue
+        pred[key] = torch.cat([o[key] if o is not None else torch.full((int(n) if per_atom else 1, *shape), math.nan,
+                                                                       dtype=torch.float64)
+                               for o, n in zip(outputs, natoms)])
     ok = torch.tensor([s == "ok" for s in status])
     atom_ok = torch.repeat_interleave(ok, natoms)
     target = {}
-    if all("energy" in d for d in structures):
-        target["energy"] = torch.cat([d.energy.reshape(-1) for d in structures])[ok]
-    if has_forces and all("forces" in d for d in structures):
-        target["forces"] = torch.cat([d.forces for d in structures])[atom_ok]
-    kept = {key: value[ok] if key == "energy" else value[atom_ok] for key, value in pred.items()}
+    if all(ENERGY in d for d in structures):
+        target[ENERGY] = torch.cat([d.energy.reshape(-1) for d in structures])[ok]
+    if FORCES in pred and all(FORCES in d for d in structures):
+        target[FORCES] = torch.cat([d.forces for d in structures])[atom_ok]
+    if STRESS in pred and all(STRESS in d for d in structures):
+        target[STRESS] = torch.cat([voigt_to_matrix(d.stress.double()) for d in structures])[ok]
+    kept = {key: value[atom_ok] if key == FORCES else value[ok] for key, value in pred.items()}
     free = None
     if task.config["loss"]["train_on_free_atoms"]:
         free = torch.cat([~d.fixed if "fixed" in d else torch.ones(int(d.natoms), dtype=torch.bool)
@@ -256,15 +262,17 @@ def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
     return metrics, pred
 
 
-def _predict_split(task: AtomisticTask, chunk: list) -> list[dict]:
-    """Predictions of one batch, split per structure: [{"energy": [1], "forces": [n,3]}]."""
+def _predict_split(task: AtomisticTask, chunk: list, stress: bool) -> list[dict]:
+    """Predictions of one batch, split per structure: [{"energy": [1], "forces": [n,3], "stress": [1,3,3]}]."""
     batch = Batch.from_data_list(chunk)
-    out = task(batch)
+    out = task(batch, stress=stress)
     parts = []
     for k, (lo, hi) in enumerate(zip(batch.ptr[:-1].tolist(), batch.ptr[1:].tolist())):
-        part = {"energy": out["energy"][k:k + 1].detach().double()}
-        if "forces" in out:
-            part["forces"] = out["forces"][lo:hi].detach().double()
+        part = {ENERGY: out[ENERGY][k:k + 1].detach().double()}
+        if FORCES in out:
+            part[FORCES] = out[FORCES][lo:hi].detach().double()
+        if STRESS in out:
+            part[STRESS] = out[STRESS][k:k + 1].detach().double()
         parts.append(part)
     return parts
 
@@ -289,5 +297,6 @@ def load_task(path: str | os.PathLike) -> AtomisticTask:
             f"{path}: checkpoint does not match its model config "
             f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})"
         )
+    task.training_elements = (checkpoint.get("frameavg") or {}).get("training_elements")
     task.eval()
     return task

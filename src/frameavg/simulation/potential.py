@@ -1,0 +1,142 @@
+"""A trained model as a potential: batched energies, forces and stress in physical units.
+
+``Potential`` is what the ASE calculator, the relaxation engine and molecular dynamics evaluate.
+It holds the network (frame-averaged or not), the energy normaliser of its training run and the
+neighbour-list settings the model was trained with, and returns float64 energies (eV), forces
+(eV/Å) and stress (eV/Å³, ASE's sign). Forces are conservative by default: −∂E/∂x of the
+(frame-averaged) energy, through the frames (``frameavg.derivatives``); ``direct_forces=True``
+uses a model's own force head instead (not conservative: molecular dynamics warns).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+
+from frameavg.data.atomic_data import atoms_to_data
+from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, RadiusGraph
+from frameavg.derivatives import with_derivatives
+from frameavg.errors import ConfigError
+from frameavg.outputs import ENERGY, FORCES, STRESS
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class Potential:
+    """Batched model evaluation in physical units.
+
+    Args:
+        net: a model ``forward(batch) -> {"energy": [B], ...}`` in normalised units (a training
+            task's ``net``), possibly a ``FrameAveraging``.
+        normalizer: the ``EnergyNormalizer`` that maps its outputs to eV (identity if None).
+        cutoff, max_neighbors, max_edges_per_atom: the neighbour list the model expects (ties at
+            ``max_neighbors`` kept, as in training).
+        frames: evaluation frame method of a frame-averaged net (default ``all``: exact).
+        direct_forces: use the model's own force head (if any) instead of −∂E/∂x.
+        device, dtype: where and in which precision the model runs (default cpu, float64).
+        training_elements: atomic numbers the model was trained on (None: unknown); structures
+            with other elements warn once.
+    """
+
+    def __init__(self, net: nn.Module, normalizer=None, *, cutoff: float, max_neighbors: int | None = None,
+                 max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM, frames: str | None = "all",
+                 direct_forces: bool = False, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype = torch.float64, training_elements=None):
+        from frameavg.frames.averaging import FrameAveraging
+
+        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        if self.dtype not in DTYPES.values():
+            raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' asked for, but no CUDA device is available")
+        if isinstance(net, FrameAveraging) and frames is not None:
+            net = net.with_eval_method(frames)
+        self.net = net.to(device=self.device, dtype=self.dtype).eval()
+        if normalizer is not None:
+            normalizer = normalizer.to(self.device)
+        self.normalizer = normalizer
+        self.cutoff = float(cutoff)
+        self.max_neighbors = max_neighbors
+        self.max_edges_per_atom = max_edges_per_atom
+        self.direct_forces = direct_forces
+        self.training_elements = None if training_elements is None else {int(z) for z in training_elements}
+        self._warned: set[int] = set()
+        self.graph = RadiusGraph(self.cutoff, max_neighbors, strict=False, max_edges_per_atom=max_edges_per_atom)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> "Potential":
+        """The potential of a ``frameavg train`` checkpoint (read with ``weights_only``)."""
+        from frameavg.training.run import load_task
+
+        return cls.from_task(load_task(Path(path)), **kwargs)
+
+    @classmethod
+    def from_task(cls, task, **kwargs) -> "Potential":
+        """The potential of a trained ``AtomisticTask`` (its net, normaliser and data settings)."""
+        data = task.config["data"]
+        kwargs.setdefault("cutoff", data["cutoff"])
+        kwargs.setdefault("max_neighbors", data["max_neighbors"])
+        kwargs.setdefault("max_edges_per_atom", data.get("max_edges_per_atom", MAX_EDGES_PER_ATOM))
+        kwargs.setdefault("training_elements", getattr(task, "training_elements", None))
+        return cls(task.net, task.normalizer, **kwargs)
+
+    @property
+    def has_direct_forces(self) -> bool:
+        """Whether the model has a force head (``direct_forces=True`` would use it)."""
+        inner = getattr(self.net, "model", self.net)
+        mode = getattr(inner, "regress_forces", None)
+        return mode in ("direct", "direct_with_gradient_target")
+
+    # ------------------------------------------------------------------ inputs
+    def to_data(self, atoms, *, source: str = "structure", index: int | None = None) -> Data:
+        """A validated ``Data`` (model inputs, this potential's dtype) of an ``ase.Atoms``."""
+        data = atoms_to_data(atoms, source=source, index=index, dtype=self.dtype)
+        self.check_elements(data.atomic_numbers, source=source, index=index)
+        return data
+
+    def check_elements(self, atomic_numbers: torch.Tensor, *, source: str = "structure", index=None) -> None:
+        """Warn (once per element) about elements the model was not trained on."""
+        if self.training_elements is None:
+            return
+        unseen = sorted(set(atomic_numbers.tolist()) - self.training_elements - self._warned)
+        if unseen:
+            from ase.data import chemical_symbols
+
+            self._warned.update(unseen)
+            names = ", ".join(chemical_symbols[z] for z in unseen)
+            where = f"{source}" + (f", structure {index}" if index is not None else "")
+            warnings.warn(f"{where}: element(s) {names} never appear in this model's training data; "
+                          "its predictions for them are extrapolations", stacklevel=3)
+
+    def batch(self, structures: list[Data]) -> Batch:
+        """One batch of structures that already carry their neighbour lists, on this device."""
+        return Batch.from_data_list(structures).to(self.device)
+
+    # ------------------------------------------------------------------ evaluation
+    def __call__(self, batch, *, forces: bool = True, stress: bool = False) -> dict:
+        """{"energy": [B] eV, "forces": [N,3] eV/Å, "stress": [B,3,3] eV/Å³} (float64, detached) of a
+        batch with neighbour lists (``stress`` NaN for graphs without a volume). Non-finite values
+        are returned as they are: callers give such structures a status."""
+        conservative = forces and not (self.direct_forces and self.has_direct_forces)
+        with torch.no_grad():
+            out = with_derivatives(self.net, batch, forces=conservative, stress=stress)
+        if forces and FORCES not in out:
+            raise ConfigError("the model gives no forces and its energy is not differentiable in positions")
+        scale = 1.0 if self.normalizer is None else self.normalizer.std.to(torch.float64)
+        if self.normalizer is None:
+            energy = out[ENERGY].detach().double()
+        else:
+            energy = self.normalizer.denormalize_energy(out[ENERGY].detach(), batch.atomic_numbers, batch.batch)
+        result = {ENERGY: energy}
+        if forces:
+            result[FORCES] = out[FORCES].detach().double() * scale
+        if stress:
+            result[STRESS] = out[STRESS].detach().double() * scale
+        return result
