@@ -50,3 +50,30 @@ def test_efwt_and_free_atom_masking():
     f_pred2 = torch.zeros(5, 3, dtype=torch.float64)
     f_pred2[0, 0] = 0.03
     assert energy_forces_within_threshold(e_pred, e_true, f_pred2, f_true, natoms).item() == 0.5
+
+
+def test_relaxation_metrics_by_hand():
+    """OC20 IS2RS: per structure the mean minimum-image distance of the free atoms to the relaxed
+    positions; ADwT = fraction of (structure, threshold 0.010..0.499 Å) pairs below."""
+    import numpy as np
+
+    from frameavg.training.metrics import ADWT_THRESHOLDS, min_image_displacement, relaxation_metrics
+
+    cell = np.eye(3) * 10.0
+    target_a = np.array([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [0.05, 3.0, 3.0], [5.0, 5.0, 5.0]])
+    pred_a = target_a + [[0.1, 0, 0], [0, 0.2, 0], [-0.1, 0, 0], [4.0, 0, 0]]  # atom 2 crosses x = 0
+    pred_a[2, 0] += 10.0  # and is given in the next image: still 0.1 Å away
+    free_a = np.array([True, True, True, False])  # the fixed atom's 4 Å do not count
+    target_b = np.zeros((2, 3))
+    pred_b = target_b + [[0.2995, 0, 0], [0, 0, -0.2995]]
+    assert np.allclose(min_image_displacement(pred_a, target_a, cell, [True] * 3)[2], [-0.1, 0, 0])
+    metrics = relaxation_metrics([pred_a, pred_b], [target_a, target_b], [cell, cell], [[True] * 3] * 2,
+                                 [free_a, np.ones(2, bool)], pred_energies=[1.0, -2.0], target_energies=[1.01, -1.5])
+    assert len(ADWT_THRESHOLDS) == 490
+    # A: mean 0.4/3 = 0.1333 Å, below thresholds 0.134..0.499 (366); B: 0.2995 Å, below 0.300..0.499 (200)
+    assert metrics["average_distance_within_threshold"] == pytest.approx((366 + 200) / 980, abs=1e-12)
+    assert metrics["mean_distance"] == pytest.approx((0.4 / 3 + 0.2995) / 2)
+    assert metrics["relaxed_energy_mae"] == pytest.approx((0.01 + 0.5) / 2)
+    assert metrics["relaxed_energy_within_threshold"] == 0.5
+    molecule = relaxation_metrics([pred_b], [target_b], [np.zeros((3, 3))], [[False] * 3], [np.ones(2, bool)])
+    assert molecule["mean_distance"] == pytest.approx(0.2995)

@@ -94,7 +94,7 @@ def _potential(args, device: str | None = None):
 def run_relax(args) -> int:
     from frameavg.cli.main import print_json
     from frameavg.simulation.distributed import start
-    from frameavg.simulation.relax import PotentialProvider, relax
+    from frameavg.simulation.relaxation import PotentialProvider, relax
 
     out = Path(args.out)
     if out.suffix.lower() not in (".extxyz", ".xyz"):

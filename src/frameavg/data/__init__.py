@@ -6,7 +6,7 @@ start-up) does not pay for torch and PyG until a reader or dataset is actually u
 
 from __future__ import annotations
 
-import importlib
+from frameavg.lazy import lazy_namespace
 
 _EXPORTS = {
     "LmdbDataset": "frameavg.data.datasets",
@@ -24,16 +24,4 @@ _EXPORTS = {
     "random_split": "frameavg.data.splits",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'frameavg.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _EXPORTS)

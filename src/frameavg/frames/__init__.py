@@ -6,7 +6,7 @@ first use (PEP 562): ``frameavg.frames.methods`` stays importable without torch.
 
 from __future__ import annotations
 
-import importlib
+from frameavg.lazy import lazy_namespace
 
 _EXPORTS = {
     "FrameAveraging": "frameavg.frames.averaging",
@@ -22,16 +22,4 @@ _EXPORTS = {
     "FrameMethod": "frameavg.frames.methods",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'frameavg.frames' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _EXPORTS)

@@ -10,27 +10,15 @@ Names are imported on first use (PEP 562).
 
 from __future__ import annotations
 
-import importlib
+from frameavg.lazy import lazy_namespace
 
 _EXPORTS = {
     "Potential": "frameavg.simulation.potential",
     "FrameavgCalculator": "frameavg.simulation.calculator",
-    "relax": "frameavg.simulation.relax",
+    "relax": "frameavg.simulation.relaxation",
     "run_md": "frameavg.simulation.md",
     "MDResult": "frameavg.simulation.md",
     "ADSORBML_LBFGS": "frameavg.simulation.optimizers",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'frameavg.simulation' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _EXPORTS)

@@ -12,7 +12,8 @@ structure (the reference path, and how EMT ground truth is produced).
 * Fixed atoms (``FixAtoms``, OC20 tag 0 / ``fixed``) never move.
 * ``relax_cell``: ASE's ``UnitCellFilter`` (positions in the undeformed cell plus the deformation
   gradient times ``cell_factor`` = number of atoms; cell forces = virial / cell_factor).
-* A structure whose forces become non-finite stops with a ``failed`` status; the others go on.
+* A structure whose forces become non-finite, or that the model refuses (an element it does not
+  embed), stops with a ``failed`` status; the others go on.
 * When a batch does not fit in memory it is split in two and continued.
 
 Each result is a copy of the input ``ase.Atoms`` at its last positions (and cell), with a
@@ -327,6 +328,10 @@ def _evaluate(provider, active, cell_filter, relax_cell, budget):
     def run(lo, hi):
         try:
             return provider.evaluate(keys[lo:hi], positions[lo:hi], cells[lo:hi], relax_cell)
+        except DataError as exc:  # a structure the model refuses: find it, the others go on
+            if hi - lo <= 1:
+                return [{"error": str(exc)}]
+            return [item for k in range(lo, hi) for item in run(k, k + 1)]
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
                 raise

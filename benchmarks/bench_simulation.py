@@ -1,0 +1,174 @@
+"""Simulation throughput, side by side in one run (numbers for docs/simulation.md).
+
+1. ``relax``: 64 real slabs (the 11 OC20 IS2RE samples and 53 Xu–Kitchin slabs) relaxed with FIRE
+   (fmax 0.05 eV/Å, at most ``--steps`` steps) by the batched engine (one model call per step for
+   all structures still relaxing) and by ASE's FIRE looped over the same 64 with the
+   FrameavgCalculator of the same model. Both follow the same trajectories (tested), so the ratio
+   of structures relaxed per second is pure engine efficiency.
+2. ``calculator``: calls/s of the calculator with the Verlet skin (0.5 Å) against a neighbour list
+   rebuilt at every call, along the same NVE trajectory (ethanol, and a 2x2 supercell of an OC20
+   slab with 100+ atoms).
+3. ``md``: MD steps/s (NVE, 0.5 fs) for ethanol and the 100+-atom slab.
+
+The model is a random FAENet (hidden 64, 2 interactions, cutoff 5 Å) with all frames: 3D for
+ethanol, 2D for slabs; ``--dtype float32`` by default (``float64`` for exactness checks).
+Alternating repeats (A B A B ...) so that load drift hits both sides alike; best and median.
+
+Usage::
+
+    python benchmarks/bench_simulation.py [--tables relax,calculator,md] [--steps 60] [--repeats 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import units
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import FIRE
+
+from frameavg.data import iter_structures
+from frameavg.data.atomic_data import data_to_atoms
+from frameavg.frames import FrameAveraging
+from frameavg.models import FAENet
+from frameavg.simulation import FrameavgCalculator, Potential, relax
+
+DATA = Path(os.environ.get("FRAMEAVG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+CUTOFF = 5.0
+
+
+def potential(dim: str, dtype: str) -> Potential:
+    torch.manual_seed(0)
+    model = FAENet(cutoff=CUTOFF, hidden_channels=64, num_filters=64, num_interactions=2, num_gaussians=20,
+                   tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, regress_forces=None)
+    return Potential(FrameAveraging(model, frames=dim, method="all", cutoff=CUTOFF), cutoff=CUTOFF,
+                     max_neighbors=40, dtype=dtype)
+
+
+def slabs(count: int = 64) -> list:
+    oc20 = [data_to_atoms(d) for name in ("is2re_bs8.extxyz", "is2re_bs3.extxyz")
+            for d in iter_structures(DATA / "oc20_is2re_samples" / name, dtype=torch.float64)]
+    xu = [data_to_atoms(d) for d in iter_structures(DATA / "xu_kitchin_adsorption", dtype=torch.float64)]
+    stride = max(1, len(xu) // (count - len(oc20)))
+    return (oc20 + xu[::stride])[:count]
+
+
+def relax_table(dtype: str, steps: int, repeats: int) -> dict:
+    structures = slabs()
+    pot = potential("2D", dtype)
+    calc = FrameavgCalculator(potential=pot)
+    batched, looped = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results = relax(structures, pot, optimizer="fire", fmax=0.05, steps=steps)
+        batched.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        reference_steps = []
+        for atoms in structures:
+            atoms = atoms.copy()
+            atoms.calc = calc
+            opt = FIRE(atoms, logfile=None)
+            opt.run(fmax=0.05, steps=steps)
+            reference_steps.append(opt.nsteps)
+        looped.append(time.perf_counter() - start)
+    our_steps = [r.info["steps"] for r in results]
+    ratios = [b / a for a, b in zip(batched, looped)]
+    return {
+        "structures": len(structures), "atoms": int(sum(len(a) for a in structures)), "dtype": dtype,
+        "max_steps": steps, "converged": sum(r.info["converged"] for r in results),
+        "same_step_counts": our_steps == reference_steps, "total_steps": int(sum(our_steps)),
+        "batched_s": min(batched), "ase_loop_s": min(looped),
+        "batched_structures_per_s": len(structures) / min(batched),
+        "ase_loop_structures_per_s": len(structures) / min(looped),
+        "ratio_best": min(looped) / min(batched), "ratio_median": statistics.median(ratios),
+    }
+
+
+def _trajectory_timing(atoms, calc, steps: int) -> tuple[float, int]:
+    atoms = atoms.copy()
+    rng = np.random.default_rng(0)
+    atoms.set_momenta(rng.normal(scale=np.sqrt(units.kB * 300 * atoms.get_masses())[:, None], size=(len(atoms), 3)))
+    atoms.calc = calc
+    dynamics = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    start = time.perf_counter()
+    dynamics.run(steps)
+    return time.perf_counter() - start, calc.neighbors.rebuilds
+
+
+def systems() -> dict:
+    ethanol = data_to_atoms(next(iter_structures(DATA / "rmd17_ethanol" / "train.xyz", dtype=torch.float64)))
+    slab = data_to_atoms(next(iter_structures(DATA / "oc20_is2re_samples" / "is2re_bs3.extxyz", dtype=torch.float64)))
+    big = slab.repeat((2, 2, 1))
+    return {"ethanol (9 atoms, 3D frames)": (ethanol, "3D"), f"OC20 slab 2x2 ({len(big)} atoms, 2D frames)": (big, "2D")}
+
+
+def calculator_table(dtype: str, steps: int, repeats: int) -> list:
+    rows = []
+    for name, (atoms, dim) in systems().items():
+        pot = potential(dim, dtype)
+        skin, fresh, rebuilds = [], [], 0
+        for _ in range(repeats):
+            seconds, rebuilds = _trajectory_timing(atoms, FrameavgCalculator(potential=pot, skin=0.5), steps)
+            skin.append(seconds)
+            fresh.append(_trajectory_timing(atoms, FrameavgCalculator(potential=pot, skin=0.0), steps)[0])
+        rows.append({"system": name, "steps": steps, "dtype": dtype, "skin_calls_per_s": (steps + 1) / min(skin),
+                     "rebuild_calls_per_s": (steps + 1) / min(fresh), "ratio_best": min(fresh) / min(skin),
+                     "ratio_median": statistics.median(f / s for s, f in zip(skin, fresh)),
+                     "skin_rebuilds": rebuilds})
+    return rows
+
+
+def md_table(dtype: str, steps: int, repeats: int) -> list:
+    rows = []
+    for name, (atoms, dim) in systems().items():
+        pot = potential(dim, dtype)
+        times = [_trajectory_timing(atoms, FrameavgCalculator(potential=pot), steps)[0] for _ in range(repeats)]
+        rows.append({"system": name, "steps": steps, "dtype": dtype, "steps_per_s": steps / min(times),
+                     "ns_per_day": steps * 0.5e-6 / min(times) * 86400})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", default="relax,calculator,md")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--steps", type=int, default=60, help="relaxation step cap / MD steps are 4x this")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tables = args.tables.split(",")
+    result = {"threads": torch.get_num_threads()}
+    if "relax" in tables:
+        result["relax"] = relax_table(args.dtype, args.steps, args.repeats)
+    if "calculator" in tables:
+        result["calculator"] = calculator_table(args.dtype, 4 * args.steps, args.repeats)
+    if "md" in tables:
+        result["md"] = md_table(args.dtype, 4 * args.steps, args.repeats)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    if "relax" in result:
+        r = result["relax"]
+        print(f"relax {r['structures']} slabs ({r['atoms']} atoms, {r['dtype']}, <= {r['max_steps']} FIRE steps, "
+              f"{r['converged']} converged, same steps as ASE: {r['same_step_counts']}): batched "
+              f"{r['batched_structures_per_s']:.2f} structures/s, ASE loop {r['ase_loop_structures_per_s']:.2f} "
+              f"-> {r['ratio_best']:.1f}x (median {r['ratio_median']:.1f}x)")
+    for row in result.get("calculator", []):
+        print(f"calculator {row['system']}: skin {row['skin_calls_per_s']:.1f} calls/s ({row['skin_rebuilds']} rebuilds "
+              f"in {row['steps'] + 1} calls), rebuild {row['rebuild_calls_per_s']:.1f} -> {row['ratio_best']:.2f}x")
+    for row in result.get("md", []):
+        print(f"md {row['system']}: {row['steps_per_s']:.1f} steps/s ({row['ns_per_day']:.3f} ns/day at 0.5 fs)")
+
+
+if __name__ == "__main__":
+    main()
