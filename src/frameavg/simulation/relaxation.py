@@ -233,7 +233,9 @@ def relax(
             e.g. ``ADSORBML_LBFGS``).
         fmax: convergence threshold on the largest force (eV/Å). steps: maximum optimiser steps.
         relax_cell: relax the cell too (periodic structures with a volume only).
-        max_atoms_per_batch: atoms evaluated together (default: all); structures wait their turn.
+        max_atoms_per_batch: atoms evaluated together; structures wait their turn. Default: all on a
+            GPU; ``CPU_ATOMS_PER_BATCH`` (256) on a CPU, where larger batches run slower per structure
+            (measured on 64 slabs: batches of 4 slabs 2.5 s, of all 64 8.6 s).
         trajectory: True keeps every step in ``info["trajectory"]`` (a list of Atoms); a folder
             path writes ``{name}.traj`` per structure there (``names``: default the input index).
         device, dtype, frames, skin: for checkpoint/task providers (see ``Potential``).
@@ -252,7 +254,7 @@ def relax(
             results[key] = _finish_failed(atoms, item)
         else:
             queue.append(item)
-    budget = max_atoms_per_batch or max(1, sum(item.rows for item in queue))
+    budget = max_atoms_per_batch or _default_budget(provider, queue)
     opt = make_optimizer(optimizer, **optimizer_options)
     active: list[_Item] = []
     done = len(structures) - len(queue)
@@ -298,6 +300,18 @@ def relax(
         if progress is not None:
             progress(done, len(structures))
     return results
+
+
+#: Default atom budget of a batch on a CPU (see ``relax``).
+CPU_ATOMS_PER_BATCH = 256
+
+
+def _default_budget(provider, queue) -> int:
+    everything = max(1, sum(item.rows for item in queue))
+    potential = getattr(provider, "potential", None)
+    if potential is not None and potential.device.type == "cpu":
+        return min(everything, CPU_ATOMS_PER_BATCH)
+    return everything
 
 
 def _new_item(key, atoms, provider, cell_filter):
