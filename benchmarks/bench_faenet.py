@@ -168,14 +168,17 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def time_pair(original_fn, ours_fn, iterations: int, repeats: int, warmup: int = 2):
-    """Wall and CPU seconds per call, per repeat, for both implementations."""
+def time_pair(original_fn, ours_fn, iterations: int, repeats: int, warmup: int = 2, extra: dict | None = None):
+    """Wall and CPU seconds per call, per repeat, for both implementations (and ``extra``
+    {label: fn}, e.g. frameavg under bf16 autocast), interleaved within each repeat."""
+    functions = {"original": original_fn, "frameavg": ours_fn, **(extra or {})}
     for _ in range(warmup):
-        original_fn(), ours_fn()
-    wall = {"original": [], "frameavg": []}
-    cpu = {"original": [], "frameavg": []}
+        for fn in functions.values():
+            fn()
+    wall = {label: [] for label in functions}
+    cpu = {label: [] for label in functions}
     for r in range(repeats):
-        order = [("original", original_fn), ("frameavg", ours_fn)]
+        order = list(functions.items())
         for label, fn in order if r % 2 == 0 else order[::-1]:
             start, start_cpu = time.perf_counter(), os.times()
             for _ in range(iterations):
@@ -187,7 +190,10 @@ def time_pair(original_fn, ours_fn, iterations: int, repeats: int, warmup: int =
 
 
 def run(args) -> dict:
+    from frameavg.precision import cpu_flags, resolve
+
     torch.set_num_threads(args.threads)
+    bf16 = resolve("bf16-mixed", "cpu", allow_emulated=args.bf16_emulated) if args.bf16 else None
     faenet = load_original()
     results = []
     for name in args.configs:
@@ -212,7 +218,16 @@ def run(args) -> dict:
             load_before = os.getloadavg()[0]
             iterations = args.iterations.get(name, 1)
             flops = [count_flops(fn) for fn in steps[mode]] if not args.compile else [0, 0]
-            wall, cpu = time_pair(*steps[mode], iterations=iterations, repeats=args.repeats)
+            extra = {}
+            if args.bf16:
+                ours_fn = steps[mode][1]
+
+                def ours_bf16(fn=ours_fn):
+                    with bf16.context():
+                        fn()
+
+                extra["frameavg_bf16"] = ours_bf16
+            wall, cpu = time_pair(*steps[mode], iterations=iterations, repeats=args.repeats, extra=extra)
             load_after = os.getloadavg()[0]
             graphs = batch.num_graphs
             best = {k: min(v) for k, v in wall.items()}
@@ -235,6 +250,14 @@ def run(args) -> dict:
                 "frameavg_cpu_ms": [1e3 * t for t in cpu["frameavg"]],
                 "load_average": [load_before, load_after],
             }
+            if args.bf16:
+                # per-repeat ratios (interleaved): the gain of switching from the original in float32
+                row["bf16_ran_as"] = bf16.name
+                row["bf16_ratio_to_original_median"] = statistics.median(
+                    o / b for o, b in zip(wall["original"], wall["frameavg_bf16"]))
+                row["bf16_ratio_to_frameavg32_median"] = statistics.median(
+                    f / b for f, b in zip(wall["frameavg"], wall["frameavg_bf16"]))
+                row["frameavg_bf16_wall_ms"] = [1e3 * t for t in wall["frameavg_bf16"]]
             results.append(row)
             if not args.json:
                 print(
@@ -242,7 +265,9 @@ def run(args) -> dict:
                     f"frameavg {row['frameavg_graphs_per_s']:8.1f} graphs/s   ratio best {row['ratio_best']:.2f}  "
                     f"median wall {row['ratio_median_wall']:.2f}  median cpu {row['ratio_median_cpu']:.2f}  "
                     f"GFLOP {row['original_gflop']:.1f}/{row['frameavg_gflop']:.1f}   "
-                    f"load {load_before:.1f}->{load_after:.1f}",
+                    f"load {load_before:.1f}->{load_after:.1f}"
+                    + (f"   bf16 ({bf16.name}) vs original {row['bf16_ratio_to_original_median']:.2f}, "
+                       f"vs ours fp32 {row['bf16_ratio_to_frameavg32_median']:.2f}" if args.bf16 else ""),
                     flush=True,
                 )
     return {
@@ -251,6 +276,7 @@ def run(args) -> dict:
         "torch": torch.__version__,
         "compile": args.compile,
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "results": results,
     }
 
@@ -264,6 +290,9 @@ def main() -> None:
     parser.add_argument("--modes", default="inference,train_step", type=lambda s: s.split(","))
     parser.add_argument("--compile", action="store_true", help="torch.compile frameavg's FAENet")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add frameavg under bf16-mixed (falls back to float32 on a CPU without bf16 instructions)")
+    parser.add_argument("--bf16-emulated", action="store_true", help="with --bf16: run bf16 even without bf16 hardware")
     args = parser.parse_args()
     unknown = set(args.configs) - set(CONFIGS)
     if unknown:

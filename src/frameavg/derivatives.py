@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from frameavg.outputs import ENERGY, FORCES, STRESS, VIRIAL
+from frameavg.precision import full_precision
 
 
 @dataclass
@@ -41,9 +42,10 @@ def apply_strain(pos: Tensor, cell: Tensor, batch: Tensor | None, num_graphs: in
     displacement = torch.zeros(num_graphs, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
     symmetric = 0.5 * (displacement + displacement.transpose(-1, -2))
     graph = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device) if batch is None else batch
-    strained_pos = pos + torch.einsum("ni,nij->nj", pos, symmetric.index_select(0, graph))
-    strained_cell = cell.reshape(num_graphs, 3, 3).to(pos.dtype)
-    strained_cell = strained_cell + torch.bmm(strained_cell, symmetric)
+    with full_precision():
+        strained_pos = pos + torch.einsum("ni,nij->nj", pos, symmetric.index_select(0, graph))
+        strained_cell = cell.reshape(num_graphs, 3, 3).to(pos.dtype)
+        strained_cell = strained_cell + torch.bmm(strained_cell, symmetric)
     return Strain(displacement, strained_pos, strained_cell)
 
 
@@ -54,12 +56,14 @@ def energy_gradients(
     """(forces −∂E/∂x [N,3], virial −∂E/∂ε [B,3,3] or None) of the summed energies [B].
 
     ``create_graph``: keep the graph of the derivatives (training on forces or stress). Positions
-    the energy does not depend on get zero forces."""
+    the energy does not depend on get zero forces. Under autocast, the recorded double-backward
+    graph (``create_graph``) is built without it: the derivatives are in the dtype of ``pos``."""
     inputs = [pos] if strain is None else [pos, strain.displacement]
     # grad_outputs rather than energy.sum(): callers may run under no_grad, where a sum has no graph
-    grads = torch.autograd.grad(energy, inputs, grad_outputs=torch.ones_like(energy), create_graph=create_graph,
-                                retain_graph=create_graph if retain_graph is None else retain_graph,
-                                allow_unused=True)
+    with full_precision():
+        grads = torch.autograd.grad(energy, inputs, grad_outputs=torch.ones_like(energy), create_graph=create_graph,
+                                    retain_graph=create_graph if retain_graph is None else retain_graph,
+                                    allow_unused=True)
     forces = -grads[0] if grads[0] is not None else torch.zeros_like(pos)
     if strain is None:
         return forces, None

@@ -17,26 +17,53 @@ from frameavg.evaluation.benchmark import (
 )
 from frameavg.models import MODELS
 
-RECORD_KEYS = {"model", "config", "dataset", "mode", "graphs_per_s", "params", "peak_mem_mb"}
+RECORD_KEYS = {"model", "config", "dataset", "mode", "precision", "graphs_per_s", "params"}
 
 
 def test_json_records_for_faenet_with_and_without_all_frames(capsys):
+    """Interleaved rounds, ratios as medians of per-round ratios with their spread, a bf16 column
+    (on a CPU without bf16 instructions it runs as float32, and says so)."""
+    from frameavg.precision import cpu_has_bf16
+
     code = main(["bench", "--models", "faenet,faenet-fa", "--configs", "equal-width", "--min-seconds", "0",
-                 "--max-steps", "1", "--threads", "1", "--json"])
+                 "--max-steps", "2", "--rounds", "2", "--threads", "1", "--precision", "32-true,bf16-mixed",
+                 "--no-memory", "--json"])
     out = capsys.readouterr().out
     assert code == 0
     records = json.loads(out)
     assert all(RECORD_KEYS <= set(r) for r in records)
-    keys = {(r["model"], r["dataset"], r["mode"]) for r in records}
-    assert keys == {("faenet", d, m) for d in ("qm9", "ethanol") for m in ("inference", "train")} | {
-        ("faenet-fa", d, "inference") for d in ("qm9", "ethanol")}
+    keys = {(r["model"], r["dataset"], r["mode"], r["precision"]) for r in records}
+    assert keys == {("faenet", d, m, p) for d in ("qm9", "ethanol") for m in ("inference", "train")
+                    for p in ("32-true", "bf16-mixed")} | {
+        ("faenet-fa", d, "inference", p) for d in ("qm9", "ethanol") for p in ("32-true", "bf16-mixed")}
     for r in records:
-        assert r["config"] == "equal-width" and r["graphs_per_s"] > 0 and r["peak_mem_mb"] >= 0
+        assert r["config"] == "equal-width" and r["graphs_per_s"] > 0 and "peak_mem_mb" not in r
         assert r["params"] == records[0]["params"] > 100_000
+        assert len(r["round_seconds"]) == 2
+        low, high = r["ratio_to_faenet_spread"]
+        assert low <= r["ratio_to_faenet"] <= high
         if r["model"] == "faenet":
             assert r["ratio_to_faenet"] == 1.0
         else:  # eight frames cost more than one random frame
             assert r["ratio_to_faenet"] < 1.0
+        if r["precision"] == "bf16-mixed":
+            assert r["precision_used"] == ("bf16-mixed" if cpu_has_bf16() else "32-true")
+            assert r["ratio_to_32"] > 0
+        else:
+            assert "ratio_to_32" not in r
+
+
+def test_memory_pass_measures_one_case():
+    """The memory pass's measurement (run here in-process; the CLI runs it in a fresh one)."""
+    from frameavg.evaluation.benchmark import BenchCase, run_case
+
+    threads = torch.get_num_threads()  # run_case sets the thread count of its (normally fresh) process
+    try:
+        record = run_case(BenchCase("faenet", "equal-width", "qm9", min_seconds=0.0, max_steps=1, threads=1))
+    finally:
+        torch.set_num_threads(threads)
+    assert RECORD_KEYS <= set(record) and record["peak_mem_mb"] >= 0 and record["graphs_per_s"] > 0
+    assert record["precision_used"] == "32-true"
 
 
 def test_batches_are_the_documented_real_data():

@@ -125,3 +125,55 @@ def test_energy_gradient_training_through_the_model(qm9_atoms):
         gradients.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*gradients):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+class _Probe(torch.autograd.Function):
+    """y = a * b; its backward records what the private engine query says of each input."""
+
+    answers: list = []
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        _Probe.answers.append([torch._C._will_engine_execute_node(node) for node, _ in ctx.next_functions])
+        return grad * b, grad * a
+
+
+def test_private_engine_query_keeps_its_meaning():
+    """The fused backward skips inputs the running backward does not need by asking the engine
+    (``torch._C._will_engine_execute_node``, private). If a PyTorch release changes what it
+    answers, this fails loudly; the next test covers the path without it."""
+    a = torch.randn(4, requires_grad=True) * 1.0  # non-leaf: next_functions are real nodes
+    b = torch.randn(4, requires_grad=True) * 1.0
+    _Probe.answers.clear()
+    torch.autograd.grad(_Probe.apply(a, b).sum(), [a])
+    torch.autograd.grad(_Probe.apply(a, b).sum(), [a, b])
+    assert _Probe.answers == [[True, False], [True, True]]
+
+
+def test_fused_backward_without_the_private_query(qm9_atoms, monkeypatch):
+    """Without the engine query (a PyTorch that drops it), every input that requires grad gets
+    its gradient computed, and the gradients asked for are unchanged."""
+    graph = to_graph(qm9_atoms[0])
+    source, target = graph.edge_index
+    generator = torch.Generator().manual_seed(0)
+    n, e_count = graph.num_nodes, source.shape[0]
+    inputs = [(torch.randn(*shape, generator=generator, dtype=torch.float64) * 1.0).requires_grad_(True)
+              for shape in ((n, 8), (n, 8), (n, 8), (e_count, 6), (8, 6))]
+    grad_out = torch.randn(n, 8, generator=generator, dtype=torch.float64)
+    with_query = torch.autograd.grad(filtered_message_sum(*inputs, source, target, swish), [inputs[3]], grad_out)
+    monkeypatch.delattr(torch._C, "_will_engine_execute_node")
+    without = torch.autograd.grad(filtered_message_sum(*inputs, source, target, swish), [inputs[3]], grad_out)
+    torch.testing.assert_close(without[0], with_query[0], rtol=1e-13, atol=1e-13)
+    from frameavg.models import edge_filter
+
+    class Context:  # what _needed_gradients reads of an autograd ctx
+        needs_input_grad = (True, False, True)
+        next_functions = ((None, 0),) * 3
+
+    assert edge_filter._needed_gradients(Context, 3) == [True, False, True]

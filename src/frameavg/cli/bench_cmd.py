@@ -26,6 +26,11 @@ def register(sub) -> None:
     parser.add_argument("--min-seconds", type=float, default=2.0, help="time each measurement at least this long")
     parser.add_argument("--max-steps", type=int, default=20, help="at most this many timed steps per measurement")
     parser.add_argument("--inference-only", action="store_true", help="skip the training-step measurements")
+    parser.add_argument("--precision", default="32-true",
+                        help="comma-separated precisions to compare (32-true, bf16-mixed, 16-mixed on CUDA, 64-true); "
+                             "bf16-mixed falls back to 32-true on a CPU without bf16 instructions")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (ratios: median of rounds)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the separate peak-memory pass")
     parser.add_argument("--accuracy", action="store_true", help="accuracy mode: train every model for --minutes")
     parser.add_argument("--minutes", type=float, default=5.0, help="accuracy mode: training budget per model and dataset")
     parser.add_argument("--datasets", default=",".join(ACCURACY_DATASETS),
@@ -48,6 +53,7 @@ def _names(text: str, allowed, what: str) -> list[str]:
 def run(args) -> int:
     from frameavg.cli.main import print_json
     from frameavg.evaluation import benchmark
+    from frameavg.precision import ACCEPTED as PRECISION_NAMES, cpu_flags, resolve
 
     models = _names(args.models, None, "model")
     if args.accuracy:
@@ -59,10 +65,19 @@ def run(args) -> int:
         table = benchmark.format_accuracy_table(records)
     else:
         configs = _names(args.configs, benchmark.COMPARISONS, "configuration")
+        precisions = _names(args.precision, PRECISION_NAMES, "precision")
+        for name in precisions:
+            if resolve(name, args.device, warn=False).fallback:
+                print(f"frameavg: warning: {name} runs as 32-true here: {resolve(name, args.device, warn=False).fallback}",
+                      file=sys.stderr)
         records = benchmark.run_benchmark(
             models, configs, args.device, args.min_seconds, args.max_steps, args.threads, not args.inference_only,
-            progress=lambda case: print(f"  done {case.config}/{case.dataset}/{case.model}", file=sys.stderr))
-        table = benchmark.format_table(records)
+            progress=lambda case, what: print(f"  {what} {case.config}/{case.dataset}/{case.mode}"
+                                              + ("" if what == "timed" else f"/{case.model}/{case.precision}"),
+                                              file=sys.stderr),
+            precisions=precisions, rounds=args.rounds, memory=not args.no_memory)
+        table = benchmark.format_table(records) + "\n\nCPU: " + ", ".join(
+            f"{k} {v}" for k, v in cpu_flags().items())
     if args.json:
         print_json(records)
     else:

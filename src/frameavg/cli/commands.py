@@ -6,6 +6,8 @@ Lightning, and only the module of the command being run is imported.
 
 from __future__ import annotations
 
+import sys
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("frameavg.cli.data_cmd", "inspect and convert structure files"),
     "train": ("frameavg.cli.train_cmd", "train a model from a YAML config"),
@@ -48,3 +50,27 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def add_precision_args(p, default_precision: str = "32-true") -> None:
+    """``--precision`` and ``--device`` of the commands that evaluate a checkpoint."""
+    from frameavg.precision import ACCEPTED
+
+    p.add_argument("--precision", default=default_precision, choices=ACCEPTED, metavar="PRECISION",
+                   help=f"64-true, 32-true, bf16-mixed or 16-mixed (CUDA); default {default_precision}. "
+                        "bf16-mixed falls back to 32-true on a CPU without bf16 instructions")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+
+
+def runtime_precision(args):
+    """The resolved ``Precision`` of ``--precision`` on ``--device`` (warns on a fallback)."""
+    import warnings
+
+    from frameavg.precision import resolve
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        precision = resolve(args.precision, args.device)
+    for warning in caught:
+        print(f"frameavg: warning: {warning.message}", file=sys.stderr)
+    return precision

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from frameavg.cli.commands import command_help, nonnegative_int, positive_int
+from frameavg.cli.commands import add_precision_args, command_help, nonnegative_int, positive_int, runtime_precision
 
 
 def register(sub) -> None:
@@ -58,8 +58,7 @@ def _add_model_args(p) -> None:
     p.add_argument("--data", required=True, help="structures (any format frameavg reads)")
     p.add_argument("--format", default=None, help="reader name (default: detected)")
     p.add_argument("--trusted", action="store_true", help="allow pickled legacy OC20 LMDBs")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="model precision")
+    add_precision_args(p, default_precision="64-true")
     p.add_argument("--frames", default="all", help="evaluation frame method of frame-averaged models (default all: exact)")
     p.add_argument("--skin", type=float, default=0.5, help="Verlet skin of the neighbour lists, Å")
     p.add_argument("--direct-forces", action="store_true",
@@ -72,23 +71,22 @@ def _read_atoms(args):
     from frameavg.data.atomic_data import data_to_atoms
     from frameavg.errors import DataError
 
-    structures = read_structures(args.data, format=args.format, trusted=args.trusted, dtype=_torch_dtype(args.dtype))
+    structures = read_structures(args.data, format=args.format, trusted=args.trusted,
+                                 dtype=runtime_precision(args).dtype)
     if not structures:
         raise DataError("no structures to simulate", source=str(args.data))
     return [data_to_atoms(d) for d in structures], structures
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
 def _potential(args, device: str | None = None):
     from frameavg.simulation.potential import Potential
 
-    return Potential.from_checkpoint(args.checkpoint, device=device or args.device, dtype=args.dtype,
-                                     frames=args.frames, direct_forces=args.direct_forces)
+    import warnings
+
+    with warnings.catch_warnings():  # runtime_precision has reported any fallback
+        warnings.simplefilter("ignore")
+        return Potential.from_checkpoint(args.checkpoint, device=device or args.device, precision=args.precision,
+                                         frames=args.frames, direct_forces=args.direct_forces)
 
 
 def run_relax(args) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from frameavg.cli.commands import command_help
+from frameavg.cli.commands import add_precision_args, command_help, runtime_precision
 from frameavg.errors import FrameavgError
 
 
@@ -39,6 +39,7 @@ def _add_checkpoint_data_args(p) -> None:
     p.add_argument("--keys", help="label mapping, e.g. energy=U0,forces=F (default: the training config's)")
     p.add_argument("--trusted", action="store_true", help="allow pickled legacy OC20 LMDBs")
     p.add_argument("--batch-size", type=int, default=64)
+    add_precision_args(p)
 
 
 def run_train(args) -> int:
@@ -94,7 +95,9 @@ def _load(args):
     from frameavg.training.data_module import graph_transform
     from frameavg.training.run import load_task
 
-    task = load_task(args.checkpoint)
+    precision = runtime_precision(args)
+    task = load_task(args.checkpoint).to(args.device)
+    task.net.to(precision.dtype)
     data_cfg = task.config["data"]
     keys = dict(data_cfg["keys"] or {})
     if args.keys:
@@ -102,7 +105,8 @@ def _load(args):
             keys = dict(item.split("=", 1) for item in args.keys.split(","))
         except ValueError:
             raise FrameavgError(f"--keys must look like energy=U0,forces=F, got '{args.keys}'") from None
-    structures = read_structures(args.data, format=args.format, keys=keys or None, trusted=args.trusted)
+    structures = read_structures(args.data, format=args.format, keys=keys or None, trusted=args.trusted,
+                                 dtype=precision.dtype)
     transform = graph_transform(data_cfg)
     failed = {}
     for i, data in enumerate(structures):
@@ -110,7 +114,7 @@ def _load(args):
             structures[i] = transform(data)
         except DataError as exc:
             failed[i] = str(exc)
-    return task, structures, keys, failed
+    return task, structures, keys, failed, precision
 
 
 def _report_failures(source, status: list[str]) -> None:
@@ -124,11 +128,11 @@ def run_test(args) -> int:
     from frameavg.cli.main import print_json
     from frameavg.training.run import evaluate, paper_unit_metrics
 
-    task, structures, keys, failed = _load(args)
+    task, structures, keys, failed, precision = _load(args)
     missing = [t for t, on in task.config["targets"].items() if on and t not in structures[0]]
     if missing:
         raise FrameavgError(f"{args.data}: no '{', '.join(missing)}' labels to test against (use --keys)")
-    metrics, pred = evaluate(task, structures, args.batch_size, failed=failed)
+    metrics, pred = evaluate(task, structures, args.batch_size, failed=failed, precision=precision)
     _report_failures(args.data, pred["status"])
     if len(failed) == len(structures) or metrics.get("structures_failed") == len(structures):
         raise FrameavgError(f"{args.data}: no structure could be predicted (first error: "
@@ -145,8 +149,9 @@ def run_predict(args) -> int:
     from frameavg.training.predictions import write_predictions
     from frameavg.training.run import evaluate
 
-    task, structures, _, failed = _load(args)
-    _, pred = evaluate(task, structures, args.batch_size, failed=failed, stress=args.stress or None)
+    task, structures, _, failed, precision = _load(args)
+    _, pred = evaluate(task, structures, args.batch_size, failed=failed, stress=args.stress or None,
+                       precision=precision)
     _report_failures(args.data, pred["status"])
     write_predictions(Path(args.out), structures, pred)
     bad = sum(s != "ok" for s in pred["status"])

@@ -17,6 +17,7 @@ from vesin import NeighborList
 
 from frameavg.data import lattice
 from frameavg.errors import DataError
+from frameavg.precision import full_precision
 
 #: Non-strict ``max_neighbors`` keeps neighbours within this distance (Å) of the k-th one (as OCP).
 TIE_TOLERANCE = 0.01
@@ -178,12 +179,14 @@ class RadiusGraph(BaseTransform):
 
 def edge_vectors(pos: torch.Tensor, edge_index: torch.Tensor, cell_offsets: torch.Tensor,
                  cell: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
-    """Edge vectors [E,3] = pos[j] - pos[i] + cell_offsets @ cell[graph of i] (differentiable)."""
+    """Edge vectors [E,3] = pos[j] - pos[i] + cell_offsets @ cell[graph of i] (differentiable), in
+    the dtype of ``pos`` also under autocast (geometry stays in full precision)."""
     source, target = edge_index
     vectors = pos[source] - pos[target]
     if cell_offsets is not None and cell is not None:
         graph = batch[target] if batch is not None else torch.zeros_like(target)
-        vectors = vectors + torch.einsum("ek,ekl->el", cell_offsets.to(pos.dtype), cell.to(pos.dtype)[graph])
+        with full_precision():
+            vectors = vectors + torch.einsum("ek,ekl->el", cell_offsets.to(pos.dtype), cell.to(pos.dtype)[graph])
     return vectors
 
 

@@ -7,9 +7,12 @@ Two comparisons (issue 6):
 * ``equal-width``: every model at hidden width 128, 4 interaction blocks, cutoff 6 Å on 64 QM9
   molecules (energy) and 64 rMD17 ethanol frames (energy and conservative forces).
 
-Each (model, configuration, dataset, mode) runs in a fresh child process, so that its peak memory
-is its own, and a case that fails (e.g. killed for memory) is reported as such while the others go
-on. Modes: inference (``torch.no_grad``, plus the force backward pass where forces are predicted)
+The models (and precisions) of one (configuration, dataset, mode) are timed in one fresh child
+process, interleaved round by round (A B C A B C ...), and every ratio is the median of per-round
+ratios with its spread: on a machine whose load drifts, ratios of runs made minutes apart are not
+comparable (measured: 0.36 against 1.05 quiet). Peak memory is a separate pass with each case in
+its own process, so that the peak is its own. A case that fails (e.g. killed for memory) is
+reported as such while the others go on. Modes: inference (``torch.no_grad``, plus the force backward pass where forces are predicted)
 and training step (forward, MSE loss on energies (and forces), backward, AdamW step). Neighbour lists
 are built once before timing, for every model alike, with that model's cutoff and neighbour cap.
 Throughput is graphs per second of the median step; ``ratio_to_faenet`` divides by FAENet's in the
@@ -23,6 +26,7 @@ averaging, the paper's fast setting), ``faenet-fa`` averaging over all frames (i
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import importlib
 import multiprocessing
 import resource
@@ -56,7 +60,7 @@ FAENET_EQUAL_WIDTH = dict(EQUAL_WIDTH, num_filters=128, num_gaussians=50, tag_hi
 
 @dataclass(frozen=True)
 class BenchCase:
-    """One child-process job: a model at a configuration on a dataset."""
+    """One measurement: a model at a configuration on a dataset, in a mode and a precision."""
 
     model: str
     config: str
@@ -66,6 +70,12 @@ class BenchCase:
     min_seconds: float = 2.0
     max_steps: int = 20
     threads: int | None = None
+    precision: str = "32-true"
+
+    @property
+    def group(self) -> tuple:
+        """Cases timed together, interleaved (same batch, same mode)."""
+        return (self.config, self.dataset, self.mode, self.device)
 
 
 def model_setup(model: str, config: str) -> tuple[str, dict, dict | None]:
@@ -131,10 +141,11 @@ def _current_rss_mb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _time_steps(step, device: str, min_seconds: float, max_steps: int) -> float:
+def _time_steps(step, device: str, min_seconds: float, max_steps: int, warm_up: bool = True) -> float:
     """Median seconds per call of ``step`` after one warm-up call (at least one timed call, more
     until ``min_seconds`` have passed or ``max_steps`` calls were timed)."""
-    step()
+    if warm_up:
+        step()
     times: list[float] = []
     start = time.perf_counter()
     while not times or (len(times) < max_steps and time.perf_counter() - start < min_seconds):
@@ -148,15 +159,22 @@ def _time_steps(step, device: str, min_seconds: float, max_steps: int) -> float:
     return statistics.median(times)
 
 
-def run_case(case: BenchCase) -> dict:
-    """The record of one case (one model, configuration, dataset and mode); meant to run in a
-    fresh process, so that peak memory is the case's own."""
+@dataclass
+class _Prepared:
+    step: object
+    graphs: int
+    params: int
+    precision: object
+
+
+def _prepare(case: BenchCase) -> _Prepared:
+    """Build the case's model and batch; ``step`` runs one inference or training step."""
     from frameavg.frames.averaging import FrameAveraging
     from frameavg.models import build_model
+    from frameavg.precision import resolve
 
-    if case.threads:
-        torch.set_num_threads(case.threads)
     torch.manual_seed(0)
+    precision = resolve(case.precision, case.device, warn=False)
     name, kwargs, frames = model_setup(case.model, case.config)
     with_forces = DATASETS[case.dataset][3]
     kwargs["regress_forces"] = "from_energy" if with_forces else None
@@ -169,15 +187,16 @@ def run_case(case: BenchCase) -> dict:
     net = net.to(case.device)
 
     def predict():  # force models differentiate inside, without keeping a graph for a backward pass
-        with torch.no_grad():
+        with torch.no_grad(), precision.context():
             return net(batch)
 
     def train_step():
         batch.pos.requires_grad_(with_forces)
-        out = net(batch)
-        loss = torch.nn.functional.mse_loss(out["energy"], batch.energy.to(out["energy"].dtype))
-        if with_forces:
-            loss = loss + torch.nn.functional.mse_loss(out["forces"], batch.forces.to(out["forces"].dtype))
+        with precision.context():
+            out = net(batch)
+            loss = torch.nn.functional.mse_loss(out["energy"], batch.energy.to(out["energy"].dtype))
+            if with_forces:
+                loss = loss + torch.nn.functional.mse_loss(out["forces"], batch.forces.to(out["forces"].dtype))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -189,75 +208,179 @@ def run_case(case: BenchCase) -> dict:
     else:
         net.eval()
         step = predict
+    return _Prepared(step, batch.num_graphs, params, precision)
+
+
+def _record(case: BenchCase, **fields) -> dict:
+    return {"model": case.model, "config": case.config, "dataset": case.dataset, "mode": case.mode,
+            "precision": case.precision, "device": case.device, **fields}
+
+
+def run_case(case: BenchCase) -> dict:
+    """Peak memory (and a throughput) of one case; meant to run in a fresh process, so that the
+    peak is the case's own. Peak: on CUDA ``torch.cuda.max_memory_allocated``, on CPU the growth of
+    the peak resident set size over its size once model and batch are built."""
+    if case.threads:
+        torch.set_num_threads(case.threads)
+    prepared = _prepare(case)
     if case.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = _current_rss_mb()
-    seconds = _time_steps(step, case.device, case.min_seconds, case.max_steps)
+    seconds = _time_steps(prepared.step, case.device, case.min_seconds, case.max_steps)
     if case.device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak = max(0.0, _peak_rss_mb() - base)
-    return {"model": case.model, "config": case.config, "dataset": case.dataset, "mode": case.mode,
-            "graphs_per_s": batch.num_graphs / seconds, "params": params, "peak_mem_mb": round(peak, 1),
-            "ms_per_batch": 1000 * seconds, "graphs": batch.num_graphs, "device": case.device,
-            "threads": torch.get_num_threads()}
+    return _record(case, graphs_per_s=prepared.graphs / seconds, params=prepared.params, peak_mem_mb=round(peak, 1),
+                   ms_per_batch=1000 * seconds, graphs=prepared.graphs, threads=torch.get_num_threads(),
+                   precision_used=prepared.precision.name)
 
 
-def _run_isolated(case: BenchCase) -> dict:
-    """``run_case`` in a fresh spawned process; a failure (out of memory, a model error) becomes a
-    record with ``error`` and no throughput instead of ending the benchmark."""
+def run_interleaved(cases: list[BenchCase], rounds: int = 5) -> list[dict]:
+    """Time ``cases`` (one group: same batch and mode) in one process, interleaved: in each of
+    ``rounds`` rounds every case runs its steps in turn (A B C A B C ...), so that a change of
+    machine load hits all of them alike. Records hold the median seconds per step of each round
+    (``round_seconds``); a case that fails gets ``error`` and the others go on."""
+    if cases and cases[0].threads:
+        torch.set_num_threads(cases[0].threads)
+    prepared: dict[BenchCase, _Prepared] = {}
+    errors: dict[BenchCase, str] = {}
+    for case in cases:
+        try:
+            prepared[case] = _prepare(case)
+            prepared[case].step()  # warm-up
+        except Exception as exc:  # noqa: BLE001 - reported in the record, the other cases go on
+            errors[case] = f"{type(exc).__name__}: {exc}"
+            prepared.pop(case, None)
+    times: dict[BenchCase, list[float]] = {case: [] for case in prepared}
+    for _ in range(rounds):
+        for case, item in prepared.items():
+            times[case].append(_time_steps(item.step, case.device, case.min_seconds / rounds,
+                                           max(1, case.max_steps // rounds), warm_up=False))
+    records = []
+    for case in cases:
+        if case in errors:
+            records.append(_record(case, graphs_per_s=None, params=None, error=errors[case]))
+            continue
+        item, seconds = prepared[case], statistics.median(times[case])
+        records.append(_record(case, graphs_per_s=item.graphs / seconds, params=item.params,
+                               ms_per_batch=1000 * seconds, graphs=item.graphs, round_seconds=times[case],
+                               threads=torch.get_num_threads(), precision_used=item.precision.name))
+    return records
+
+
+def _in_fresh_process(function, argument, failed_records):
+    """``function(argument)`` in a fresh spawned process; a failure (out of memory, a model
+    error) becomes ``failed_records(error)`` instead of ending the benchmark."""
     context = multiprocessing.get_context("spawn")
     try:
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            return pool.submit(run_case, case).result()
+            return pool.submit(function, argument).result()
     except concurrent.futures.process.BrokenProcessPool:
         error = "the benchmark process died (killed for memory?)"
     except Exception as exc:  # noqa: BLE001 - reported in the record, the other cases go on
         error = f"{type(exc).__name__}: {exc}"
-    return {"model": case.model, "config": case.config, "dataset": case.dataset, "mode": case.mode,
-            "graphs_per_s": None, "params": None, "peak_mem_mb": None, "device": case.device, "error": error}
+    return failed_records(error)
+
+
+def _run_isolated(case: BenchCase) -> dict:
+    """``run_case`` in a fresh process (an error record if it fails)."""
+    return _in_fresh_process(run_case, case, lambda error: _record(
+        case, graphs_per_s=None, params=None, peak_mem_mb=None, error=error))
+
+
+def _run_group_isolated(cases: list[BenchCase], rounds: int) -> list[dict]:
+    return _in_fresh_process(functools.partial(run_interleaved, rounds=rounds), cases, lambda error: [
+        _record(case, graphs_per_s=None, params=None, error=error) for case in cases])
+
+
+def _median_and_spread(values: list[float]) -> tuple[float | None, list[float] | None]:
+    if not values:
+        return None, None
+    return statistics.median(values), [min(values), max(values)]
+
+
+def add_ratios(records: list[dict]) -> None:
+    """Per-round ratios, median and [min, max] over rounds: ``ratio_to_faenet`` (graphs/s over
+    FAENet's, same group and precision) and ``ratio_to_32`` (a mixed-precision record's
+    graphs/s over the same model's ``32-true``)."""
+    by_key = {(r["config"], r["dataset"], r["mode"], r["device"], r["model"], r["precision"]): r for r in records}
+    for r in records:
+        group = (r["config"], r["dataset"], r["mode"], r["device"])
+        for field, other in (("ratio_to_faenet", by_key.get(group + ("faenet", r["precision"]))),
+                             ("ratio_to_32", by_key.get(group + (r["model"], "32-true")))):
+            if field == "ratio_to_32" and r["precision"] == "32-true":
+                continue
+            mine, theirs = r.get("round_seconds"), (other or {}).get("round_seconds")
+            ratios = [b / a for a, b in zip(mine, theirs)] if mine and theirs else []
+            r[field], r[field + "_spread"] = _median_and_spread(ratios)
 
 
 def run_benchmark(models=BENCH_MODELS, configs=tuple(COMPARISONS), device: str = "cpu", min_seconds: float = 2.0,
-                  max_steps: int = 20, threads: int | None = None, train: bool = True, progress=None) -> list[dict]:
-    """Records for every model × configuration × dataset, each in its own process, with
-    ``ratio_to_faenet`` (graphs/s over FAENet's for the same configuration, dataset and mode)."""
+                  max_steps: int = 20, threads: int | None = None, train: bool = True, progress=None,
+                  precisions=("32-true",), rounds: int = 5, memory: bool = True) -> list[dict]:
+    """Records for every model × configuration × dataset × mode × precision.
+
+    Throughput: the cases of one (configuration, dataset, mode) are timed together in one fresh
+    process, interleaved over ``rounds`` rounds (``run_interleaved``); ratios are medians of
+    per-round ratios with their spread (``add_ratios``). Peak memory (``memory``): a separate
+    pass, every case in its own process (``run_case``)."""
     from frameavg.models import MODELS
+    from frameavg.precision import normalize_name
 
     for model in models:
         if model not in BENCH_MODELS and model not in MODELS:
             raise ConfigError(f"unknown model {model!r}; choose from {', '.join(BENCH_MODELS)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
+    precisions = [normalize_name(p) for p in precisions]
     modes = ("inference", "train") if train else ("inference",)
-    cases = [BenchCase(m, c, d, device, mode, min_seconds, max_steps, threads)
-             for c in configs for d in COMPARISONS[c] for m in models for mode in modes
+    cases = [BenchCase(m, c, d, device, mode, min_seconds, max_steps, threads, precision)
+             for c in configs for d in COMPARISONS[c] for mode in modes for m in models for precision in precisions
              if not (mode == "train" and m == "faenet-fa")]
-    records: list[dict] = []
+    groups: dict[tuple, list[BenchCase]] = {}
     for case in cases:
-        records.append(_run_isolated(case))
+        groups.setdefault(case.group, []).append(case)
+    records: list[dict] = []
+    for group in groups.values():
+        records += _run_group_isolated(group, rounds)
         if progress is not None:
-            progress(case)
-    reference = {(r["config"], r["dataset"], r["mode"]): r["graphs_per_s"] for r in records if r["model"] == "faenet"}
-    for r in records:
-        ref = reference.get((r["config"], r["dataset"], r["mode"]))
-        r["ratio_to_faenet"] = r["graphs_per_s"] / ref if ref and r["graphs_per_s"] else None
+            progress(group[0], "timed")
+    if memory:
+        for record, case in zip(records, [c for g in groups.values() for c in g]):
+            if record.get("error"):
+                continue
+            measured = _run_isolated(BenchCase(**{**case.__dict__, "min_seconds": 0.0, "max_steps": 2}))
+            record["peak_mem_mb"] = measured.get("peak_mem_mb")
+            if progress is not None:
+                progress(case, "memory")
+    add_ratios(records)
     return records
 
 
+def _ratio(r: dict, field: str) -> str:
+    value, spread = r.get(field), r.get(field + "_spread")
+    if value is None:
+        return ""
+    return f"{value:.2f} ({spread[0]:.2f}–{spread[1]:.2f})" if spread else f"{value:.2f}"
+
+
 def format_table(records: list[dict]) -> str:
-    """A markdown table of benchmark records."""
-    lines = ["| config | dataset | mode | model | graphs/s | × FAENet | params | peak MB |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    """A markdown table of benchmark records (ratios: median of rounds, (min–max))."""
+    lines = ["| config | dataset | mode | model | precision | graphs/s | × FAENet | × 32-true | params | peak MB |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in records:
+        head = f"| {r['config']} | {r['dataset']} | {r['mode']} | {r['model']} | {r.get('precision', '32-true')}"
         if r.get("error"):
-            lines.append(f"| {r['config']} | {r['dataset']} | {r['mode']} | {r['model']} | failed: {r['error']} | | | |")
+            lines.append(f"{head} | failed: {r['error']} | | | | |")
             continue
-        ratio = "" if r.get("ratio_to_faenet") is None else f"{r['ratio_to_faenet']:.2f}"
-        lines.append(f"| {r['config']} | {r['dataset']} | {r['mode']} | {r['model']} | {r['graphs_per_s']:.1f} | "
-                     f"{ratio} | {r['params']:,} | {r['peak_mem_mb']:.0f} |")
+        if r.get("precision_used", r.get("precision")) != r.get("precision"):
+            head += f" (ran {r['precision_used']})"
+        peak = "" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.0f}"
+        lines.append(f"{head} | {r['graphs_per_s']:.1f} | {_ratio(r, 'ratio_to_faenet')} | {_ratio(r, 'ratio_to_32')} | "
+                     f"{r['params']:,} | {peak} |")
     return "\n".join(lines)
 
 

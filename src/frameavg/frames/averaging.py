@@ -21,6 +21,7 @@ from frameavg.derivatives import energy_gradients
 from frameavg.errors import ConfigError
 from frameavg.frames.compute import DEFAULT_MAX_FRAMES, DEFAULT_TOL, Frames, compute_frames
 from frameavg.frames.methods import FrameMethod
+from frameavg.precision import full, full_precision
 
 FORCE_MODES = ("model", "gradient", "both", None)
 DEFAULT_VECTOR_KEYS = ("forces", "force", "dipole")
@@ -113,30 +114,33 @@ class FrameAveraging(nn.Module):
             if gradient and not pos.requires_grad:
                 pos = pos.detach().requires_grad_(True)
             graph_of_atom, num_graphs = _graph_vector(batch)
-            frames = compute_frames(
-                pos,
-                graph_of_atom,
-                num_graphs,
-                method=self.spec,
-                cell=getattr(batch, "cell", None),
-                pbc=getattr(batch, "pbc", None),
-                atomic_numbers=getattr(batch, "atomic_numbers", None),
-                edge_index=getattr(batch, "edge_index", None),
-                cell_offsets=getattr(batch, "cell_offsets", None),
-                cutoff=self.cutoff,
-                tol=self.tol,
-                max_frames=self.max_frames,
-                generator=self.generator,
-            )
-            self.last_frames = frames
-            expanded, edges = expand_batch(batch, frames, graph_of_atom)
+            with full_precision():  # frames and canonical copies: never in bf16/fp16 (see frameavg.precision)
+                frames = compute_frames(
+                    pos,
+                    graph_of_atom,
+                    num_graphs,
+                    method=self.spec,
+                    cell=getattr(batch, "cell", None),
+                    pbc=getattr(batch, "pbc", None),
+                    atomic_numbers=getattr(batch, "atomic_numbers", None),
+                    edge_index=getattr(batch, "edge_index", None),
+                    cell_offsets=getattr(batch, "cell_offsets", None),
+                    cutoff=self.cutoff,
+                    tol=self.tol,
+                    max_frames=self.max_frames,
+                    generator=self.generator,
+                )
+                self.last_frames = frames
+                expanded, edges = expand_batch(batch, frames, graph_of_atom)
             raw = self.model(expanded)
             if not isinstance(raw, dict):
                 raise ConfigError(f"FrameAveraging needs a model returning a dict, got {type(raw).__name__}")
-            out = average_outputs(
-                raw, frames, num_atoms=pos.shape[0], edges=edges,
-                vector_keys=self.vector_keys, tensor_keys=self.tensor_keys, energy_key=self.energy_key,
-            )
+            with full_precision():
+                out = average_outputs(
+                    {key: full(value) if isinstance(value, torch.Tensor) else value for key, value in raw.items()},
+                    frames, num_atoms=pos.shape[0], edges=edges,
+                    vector_keys=self.vector_keys, tensor_keys=self.tensor_keys, energy_key=self.energy_key,
+                )
             if gradient:
                 if self.energy_key not in out:
                     raise ConfigError(f"forces='gradient' needs the model output '{self.energy_key}'")

@@ -19,6 +19,7 @@ from frameavg.data.neighbors import edge_vectors, radius_graph_batch
 from frameavg.derivatives import conservative_forces
 from frameavg.errors import ConfigError, DataError
 from frameavg.outputs import ENERGY, FORCES
+from frameavg.precision import full
 
 #: Force modes of the baselines: conservative, a direct head, or energy only.
 FORCE_MODES = ("from_energy", "direct", None)
@@ -164,9 +165,10 @@ class EnergyModel(nn.Module):
                 pos = pos.detach().requires_grad_(True)
             inputs = self.graph_inputs(batch, pos)
             energy, direct = self.energy(inputs, direct_forces=self.regress_forces == "direct")
+            energy = full(energy)  # a float32 energy (and gradient) also under autocast
         out = {ENERGY: energy}
         if self.regress_forces == "direct":
-            out[FORCES] = direct
+            out[FORCES] = full(direct)
         elif from_energy:
             out[FORCES] = conservative_forces(energy, pos, create_graph=outer_grad)
         return out

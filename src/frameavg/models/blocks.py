@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frameavg.errors import ConfigError
+from frameavg.precision import full
 
 
 def swish(x: Tensor) -> Tensor:
@@ -87,7 +88,9 @@ class GaussianSmearing(nn.Module):
 
 
 def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
-    """Sum rows of ``src`` [E, ...] into ``dim_size`` rows by ``index`` [E]."""
+    """Sum rows of ``src`` [E, ...] into ``dim_size`` rows by ``index`` [E]; bf16/fp16 rows (under
+    autocast) are summed in float32."""
+    src = full(src)
     out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
     return out.index_add_(0, index, src)
 
@@ -119,13 +122,13 @@ class GraphIndex:
     def sum(self, x: Tensor) -> Tensor:
         """Per-graph sum of node rows: [N, ...] -> [B, ...]."""
         if self.batch is None:
-            return x.sum(dim=0, keepdim=True)
+            return full(x).sum(dim=0, keepdim=True)
         return scatter_sum(x, self.batch, self.num_graphs)
 
     def mean(self, x: Tensor) -> Tensor:
         """Per-graph mean of node rows: [N, C] -> [B, C]."""
         if self.batch is None:
-            return x.mean(dim=0, keepdim=True)
+            return full(x).mean(dim=0, keepdim=True)
         return self.sum(x) / self.counts.view(-1, *([1] * (x.dim() - 1)))
 
     def expand(self, per_graph: Tensor) -> Tensor:

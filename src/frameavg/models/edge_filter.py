@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from frameavg.models.blocks import inplace_activation, scatter_sum, swish
+from frameavg.precision import autocast_dtype, full_precision
 
 
 @dataclass
@@ -103,6 +104,12 @@ def filtered_message_sum(
     w_edge: [C, Fe]; source, target: [E] (j, i); pair_term [P, C] with pair_index [E], or None.
     ``double_backward``: the result will be differentiated twice (use the plain autograd path).
     ``workspace``: reusable [E, C] buffers for the no-autograd path."""
+    low = autocast_dtype(e)
+    if low is not None:  # autocast: every operand in its dtype, the fused kernels run as they are
+        with full_precision():
+            cast = [t.to(low) if t is not None else None for t in (p_source, p_target, value, e, w_edge, pair_term)]
+            return filtered_message_sum(*cast[:5], source, target, act, double_backward, workspace,
+                                        cast[5], pair_index)
     tensors = (p_source, p_target, value, e, w_edge) + ((pair_term,) if pair_term is not None else ())
     needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     num_nodes = p_target.shape[0]

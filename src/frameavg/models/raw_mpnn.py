@@ -21,6 +21,7 @@ from torch import nn
 from frameavg.data.neighbors import edge_vectors
 from frameavg.errors import DataError
 from frameavg.frames.cloud import cosine_envelope, periodic_graphs
+from frameavg.models.blocks import scatter_sum
 
 
 class RawCoordinateMPNN(nn.Module):
@@ -75,9 +76,9 @@ class RawCoordinateMPNN(nn.Module):
         edge_features = torch.cat([vec, dist], dim=-1) / math.sqrt(self.cutoff)
         for message, update in zip(self.messages, self.updates):
             m = message(torch.cat([h[source], h[target], edge_features], dim=-1)) * envelope
-            h = h + update(torch.zeros_like(h).index_add(0, target, m))
+            h = h + update(scatter_sum(m, target, h.shape[0]))
         atom_energy = self.energy_head(h).squeeze(-1)
-        out = {"energy": torch.zeros(num_graphs, dtype=h.dtype, device=h.device).index_add(0, graph, atom_energy)}
+        out = {"energy": scatter_sum(atom_energy, graph, num_graphs)}
         if self.force_head is not None:
             out["forces"] = self.force_head(h)
         return out

@@ -48,10 +48,10 @@ class FrameavgCalculator(Calculator):
 
     def __init__(self, checkpoint=None, *, model=None, normalizer=None, potential: Potential | None = None,
                  cutoff: float | None = None, max_neighbors: int | None = None, device: str = "cpu",
-                 dtype: str | torch.dtype = "float64", frames: str | None = "all", direct_forces: bool = False,
-                 skin: float = 0.5, **kwargs):
+                 dtype: str | torch.dtype = "float64", precision: str | None = None, frames: str | None = "all",
+                 direct_forces: bool = False, skin: float = 0.5, **kwargs):
         super().__init__(**kwargs)
-        options = dict(device=device, dtype=dtype, frames=frames, direct_forces=direct_forces)
+        options = dict(device=device, dtype=dtype, precision=precision, frames=frames, direct_forces=direct_forces)
         if sum(x is not None for x in (checkpoint, model, potential)) != 1:
             raise ConfigError("give exactly one of checkpoint=, model= (with normalizer=) or potential=")
         if potential is not None:

@@ -23,6 +23,7 @@ from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, RadiusGraph
 from frameavg.derivatives import with_derivatives
 from frameavg.errors import ConfigError
 from frameavg.outputs import ENERGY, FORCES, STRESS
+from frameavg.precision import resolve as resolve_precision
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -39,6 +40,9 @@ class Potential:
         frames: evaluation frame method of a frame-averaged net (default ``all``: exact).
         direct_forces: use the model's own force head (if any) instead of −∂E/∂x.
         device, dtype: where and in which precision the model runs (default cpu, float64).
+        precision: instead of ``dtype``, a precision name (``64-true``, ``32-true``, ``bf16-mixed``,
+            ``16-mixed``; see ``frameavg.precision``): mixed precision runs the model's products
+            under autocast with float32 weights, positions and derivatives.
         training_elements: atomic numbers the model was trained on (None: unknown); structures
             with other elements warn once.
     """
@@ -46,15 +50,17 @@ class Potential:
     def __init__(self, net: nn.Module, normalizer=None, *, cutoff: float, max_neighbors: int | None = None,
                  max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM, frames: str | None = "all",
                  direct_forces: bool = False, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype = torch.float64, training_elements=None):
+                 dtype: str | torch.dtype = torch.float64, precision: str | None = None, training_elements=None):
         from frameavg.frames.averaging import FrameAveraging
 
-        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-        if self.dtype not in DTYPES.values():
+        dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        if dtype not in DTYPES.values():
             raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
+        if precision is None:
+            precision = "64-true" if dtype == torch.float64 else "32-true"
+        self.precision = resolve_precision(precision, device)
+        self.dtype = self.precision.dtype
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' asked for, but no CUDA device is available")
         if isinstance(net, FrameAveraging) and frames is not None:
             net = net.with_eval_method(frames)
         self.net = net.to(device=self.device, dtype=self.dtype).eval()
@@ -125,7 +131,7 @@ class Potential:
         batch with neighbour lists (``stress`` NaN for graphs without a volume). Non-finite values
         are returned as they are: callers give such structures a status."""
         conservative = forces and not (self.direct_forces and self.has_direct_forces)
-        with torch.no_grad():
+        with torch.no_grad(), self.precision.context():
             out = with_derivatives(self.net, batch, forces=conservative, stress=stress)
         if forces and FORCES not in out:
             raise ConfigError("the model gives no forces and its energy is not differentiable in positions")

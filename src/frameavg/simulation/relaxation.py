@@ -124,7 +124,7 @@ class AseProvider:
         return results
 
 
-def as_provider(force_provider, *, device="cpu", dtype="float64", frames="all", skin=0.5):
+def as_provider(force_provider, *, device="cpu", dtype="float64", frames="all", skin=0.5, precision=None):
     """A provider from a checkpoint path, a ``Potential``, a training task or an ASE calculator."""
     from ase.calculators.calculator import BaseCalculator
 
@@ -137,9 +137,11 @@ def as_provider(force_provider, *, device="cpu", dtype="float64", frames="all", 
     if isinstance(force_provider, Potential):
         return PotentialProvider(force_provider, skin)
     if isinstance(force_provider, (str, Path)):
-        return PotentialProvider(Potential.from_checkpoint(force_provider, device=device, dtype=dtype, frames=frames), skin)
+        return PotentialProvider(Potential.from_checkpoint(force_provider, device=device, dtype=dtype, frames=frames,
+                                                           precision=precision), skin)
     if hasattr(force_provider, "normalizer") and hasattr(force_provider, "net"):
-        return PotentialProvider(Potential.from_task(force_provider, device=device, dtype=dtype, frames=frames), skin)
+        return PotentialProvider(Potential.from_task(force_provider, device=device, dtype=dtype, frames=frames,
+                                                     precision=precision), skin)
     raise ConfigError(f"force_provider must be a checkpoint path, a Potential, a training task or an ASE "
                       f"calculator, got {type(force_provider).__name__}")
 
@@ -221,6 +223,7 @@ def relax(
     dtype: str = "float64",
     frames: str = "all",
     skin: float = 0.5,
+    precision: str | None = None,
     names: Sequence | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list:
@@ -238,12 +241,12 @@ def relax(
             (measured on 64 slabs: batches of 4 slabs 2.5 s, of all 64 8.6 s).
         trajectory: True keeps every step in ``info["trajectory"]`` (a list of Atoms); a folder
             path writes ``{name}.traj`` per structure there (``names``: default the input index).
-        device, dtype, frames, skin: for checkpoint/task providers (see ``Potential``).
+        device, dtype, frames, skin, precision: for checkpoint/task providers (see ``Potential``).
         progress: called as ``progress(done, total)`` after every step.
     """
     if fmax <= 0 or steps < 0:
         raise ConfigError(f"fmax must be positive and steps >= 0, got {fmax} and {steps}")
-    provider = as_provider(force_provider, device=device, dtype=dtype, frames=frames, skin=skin)
+    provider = as_provider(force_provider, device=device, dtype=dtype, frames=frames, skin=skin, precision=precision)
     cell_filter = _CellFilter(relax_cell)
     optimizer_options = dict(optimizer_options or {})
     results: list = [None] * len(structures)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from frameavg.errors import ConfigError
+from frameavg.precision import ACCEPTED as PRECISION_NAMES
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
@@ -90,7 +91,6 @@ FREE_SECTIONS = ("model", "trainer")
 
 FRAME_DIMS = ("3D", "2D", "none")
 FRAME_METHODS = ("all", "stochastic", "det", "DA", "se3-all", "se3-stochastic", "se3-det", "se3-DA")
-PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
 
 def _int(low=None, high=None, none=False):
@@ -134,7 +134,7 @@ SCHEMA: dict[str, tuple] = {
     "optim.ema_decay": _float(0.0, 1.0, none=True, open_low=True), "optim.max_epochs": _int(1),
     "optim.max_time_minutes": _float(0.0, none=True, open_low=True),
     "optim.early_stopping_patience": _int(1, none=True), "optim.monitor": _STR,
-    "trainer.num_nodes": _int(1), "trainer.precision": _choice(*PRECISIONS),
+    "trainer.num_nodes": _int(1), "trainer.precision": _choice(*PRECISION_NAMES),
     "trainer.log_every_n_steps": _int(1), "trainer.enable_progress_bar": _BOOL,
     "trainer.checkpoint_every_n_steps": _int(1, none=True),
 }

@@ -98,9 +98,10 @@ def graph_transform(data_cfg: dict) -> RadiusGraph:
 class AtomisticDataModule(L.LightningDataModule):
     """Train/val/test datasets from the ``data`` section of a training config."""
 
-    def __init__(self, data: dict, targets: dict, seed: int = 0):
+    def __init__(self, data: dict, targets: dict, seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg, self.targets, self.seed = data, targets, seed
+        self.dtype = dtype  # float64 for precision 64-true
         self.train_set = self.val_set = self.test_set = None
         #: position of the train loader when resuming (``ResumableLoader.state_dict()``); set
         #: before ``fit`` because Lightning creates the loader's iterator before restoring state
@@ -116,7 +117,7 @@ class AtomisticDataModule(L.LightningDataModule):
         transform = graph_transform(self.cfg)
         dataset = open_dataset(path, self.cfg["format"], transform=transform, keys=self.cfg["keys"] or None,
                                required=self.required_labels(), trusted=self.cfg["trusted"],
-                               **(self.cfg["options"] or {}))
+                               dtype=self.dtype, **(self.cfg["options"] or {}))
         if isinstance(dataset, StructureDataset):
             return StructureDataset([dataset[i] for i in range(len(dataset))])
         return dataset

@@ -51,6 +51,8 @@ class AtomisticTask(L.LightningModule):
         self.loss_cfg = config["loss"]
         #: atomic numbers of the training set (saved in checkpoints; None when unknown)
         self.training_elements: list[int] | None = None
+        #: {"requested", "used", "fallback"} precision of the training run (saved in checkpoints)
+        self.precision_record: dict | None = None
 
     # ---- prediction -------------------------------------------------------------------------
     def normalized_outputs(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
@@ -175,13 +177,15 @@ class AtomisticTask(L.LightningModule):
         import frameavg
 
         checkpoint["frameavg"] = {"version": frameavg.__version__, "torch": "%s" % torch.__version__,  # plain str: TorchVersion is not weights_only-safe
-                                  "training_elements": self.training_elements}
+                                  "training_elements": self.training_elements, "precision": self.precision_record}
         generator = getattr(self.net, "generator", None)  # stochastic frames: resume the same stream
         if generator is not None:
             checkpoint["frame_generator_state"] = generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.training_elements = (checkpoint.get("frameavg") or {}).get("training_elements")
+        # a resumed run keeps the record of its own (possibly different) precision
+        self.precision_record = self.precision_record or (checkpoint.get("frameavg") or {}).get("precision")
         generator = getattr(self.net, "generator", None)
         if generator is not None and "frame_generator_state" in checkpoint:
             generator.set_state(checkpoint["frame_generator_state"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from torch_geometric.data import Batch
 from frameavg.derivatives import voigt_to_matrix
 from frameavg.errors import ConfigError, DataError, FrameavgError
 from frameavg.outputs import ENERGY, FORCES, STRESS
+from frameavg.precision import device_of_accelerator, normalize_name as normalize_precision, resolve as resolve_precision
 from frameavg.training.config import save_config, validate_model_section
 from frameavg.training.data_module import AtomisticDataModule
 from frameavg.training.metrics import oc20_metrics
@@ -35,13 +37,16 @@ def fit_normalizer(config: dict, batch: Batch) -> EnergyNormalizer:
     return EnergyNormalizer(mean, std, fitted.element_references)
 
 
-def build_trainer(config: dict, run_dir: Path, callbacks_extra=()) -> L.Trainer:
+def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: str | None = None) -> L.Trainer:
+    """Lightning's trainer for ``config`` (``precision``: the resolved precision, which may differ
+    from the config's after a fallback; see ``frameavg.precision``)."""
     from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, LearningRateMonitor,
                                              ModelCheckpoint)
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     optim, trainer_cfg = config["optim"], dict(config["trainer"])
     every_n = trainer_cfg.pop("checkpoint_every_n_steps", None)
+    trainer_cfg["precision"] = normalize_precision(precision or trainer_cfg["precision"])
     callbacks = [
         # no "-v1" copies: a fresh run gets a fresh run_dir, a resumed one continues its own files
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=optim["monitor"],
@@ -79,10 +84,13 @@ def train(config: dict, resume: str | None = None) -> dict:
     model) and the data."""
     validate_model_section(config)
     checkpoint = None if resume is None else _resume_checkpoint(resume, config)
+    requested = config["trainer"]["precision"]
+    precision = resolve_precision(requested, device_of_accelerator(config["trainer"]["accelerator"]))
     L.seed_everything(config["seed"], workers=True, verbose=False)
-    data = AtomisticDataModule(config["data"], config["targets"], seed=config["seed"])
+    data = AtomisticDataModule(config["data"], config["targets"], seed=config["seed"], dtype=precision.dtype)
     data.setup("fit")
     task = AtomisticTask(config)
+    task.precision_record = precision.record(requested)
     if checkpoint is None:
         train_batch = Batch.from_data_list([data.train_set[i] for i in range(len(data.train_set))])
         task.normalizer = fit_normalizer(config, train_batch)
@@ -92,7 +100,7 @@ def train(config: dict, resume: str | None = None) -> dict:
     run_dir = _run_dir(config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
-    trainer = build_trainer(config, run_dir)
+    trainer = build_trainer(config, run_dir, precision=precision.name)
     trainer.fit(task, datamodule=data, ckpt_path=resume)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if trainer.global_rank != 0:
@@ -200,7 +208,8 @@ def baseline_metrics(task: AtomisticTask, structures: list) -> dict:
 
 @torch.no_grad()
 def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
-             failed: dict[int, str] | None = None, stress: bool | None = None) -> tuple[dict, dict]:
+             failed: dict[int, str] | None = None, stress: bool | None = None,
+             precision=None) -> tuple[dict, dict]:
     """OC20 metrics over all structures at once, and the predictions (eV, eV/Å, eV/Å³) per structure.
 
     A structure the model refuses (a ``DataError``: an element it does not embed, bad tags) does
@@ -209,7 +218,9 @@ def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
     cover the structures that were predicted (``metrics["structures_failed"]`` counts the rest).
     ``failed``: {index: message} of structures already known to be bad (not predicted).
     ``stress``: predict stress [B,3,3] too (default: when the model was trained on it; NaN for
-    structures without a cell volume).
+    structures without a cell volume). ``precision``: a ``frameavg.precision.Precision`` to run the
+    model under (its autocast; the task's net and the structures must already be in its dtype and
+    on the task's device).
     """
     task.eval()
     stress = task.predict_stress if stress is None else stress
@@ -221,12 +232,12 @@ def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         try:
-            parts = _predict_split(task, [structures[i] for i in chunk], stress)
+            parts = _predict_split(task, [structures[i] for i in chunk], stress, precision)
         except DataError:
             parts = []
             for i in chunk:
                 try:
-                    parts += _predict_split(task, [structures[i]], stress)
+                    parts += _predict_split(task, [structures[i]], stress, precision)
                 except DataError as exc:
                     parts.append(None)
                     status[i] = str(exc)
@@ -262,17 +273,18 @@ def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
     return metrics, pred
 
 
-def _predict_split(task: AtomisticTask, chunk: list, stress: bool) -> list[dict]:
+def _predict_split(task: AtomisticTask, chunk: list, stress: bool, precision=None) -> list[dict]:
     """Predictions of one batch, split per structure: [{"energy": [1], "forces": [n,3], "stress": [1,3,3]}]."""
-    batch = Batch.from_data_list(chunk)
-    out = task(batch, stress=stress)
+    batch = Batch.from_data_list(chunk).to(task.device)
+    with precision.context() if precision is not None else contextlib.nullcontext():
+        out = task(batch, stress=stress)
     parts = []
     for k, (lo, hi) in enumerate(zip(batch.ptr[:-1].tolist(), batch.ptr[1:].tolist())):
-        part = {ENERGY: out[ENERGY][k:k + 1].detach().double()}
+        part = {ENERGY: out[ENERGY][k:k + 1].detach().cpu().double()}
         if FORCES in out:
-            part[FORCES] = out[FORCES][lo:hi].detach().double()
+            part[FORCES] = out[FORCES][lo:hi].detach().cpu().double()
         if STRESS in out:
-            part[STRESS] = out[STRESS][k:k + 1].detach().double()
+            part[STRESS] = out[STRESS][k:k + 1].detach().cpu().double()
         parts.append(part)
     return parts
 
@@ -285,6 +297,9 @@ def load_task(path: str | os.PathLike) -> AtomisticTask:
         task = AtomisticTask(config)
     except (ConfigError, TypeError, KeyError) as exc:
         raise FrameavgError(f"{path}: the checkpoint's config does not build a model ({exc})") from None
+    record = (checkpoint.get("frameavg") or {}).get("precision") or {}
+    if record.get("used") == "64-true":  # weights stay float64 (not rounded on loading)
+        task.net.double()
     shapes = {name: tuple(t.shape) for name, t in task.state_dict().items()}
     wrong = [f"{name} {tuple(t.shape)} vs {shapes[name]}" for name, t in state.items()
              if name in shapes and isinstance(t, torch.Tensor) and tuple(t.shape) != shapes[name]]
@@ -298,5 +313,6 @@ def load_task(path: str | os.PathLike) -> AtomisticTask:
             f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})"
         )
     task.training_elements = (checkpoint.get("frameavg") or {}).get("training_elements")
+    task.precision_record = record or None
     task.eval()
     return task
