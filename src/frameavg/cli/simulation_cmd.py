@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from frameavg.cli.commands import add_precision_args, command_help, nonnegative_int, positive_int, runtime_precision
+from frameavg.cli.commands import (add_checkpoint_args, add_precision_args, command_help, nonnegative_int, positive_int,
+                                   runtime_precision)
 
 
 def register(sub) -> None:
@@ -54,10 +55,7 @@ def register(sub) -> None:
 
 
 def _add_model_args(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by frameavg train")
-    p.add_argument("--data", required=True, help="structures (any format frameavg reads)")
-    p.add_argument("--format", default=None, help="reader name (default: detected)")
-    p.add_argument("--trusted", action="store_true", help="allow pickled legacy OC20 LMDBs")
+    add_checkpoint_args(p)
     add_precision_args(p, default_precision="64-true")
     p.add_argument("--frames", default="all", help="evaluation frame method of frame-averaged models (default all: exact)")
     p.add_argument("--skin", type=float, default=0.5, help="Verlet skin of the neighbour lists, Å")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from frameavg.cli.commands import add_precision_args, command_help, runtime_precision
+from frameavg.cli.commands import add_checkpoint_args, add_precision_args, command_help, runtime_precision
 from frameavg.errors import FrameavgError
 
 
@@ -33,11 +33,8 @@ def register(sub) -> None:
 
 
 def _add_checkpoint_data_args(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by frameavg train")
-    p.add_argument("--data", required=True, help="structures (any format frameavg reads)")
-    p.add_argument("--format", help="reader name (default: detected from the path)")
+    add_checkpoint_args(p)
     p.add_argument("--keys", help="label mapping, e.g. energy=U0,forces=F (default: the training config's)")
-    p.add_argument("--trusted", action="store_true", help="allow pickled legacy OC20 LMDBs")
     p.add_argument("--batch-size", type=int, default=64)
     add_precision_args(p)
 
