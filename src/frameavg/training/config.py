@@ -84,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
         "log_every_n_steps": 10,
         "enable_progress_bar": True,
         "checkpoint_every_n_steps": None,  # also save mid-epoch (for resume)
+        "threads": None,  # torch threads per process (None: the free cores, see run.default_threads)
     },
 }
 
@@ -136,7 +137,7 @@ SCHEMA: dict[str, tuple] = {
     "optim.early_stopping_patience": _int(1, none=True), "optim.monitor": _STR,
     "trainer.num_nodes": _int(1), "trainer.precision": _choice(*PRECISION_NAMES),
     "trainer.log_every_n_steps": _int(1), "trainer.enable_progress_bar": _BOOL,
-    "trainer.checkpoint_every_n_steps": _int(1, none=True),
+    "trainer.checkpoint_every_n_steps": _int(1, none=True), "trainer.threads": _int(1, none=True),
 }
 
 

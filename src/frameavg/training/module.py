@@ -53,6 +53,8 @@ class AtomisticTask(L.LightningModule):
         self.training_elements: list[int] | None = None
         #: {"requested", "used", "fallback"} precision of the training run (saved in checkpoints)
         self.precision_record: dict | None = None
+        #: torch threads of the training run (saved in checkpoints)
+        self.threads: int | None = None
 
     # ---- prediction -------------------------------------------------------------------------
     def normalized_outputs(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
@@ -161,23 +163,39 @@ class AtomisticTask(L.LightningModule):
             raise ConfigError(f"unknown optim.scheduler '{kind}' (choose cosine, plateau or constant)")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup, floor = int(cfg["warmup_steps"]), float(cfg["min_lr_ratio"])
+        budget_s = 60.0 * cfg["max_time_minutes"] if cfg["max_time_minutes"] else None
+
+        def progress(step: int) -> float:
+            """Fraction of the schedule done: of the time budget when there is one (the clock
+            that stops the run, kept across resumes), else of the steps of max_epochs."""
+            if budget_s is not None:
+                return min(1.0, self.training_seconds() / budget_s)
+            return min(1.0, (step - warmup) / max(1, total - warmup))
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
             if kind == "constant":
                 return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress(step)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def training_seconds(self) -> float:
+        """Seconds of training so far, on the clock of Lightning's ``Timer`` (``optim.max_time_minutes``:
+        the clock that stops the run; it includes validation and resumes from checkpoints)."""
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
+        return 0.0 if timer is None else float(timer.time_elapsed("train") or 0.0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         import frameavg
 
         checkpoint["frameavg"] = {"version": frameavg.__version__, "torch": "%s" % torch.__version__,  # plain str: TorchVersion is not weights_only-safe
-                                  "training_elements": self.training_elements, "precision": self.precision_record}
+                                  "training_elements": self.training_elements, "precision": self.precision_record,
+                                  "threads": self.threads}
         generator = getattr(self.net, "generator", None)  # stochastic frames: resume the same stream
         if generator is not None:
             checkpoint["frame_generator_state"] = generator.get_state()

@@ -1,0 +1,44 @@
+"""Budget-aware schedules: with optim.max_time_minutes the warm-up + cosine schedule follows the
+elapsed fraction of the budget (Lightning's Timer clock), so a run ends at its final learning rate
+within the budget; trainer.threads is applied and recorded."""
+
+from __future__ import annotations
+
+import csv
+
+import torch
+
+from frameavg.training.config import load_config
+from frameavg.training.run import default_threads, read_checkpoint, train
+from tiny import ETHANOL, TINY_MODEL
+
+BUDGET_MINUTES = 0.5
+
+
+def test_a_half_minute_budget_ends_at_the_final_learning_rate(tmp_path):
+    lr, floor = 2e-3, 0.01
+    config = load_config(None, TINY_MODEL + ETHANOL + [
+        "data.max_train=64", "data.val_fraction=0.05", "data.batch_size=8", "optim.max_epochs=100000",
+        f"optim.max_time_minutes={BUDGET_MINUTES}", "optim.scheduler=cosine", "optim.warmup_steps=4",
+        f"optim.lr={lr}", f"optim.min_lr_ratio={floor}", "trainer.log_every_n_steps=1",
+        f"run_dir={tmp_path}", "name=budget"])
+    result = train(config)
+    checkpoint = read_checkpoint(result["checkpoint"])
+    timer = next(state for key, state in checkpoint["callbacks"].items() if key.startswith("Timer"))
+    elapsed = timer["time_elapsed"]["train"]
+    # stopped within the budget plus one step and one validation pass (each well under 2 s here)
+    assert 0.9 * 60 * BUDGET_MINUTES <= elapsed < 60 * BUDGET_MINUTES + 2.0, elapsed
+    with open(tmp_path / "budget" / "logs" / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("lr-AdamW")]
+    rates = [float(row["lr-AdamW"]) for row in rows]
+    assert len(rates) > 20 and max(rates) <= lr * (1 + 1e-9)
+    assert rates[-1] < lr * (floor + 0.02), rates[-5:]  # the cosine has reached its floor
+    middle = rates[len(rates) // 2]
+    assert lr * 0.2 < middle < lr * 0.8  # half-way through the budget, half-way down the cosine
+    assert checkpoint["frameavg"]["threads"] == 1 and result["threads"] == 1
+
+
+def test_default_threads_are_the_free_cores():
+    threads = default_threads({"devices": 1, "accelerator": "cpu"})
+    assert 1 <= threads <= torch.get_num_threads() + 64
+    assert default_threads({"devices": 64, "accelerator": "cpu"}) == 1
