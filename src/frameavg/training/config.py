@@ -107,6 +107,7 @@ def _choice(*options, none=False):
 
 
 _BOOL, _STR, _STR_OR_NONE, _MAP = ("bool",), ("str", False), ("str", True), ("map",)
+_BOOL_OR_PATH = ("bool_or_path",)
 
 #: Type and range of every fixed key, checked by ``validate_config`` when a config is loaded (before
 #: any run folder exists). ``model`` keys are checked against the model's constructor by
@@ -126,7 +127,7 @@ SCHEMA: dict[str, tuple] = {
     "loss.energy": _choice("mae", "mse"), "loss.forces": _choice("l2mae", "mae", "mse"),
     "loss.energy_weight": _float(0.0), "loss.forces_weight": _float(0.0), "loss.gradient_weight": _float(0.0),
     "loss.conservation_weight": _float(0.0), "loss.train_on_free_atoms": _BOOL,
-    "normalize.energy": _BOOL, "normalize.element_references": _BOOL, "normalize.mean": _float(none=True),
+    "normalize.energy": _BOOL, "normalize.element_references": _BOOL_OR_PATH, "normalize.mean": _float(none=True),
     "normalize.std": _float(0.0, none=True, open_low=True),
     "optim.lr": _float(0.0, open_low=True), "optim.weight_decay": _float(0.0),
     "optim.scheduler": _choice("cosine", "plateau", "constant"), "optim.warmup_steps": _int(0),
@@ -158,6 +159,10 @@ def validate_config(config: dict, where: str = "config") -> None:
 
 def _checked(value, rule, name):
     kind = rule[0]
+    if kind == "bool_or_path":
+        if not (isinstance(value, bool) or (isinstance(value, str) and value)):
+            raise ConfigError(f"{name} must be true, false or a file of isolated-atom energies, got {value!r}")
+        return value
     if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, got {value!r}")

@@ -35,16 +35,22 @@ class EnergyNormalizer(nn.Module):
         self.register_buffer("std", torch.tensor(float(std), dtype=torch.float64))
 
     @classmethod
-    def fit(cls, atomic_numbers, batch, energy, *, use_element_references=True, scale=True) -> "EnergyNormalizer":
+    def fit(cls, atomic_numbers, batch, energy, *, use_element_references=True, scale=True,
+            references: torch.Tensor | None = None) -> "EnergyNormalizer":
         """Fit on training data: ``atomic_numbers`` [N], ``batch`` [N], ``energy`` [B] (eV).
 
         Element references are the minimum-norm least-squares solution of counts @ refs = E
-        (elements absent from the data get 0); mean/std are those of the residuals.
+        (elements absent from the data get 0), or the given ``references`` [MAX_Z+1] (eV per atom,
+        e.g. isolated-atom energies, see ``isolated_atom_references``); mean/std are those of the
+        residuals.
         """
         energy = energy.to(torch.float64)
         refs = torch.zeros(MAX_Z + 1, dtype=torch.float64)
         residual = energy
-        if use_element_references:
+        if references is not None:
+            refs = references.to(torch.float64).clone()
+            residual = energy - composition_counts(atomic_numbers, batch, len(energy)) @ refs
+        elif use_element_references:
             counts = composition_counts(atomic_numbers, batch, len(energy))
             present = counts.sum(0) > 0
             solution = torch.linalg.lstsq(counts[:, present], energy.unsqueeze(1), driver="gelsd").solution
@@ -74,3 +80,23 @@ class EnergyNormalizer(nn.Module):
 
     def denormalize_forces(self, output: torch.Tensor) -> torch.Tensor:
         return output * self.std.to(output.dtype)
+
+
+def isolated_atom_references(path, energy_key: str = "energy") -> tuple[torch.Tensor, set[int]]:
+    """([MAX_Z+1] eV per atom, the atomic numbers given) from a file of one-atom structures with
+    energies (as MACE's and SchNetPack's isolated-atom references; any format frameavg reads)."""
+    from frameavg.data import read_structures
+    from frameavg.errors import DataError
+
+    refs = torch.zeros(MAX_Z + 1, dtype=torch.float64)
+    seen: set[int] = set()
+    for data in read_structures(path, keys={"energy": energy_key}, required=("energy",), dtype=torch.float64):
+        if data.num_nodes != 1:
+            raise DataError(f"isolated-atom references must be one-atom structures, found {data.num_nodes} atoms",
+                            source=str(path))
+        z = int(data.atomic_numbers[0])
+        if z in seen:
+            raise DataError(f"two isolated-atom energies for Z = {z}", source=str(path))
+        seen.add(z)
+        refs[z] = float(data.energy.reshape(-1)[0])
+    return refs, seen

@@ -28,8 +28,17 @@ def fit_normalizer(config: dict, batch: Batch) -> EnergyNormalizer:
     cfg = config["normalize"]
     if not config["targets"]["energy"] or not cfg["energy"]:
         return EnergyNormalizer()
+    given = cfg["element_references"]
+    references = None
+    if isinstance(given, str):  # a file of isolated-atom energies
+        from frameavg.training.normalization import isolated_atom_references
+
+        references, given_z = isolated_atom_references(given)
+        missing = sorted(set(batch.atomic_numbers.unique().tolist()) - given_z)
+        if missing:
+            raise DataError(f"no isolated-atom energy for Z = {', '.join(map(str, missing))}", source=given)
     fitted = EnergyNormalizer.fit(batch.atomic_numbers, batch.batch, batch.energy,
-                                  use_element_references=cfg["element_references"])
+                                  use_element_references=bool(given), references=references)
     mean = fitted.mean.item() if cfg["mean"] is None else cfg["mean"]
     std = cfg["std"]
     if std is None:  # with forces, one scale for both: the force RMS (energy std is far smaller)

@@ -1,4 +1,4 @@
-"""Budget-aware schedules: with optim.max_time_minutes the warm-up + cosine schedule follows the
+"""Budget-aware schedules and isolated-atom energy references: with optim.max_time_minutes the warm-up + cosine schedule follows the
 elapsed fraction of the budget (Lightning's Timer clock), so a run ends at its final learning rate
 within the budget; trainer.threads is applied and recorded."""
 
@@ -42,3 +42,31 @@ def test_default_threads_are_the_free_cores():
     threads = default_threads({"devices": 1, "accelerator": "cpu"})
     assert 1 <= threads <= torch.get_num_threads() + 64
     assert default_threads({"devices": 64, "accelerator": "cpu"}) == 1
+
+
+def test_isolated_atom_references_from_a_file(tmp_path, shared_data):
+    """normalize.element_references: FILE takes rMD17's isolated-atom DFT energies as references;
+    the residual mean and scale are fitted on what is left."""
+    import ase.io
+    import pytest
+
+    from frameavg.errors import DataError
+    from frameavg.training.normalization import isolated_atom_references
+
+    path = shared_data / "rmd17_ethanol" / "isolated_atoms.xyz"
+    refs, given = isolated_atom_references(path)
+    atoms = {a.numbers[0]: a.get_potential_energy() for a in ase.io.read(path, ":")}
+    assert given == set(atoms) >= {1, 6, 8}
+    assert all(refs[z] == pytest.approx(e, abs=1e-9) for z, e in atoms.items())
+    config = load_config(None, TINY_MODEL + ETHANOL + [
+        "data.max_train=16", "data.val_fraction=0.01", "optim.max_epochs=1", f"run_dir={tmp_path}", "name=refs",
+        f"normalize.element_references={path}"])
+    result = train(config)
+    state = read_checkpoint(result["checkpoint"])["state_dict"]
+    torch.testing.assert_close(state["normalizer.element_references"][[1, 6, 8]], refs[[1, 6, 8]])
+    only_h = tmp_path / "h.xyz"
+    ase.io.write(only_h, [a for a in ase.io.read(path, ":") if a.numbers[0] == 1])
+    with pytest.raises(DataError, match="no isolated-atom energy for Z = 6, 8"):
+        train(load_config(None, TINY_MODEL + ETHANOL + ["data.max_train=16", "data.val_fraction=0.01",
+                                                          f"run_dir={tmp_path}", "name=missing",
+                                                          f"normalize.element_references={only_h}"]))
