@@ -18,6 +18,9 @@ def test_energy_metrics_by_hand():
     out = oc20_metrics({"energy": pred}, {"energy": true}, natoms=torch.tensor([1, 1, 1, 1]))
     assert out["energy_mae"] == pytest.approx((0.01 + 0.5 + 0.02 + 0.02) / 4, abs=1e-6)
     assert out["energy_mse"] == pytest.approx((0.01**2 + 0.25 + 0.0004 + 0.0004) / 4, abs=1e-6)
+    assert out["energy_rmse"] == pytest.approx(((0.01**2 + 0.25 + 0.0004 + 0.0004) / 4) ** 0.5, abs=1e-6)
+    assert out["energy_mae_meV"] == pytest.approx(1e3 * out["energy_mae"])
+    assert out["energy_rmse_meV"] == pytest.approx(1e3 * out["energy_rmse"])
     # strict threshold: only 0.01 is below 0.02 (0.02 errors in float32 are on either side; use float64)
     e = energy_within_threshold(pred.double(), torch.tensor([1.01, 2.5, 2.99, 4.03], dtype=torch.float64))
     assert e.item() == pytest.approx(0.5)
@@ -28,6 +31,11 @@ def test_forces_cos_and_magnitude_by_hand():
     true = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     assert forces_cos(pred, true).item() == pytest.approx(0.5)  # (0 + 1) / 2
     assert forces_magnitude_error(pred, true).item() == pytest.approx(0.5)  # (0 + 1) / 2
+    out = oc20_metrics({"forces": pred}, {"forces": true}, natoms=torch.tensor([2]))
+    # component errors 1, -1, 0 / 0, 1, 0: MAE 3/6, RMSE sqrt(3/6)
+    assert out["forces_mae_meV_per_A"] == pytest.approx(1e3 * 3 / 6)
+    assert out["forces_rmse"] == pytest.approx((3 / 6) ** 0.5)
+    assert out["forces_rmse_meV_per_A"] == pytest.approx(1e3 * (3 / 6) ** 0.5)
 
 
 def test_efwt_and_free_atom_masking():

@@ -78,6 +78,7 @@ def oc20_metrics(pred: dict, target: dict, natoms: torch.Tensor, free: torch.Ten
         out["energy_mae"] = energy_mae(e_pred, e_true).item()
         out["energy_mse"] = energy_mse(e_pred, e_true).item()
         out["energy_within_threshold"] = energy_within_threshold(e_pred, e_true).item()
+        out["energy_rmse"] = math.sqrt(out["energy_mse"])
     if has_forces:
         f_pred, f_true = pred["forces"].detach(), target["forces"].detach()
         counts = natoms
@@ -88,6 +89,7 @@ def oc20_metrics(pred: dict, target: dict, natoms: torch.Tensor, free: torch.Ten
         out["forces_mae"] = forces_mae(f_pred, f_true).item()
         out["forces_cos"] = forces_cos(f_pred, f_true).item()
         out["forces_magnitude_error"] = forces_magnitude_error(f_pred, f_true).item()
+        out["forces_rmse"] = (f_pred - f_true).double().square().mean().sqrt().item()  # over components
         if has_energy:
             out["energy_forces_within_threshold"] = energy_forces_within_threshold(
                 e_pred, e_true, f_pred, f_true, counts
@@ -95,7 +97,17 @@ def oc20_metrics(pred: dict, target: dict, natoms: torch.Tensor, free: torch.Ten
     if "stress" in pred and "stress" in target:
         s_pred, s_true = pred["stress"].detach().reshape(-1, 9), target["stress"].detach().reshape(-1, 9)
         out["stress_mae"] = (s_pred - s_true).abs().mean().item()  # eV/Å³, over all 9 components
-    return out
+    return out | with_units(out)
+
+
+#: Metric name -> (name with its unit, factor from eV / eV/Å) of ``with_units``.
+UNIT_KEYS = {"energy_mae": ("energy_mae_meV", 1e3), "energy_rmse": ("energy_rmse_meV", 1e3),
+             "forces_mae": ("forces_mae_meV_per_A", 1e3), "forces_rmse": ("forces_rmse_meV_per_A", 1e3)}
+
+
+def with_units(metrics: dict) -> dict:
+    """The MAE/RMSE metrics again in meV and meV/Å, units in the names (``energy_mae_meV``)."""
+    return {UNIT_KEYS[k][0]: v * UNIT_KEYS[k][1] for k, v in metrics.items() if k in UNIT_KEYS}
 
 
 # --------------------------------------------------------------------------- IS2RS / IS2RE by relaxation
