@@ -70,3 +70,23 @@ def test_isolated_atom_references_from_a_file(tmp_path, shared_data):
         train(load_config(None, TINY_MODEL + ETHANOL + ["data.max_train=16", "data.val_fraction=0.01",
                                                           f"run_dir={tmp_path}", "name=missing",
                                                           f"normalize.element_references={only_h}"]))
+
+
+def test_train_reports_splits_normaliser_and_precision_without_lightning_chatter(tmp_path, capfd):
+    from frameavg.cli.main import main
+
+    overrides = TINY_MODEL + ETHANOL + ["data.max_train=16", "data.val_fraction=0.05", "optim.max_epochs=1",
+                                        f"run_dir={tmp_path}", "name=talk"]
+    assert main(["train", str(_config_file(tmp_path)), *overrides]) == 0
+    out, err = capfd.readouterr()
+    assert "frameavg: data: 16 train, 50 val structures (read in" in err
+    assert "frameavg: precision 32-true, 1 thread" in err
+    assert "frameavg: energy normaliser: mean" in err and "references (eV/atom): H " in err
+    for chatter in ("Tip:", "GPU available", "TPU available", "LeafSpec", "Trainer.fit` stopped"):
+        assert chatter not in out + err, chatter
+
+
+def _config_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: tiny\n")
+    return path

@@ -47,7 +47,8 @@ def run_train(args) -> int:
     overrides, flags = split_flags(args.overrides, valued=("--resume",), switches=("--json",))
     resume = flags.get("--resume", args.resume)
     as_json = args.json or "--json" in flags
-    result = train(load_config(args.config, overrides), resume=resume)
+    result = train(load_config(args.config, overrides), resume=resume,
+                   report=lambda line: print(f"frameavg: {line}", file=sys.stderr))
     if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
     if as_json:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -85,13 +86,15 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: st
         raise ConfigError(f"invalid trainer option: {exc}") from None
 
 
-def train(config: dict, resume: str | None = None) -> dict:
+def train(config: dict, resume: str | None = None, report=None) -> dict:
     """Train per ``config``. Returns {"run_dir", "checkpoint", "epochs", "test", "baseline", "plots"}
     on rank 0 ("test" is None without a test set) and None on the other ranks of a DDP run.
 
     Everything that can be checked is checked before the run folder is touched: the config (at
     load), the model section, the resume checkpoint (readable, a frameavg checkpoint of the same
-    model) and the data."""
+    model) and the data. ``report``: called with one line each for the split sizes and reading
+    time, the fitted normaliser and the precision and threads (the CLI prints them to stderr).
+    Lightning's start-up banners, tips and known deprecation chatter are silenced."""
     validate_model_section(config)
     checkpoint = None if resume is None else _resume_checkpoint(resume, config)
     requested = config["trainer"]["precision"]
@@ -100,15 +103,43 @@ def train(config: dict, resume: str | None = None) -> dict:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # restored when the run ends
     try:
-        return _fit(config, checkpoint, resume, precision, requested, threads)
+        with _quiet_lightning():
+            return _fit(config, checkpoint, resume, precision, requested, threads, report or (lambda line: None))
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, requested: str, threads: int):
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's INFO banners ("GPU available", tips, "Trainer.fit stopped") and the warnings it
+    emits about itself, off for the run (its model summary and real warnings stay)."""
+    import logging
+    import warnings
+
+    banners = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = banners.level
+    banners.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
+            yield
+    finally:
+        banners.setLevel(level)
+
+
+def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, requested: str, threads: int,
+         report):
     L.seed_everything(config["seed"], workers=True, verbose=False)
     data = AtomisticDataModule(config["data"], config["targets"], seed=config["seed"], dtype=precision.dtype)
+    start = time.perf_counter()
     data.setup("fit")
+    sizes = {name: len(split) for name, split in (("train", data.train_set), ("val", data.val_set),
+                                                  ("test", data.test_set)) if split is not None}
+    report(f"data: {', '.join(f'{n} {name}' for name, n in sizes.items())} structures "
+           f"(read in {time.perf_counter() - start:.1f} s)")
+    report(f"precision {precision.name}" + (f" (asked {requested}: {precision.fallback})" if precision.fallback else "")
+           + f", {threads} thread{'s' if threads > 1 else ''}")
     task = AtomisticTask(config)
     task.precision_record = precision.record(requested)
     task.threads = threads
@@ -116,6 +147,7 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
         train_batch = Batch.from_data_list([data.train_set[i] for i in range(len(data.train_set))])
         task.normalizer = fit_normalizer(config, train_batch)
         task.training_elements = train_batch.atomic_numbers.unique().tolist()
+        report(describe_normalizer(task.normalizer, task.training_elements))
     else:
         data.resume_loader_state = _loader_state(checkpoint)
     run_dir = _run_dir(config, resume)
@@ -138,6 +170,15 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
 
         result["plots"] = [str(p) for p in write_plots(run_dir, data.test_set, pred)]
     return result
+
+
+def describe_normalizer(normalizer: EnergyNormalizer, elements) -> str:
+    """One line: the energy normaliser's mean, scale and element references of ``elements``."""
+    from ase.data import chemical_symbols
+
+    refs = ", ".join(f"{chemical_symbols[z]} {float(normalizer.element_references[z]):.6g}" for z in sorted(elements))
+    return (f"energy normaliser: mean {float(normalizer.mean):.6g} eV, scale {float(normalizer.std):.6g}"
+            + (f", references (eV/atom): {refs}" if bool(normalizer.element_references.any()) else ""))
 
 
 def default_threads(trainer_cfg: dict) -> int:
