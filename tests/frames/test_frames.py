@@ -262,3 +262,29 @@ def test_unknown_methods_are_config_errors():
         FrameMethod.parse("everything")
     with pytest.raises(ConfigError, match="unknown frame dimension '4D'"):
         FrameMethod.parse("all", "4D")
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_k_random_frames_are_distinct_members_of_the_frame_set_drawn_uniformly(k):
+    """frames method "k": k distinct frames of each graph's full set per call, weights 1/k, every
+    frame of the set equally likely (400 draws: each of the 8 frames near 400 k / 8)."""
+    generator = torch.Generator().manual_seed(0)
+    pos = torch.randn(24, 3, generator=generator, dtype=torch.float64)
+    batch = torch.repeat_interleave(torch.arange(2), 12)
+    full = compute_frames(pos, batch, 2, method=FrameMethod.parse("all", "3D"))
+    members = {tuple(r.flatten().round(decimals=9).tolist()) for r in full.rotation[full.graph == 0]}
+    assert len(members) == 8
+    counts = dict.fromkeys(members, 0)
+    for _ in range(400):
+        frames = compute_frames(pos, batch, 2, method=FrameMethod.parse(str(k), "3D"), generator=generator)
+        assert torch.bincount(frames.graph).tolist() == [k, k]
+        assert torch.allclose(frames.weight, torch.full_like(frames.weight, 1.0 / k))
+        drawn = [tuple(r.flatten().round(decimals=9).tolist()) for r in frames.rotation[frames.graph == 0]]
+        assert len(set(drawn)) == k and set(drawn) <= members
+        for key in drawn:
+            counts[key] += 1
+    expected = 400 * k / 8
+    assert all(abs(c - expected) < 5 * math.sqrt(expected) for c in counts.values()), counts
+    assert FrameMethod.parse(str(k)).name == str(k) and FrameMethod.parse(f"se3-{k}").proper
+    with pytest.raises(ConfigError, match="k = 2..8"):
+        FrameMethod.parse("9")

@@ -211,6 +211,8 @@ def compute_frames(
         set_size = torch.bincount(graph, minlength=num_graphs)
         if spec.kind == "stochastic":
             rotation, graph = _pick_one(rotation, graph, set_size, generator)
+        elif spec.kind == "sample":
+            rotation, graph = _pick_k(rotation, graph, set_size, spec.samples, generator)
 
     return _expand(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info)
 
@@ -600,6 +602,18 @@ def _pick_one(rotation, graph, set_size, generator):
     u = torch.rand(num_graphs, generator=generator, dtype=torch.float64).to(set_size.device)
     choice = start + torch.minimum((u * set_size).long(), set_size - 1)
     return rotation[choice], graph[choice]
+
+
+def _pick_k(rotation, graph, set_size, k, generator):
+    """``k`` distinct frames per graph, uniformly from its set (all of a smaller set); ``graph``
+    is sorted, so a random key per frame ranks the frames of each graph independently."""
+    key = torch.rand(graph.shape[0], generator=generator, dtype=torch.float64).to(graph.device)
+    order = torch.argsort(graph.to(torch.float64) * 2.0 + key)  # by graph, then by key
+    start = torch.cumsum(set_size, 0) - set_size
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.shape[0], device=graph.device) - start.index_select(0, graph[order])
+    keep = rank < k
+    return rotation[keep], graph[keep]
 
 
 def _expand(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info) -> Frames:

@@ -91,7 +91,8 @@ DEFAULTS: dict[str, Any] = {
 FREE_SECTIONS = ("model", "trainer")
 
 FRAME_DIMS = ("3D", "2D", "none")
-FRAME_METHODS = ("all", "stochastic", "det", "DA", "se3-all", "se3-stochastic", "se3-det", "se3-DA")
+FRAME_METHODS = ("all", "stochastic", "det", "DA", "se3-all", "se3-stochastic", "se3-det", "se3-DA",
+                 *(str(k) for k in range(2, 9)), *(f"se3-{k}" for k in range(2, 9)))  # k random frames
 
 
 def _int(low=None, high=None, none=False):
@@ -183,6 +184,8 @@ def _checked(value, rule, name):
         options, none = rule[1], rule[2]
         if value is None and none:
             return None
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in options:
+            return str(value)  # frames.train: 2 (k random frames) written as a number
         if value not in options:
             close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
