@@ -42,10 +42,6 @@ class Precision:
     device_type: str
     fallback: str | None = None
 
-    @property
-    def mixed(self) -> bool:
-        return self.autocast is not None
-
     def record(self, requested: str) -> dict:
         """What a checkpoint or a report stores: requested and effective precision, and why."""
         return {"requested": normalize_name(requested), "used": self.name, "fallback": self.fallback}
@@ -143,13 +139,6 @@ def full_precision():
 
     with torch.autocast(device_type="cpu", enabled=False), torch.autocast(device_type="cuda", enabled=False):
         yield
-
-
-def autocast_active() -> bool:
-    """Whether a CPU or CUDA autocast region is active."""
-    import torch
-
-    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
 
 
 def autocast_dtype(tensor: torch.Tensor) -> torch.dtype | None:
