@@ -173,3 +173,14 @@ def test_bf16_training_step_gradients_follow_float32(regress_forces, real_batche
     assert bool(torch.isfinite(low).all())
     cosine = float(torch.nn.functional.cosine_similarity(low, reference, dim=0))
     assert cosine > 0.97, cosine  # measured 0.987-0.99+
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_models_alone_return_float32_under_autocast(name, real_batches):
+    """Without FrameAveraging too: energies (and forces, conservative or direct) come out float32."""
+    modes = ["from_energy", "direct"] if name in ("faenet", "painn", "escn") else ["from_energy"]
+    for mode in modes:
+        model = small_model(name, **({"direct_forces": True} if name == "raw-mpnn" else {"regress_forces": mode}))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(real_batches["molecules"])
+        assert {key: value.dtype for key, value in out.items()} == dict.fromkeys(out, torch.float32), (name, mode)

@@ -33,6 +33,7 @@ from frameavg.models.blocks import (
 from frameavg.models.edge_filter import EdgePass, EdgeWorkspace, edge_pairs, filtered_message_sum
 from frameavg.models.elements import MAX_ATOMIC_NUMBER, NORMALISATION_MAX_Z, element_table
 from frameavg.outputs import ENERGY, FORCES, GRADIENT_FORCES
+from frameavg.precision import full
 
 MP_TYPES = ("simple", "updownscale", "updownscale_base", "base", "updown_local_env")
 SKIP_CO = (False, "add", "concat", "concat_atom")
@@ -658,7 +659,7 @@ class FAENet(nn.Module):
 
         out = {ENERGY: energy}
         if self.decoder is not None:
-            out[FORCES] = self.decoder(h)
+            out[FORCES] = full(self.decoder(h))  # float32 also under autocast
         if need_pos_grad:
             create_graph = outer_grad and self.regress_forces == "from_energy"
             forces, _ = energy_gradients(energy, pos, create_graph=create_graph, retain_graph=outer_grad)
@@ -710,7 +711,7 @@ class FAENet(nn.Module):
         elif self.skip_co == "add":
             skip.append(energy)
             energy = torch.stack(skip, dim=0).sum(dim=0)
-        return energy.view(-1), h
+        return full(energy).view(-1), h  # float32 also under autocast (mlp_skip_co is a product)
 
     def _check_inputs(self, z: Tensor, tags: Tensor | None, pos: Tensor) -> None:
         if z.dim() != 1 or pos.shape != (z.shape[0], 3):

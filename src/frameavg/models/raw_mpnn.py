@@ -22,6 +22,7 @@ from frameavg.data.neighbors import edge_vectors
 from frameavg.errors import DataError
 from frameavg.frames.cloud import cosine_envelope, periodic_graphs
 from frameavg.models.blocks import scatter_sum
+from frameavg.precision import full
 
 
 class RawCoordinateMPNN(nn.Module):
@@ -80,5 +81,5 @@ class RawCoordinateMPNN(nn.Module):
         atom_energy = self.energy_head(h).squeeze(-1)
         out = {"energy": scatter_sum(atom_energy, graph, num_graphs)}
         if self.force_head is not None:
-            out["forces"] = self.force_head(h)
+            out["forces"] = full(self.force_head(h))
         return out
