@@ -127,3 +127,27 @@ def test_ema_plateau_and_early_stopping_run(tmp_path):
     assert any("EarlyStopping" in name for name in checkpoint["callbacks"])
     assert checkpoint["lr_schedulers"][0]["mode"] == "min"  # ReduceLROnPlateau state
     assert load_task(result["checkpoint"]) is not None
+
+
+def test_test_takes_several_files_and_predict_reports_metrics(trained, tmp_path, capsys):
+    """One model load for several --data files (a metrics table per file, {"files": ...} in JSON,
+    each equal to that file on its own); predict prints metrics when the data holds labels."""
+    import json
+
+    result, _ = trained
+    frames = ase.io.read(shipped_path("rmd17_ethanol/test"), ":12")
+    first, second = tmp_path / "a.extxyz", tmp_path / "b.extxyz"
+    ase.io.write(first, frames[:5])
+    ase.io.write(second, frames[5:])
+    assert main(["test", "--checkpoint", result["checkpoint"], "--data", str(first), str(second), "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)["files"]
+    assert set(both) == {str(first), str(second)}
+    for path in (first, second):
+        assert main(["test", "--checkpoint", result["checkpoint"], "--data", str(path), "--json"]) == 0
+        alone = json.loads(capsys.readouterr().out)
+        assert alone["energy_mae"] == pytest.approx(both[str(path)]["energy_mae"], rel=1e-6)
+        assert alone["forces_rmse_meV_per_A"] == pytest.approx(both[str(path)]["forces_rmse_meV_per_A"], rel=1e-6)
+    assert main(["predict", "--checkpoint", result["checkpoint"], "--data", str(first),
+                 "--out", str(tmp_path / "p.extxyz")]) == 0
+    out = capsys.readouterr().out
+    assert "metrics against the labels" in out and "energy_mae" in out

@@ -52,11 +52,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_checkpoint_args(p) -> None:
-    """``--checkpoint``, ``--data``, ``--format`` and ``--trusted`` of the commands that run a
-    trained model on structures."""
+def add_checkpoint_args(p, several_files: bool = False) -> None:
+    """``--checkpoint``, ``--data`` (one file, or ``several_files``), ``--format`` and
+    ``--trusted`` of the commands that run a trained model on structures."""
     p.add_argument("--checkpoint", required=True, help="checkpoint written by frameavg train")
-    p.add_argument("--data", required=True, help="structures (any format frameavg reads)")
+    if several_files:
+        p.add_argument("--data", required=True, nargs="+", metavar="FILE",
+                       help="structures (any format frameavg reads); several files: one model load, metrics per file")
+    else:
+        p.add_argument("--data", required=True, help="structures (any format frameavg reads)")
     p.add_argument("--format", default=None, help="reader name (default: detected from the path)")
     p.add_argument("--trusted", action="store_true", help="allow pickled legacy OC20 LMDBs")
 

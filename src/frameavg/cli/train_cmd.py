@@ -20,7 +20,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("test", help=command_help("test"))
-    _add_checkpoint_data_args(p)
+    _add_checkpoint_data_args(p, several_files=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_test)
 
@@ -32,8 +32,8 @@ def register(sub) -> None:
     p.set_defaults(func=run_predict)
 
 
-def _add_checkpoint_data_args(p) -> None:
-    add_checkpoint_args(p)
+def _add_checkpoint_data_args(p, several_files: bool = False) -> None:
+    add_checkpoint_args(p, several_files)
     p.add_argument("--keys", help="label mapping, e.g. energy=U0,forces=F (default: the training config's)")
     p.add_argument("--batch-size", type=int, default=64)
     add_precision_args(p)
@@ -85,34 +85,39 @@ def split_flags(items: list[str], *, valued=(), switches=()) -> tuple[list[str],
     return rest, flags
 
 
-def _load(args):
-    """(task, structures with graphs, key mapping, {index: error} of structures that could not be
-    prepared). A structure that fails does not stop the others: it is reported and skipped."""
-    from frameavg.data import read_structures
-    from frameavg.errors import DataError
-    from frameavg.training.data_module import graph_transform
+def _load_model(args):
+    """(task on --device in --precision's dtype, label key mapping, resolved precision)."""
     from frameavg.training.run import load_task
 
     precision = runtime_precision(args)
     task = load_task(args.checkpoint).to(args.device)
     task.net.to(precision.dtype)
-    data_cfg = task.config["data"]
-    keys = dict(data_cfg["keys"] or {})
+    keys = dict(task.config["data"]["keys"] or {})
     if args.keys:
         try:
             keys = dict(item.split("=", 1) for item in args.keys.split(","))
         except ValueError:
             raise FrameavgError(f"--keys must look like energy=U0,forces=F, got '{args.keys}'") from None
-    structures = read_structures(args.data, format=args.format, keys=keys or None, trusted=args.trusted,
+    return task, keys, precision
+
+
+def _read(path, args, task, keys, precision):
+    """(structures of ``path`` with graphs, {index: error} of structures that could not be
+    prepared). A structure that fails does not stop the others: it is reported and skipped."""
+    from frameavg.data import read_structures
+    from frameavg.errors import DataError
+    from frameavg.training.data_module import graph_transform
+
+    structures = read_structures(path, format=args.format, keys=keys or None, trusted=args.trusted,
                                  dtype=precision.dtype)
-    transform = graph_transform(data_cfg)
+    transform = graph_transform(task.config["data"])
     failed = {}
     for i, data in enumerate(structures):
         try:
             structures[i] = transform(data)
         except DataError as exc:
             failed[i] = str(exc)
-    return task, structures, keys, failed, precision
+    return structures, failed
 
 
 def _report_failures(source, status: list[str]) -> None:
@@ -123,23 +128,29 @@ def _report_failures(source, status: list[str]) -> None:
 
 
 def run_test(args) -> int:
+    """Metrics per ``--data`` file (one model load); one JSON document: the metrics of a single
+    file, or ``{"files": {path: metrics}}`` for several."""
     from frameavg.cli.main import print_json
     from frameavg.training.run import evaluate, paper_unit_metrics
 
-    task, structures, keys, failed, precision = _load(args)
-    missing = [t for t, on in task.config["targets"].items() if on and t not in structures[0]]
-    if missing:
-        raise FrameavgError(f"{args.data}: no '{', '.join(missing)}' labels to test against (use --keys)")
-    metrics, pred = evaluate(task, structures, args.batch_size, failed=failed, precision=precision)
-    _report_failures(args.data, pred["status"])
-    if len(failed) == len(structures) or metrics.get("structures_failed") == len(structures):
-        raise FrameavgError(f"{args.data}: no structure could be predicted (first error: "
-                            f"{next(m for m in pred['status'] if m != 'ok')})")
-    metrics |= paper_unit_metrics(keys.get("energy"), metrics)
+    task, keys, precision = _load_model(args)
+    per_file = {}
+    for path in args.data:
+        structures, failed = _read(path, args, task, keys, precision)
+        missing = [t for t, on in task.config["targets"].items() if on and t not in structures[0]]
+        if missing:
+            raise FrameavgError(f"{path}: no '{', '.join(missing)}' labels to test against (use --keys)")
+        metrics, pred = evaluate(task, structures, args.batch_size, failed=failed, precision=precision)
+        _report_failures(path, pred["status"])
+        if len(failed) == len(structures) or metrics.get("structures_failed") == len(structures):
+            raise FrameavgError(f"{path}: no structure could be predicted (first error: "
+                                f"{next(m for m in pred['status'] if m != 'ok')})")
+        per_file[path] = metrics | paper_unit_metrics(keys.get("energy"), metrics)
     if args.json:
-        print_json(metrics)
+        print_json(per_file[args.data[0]] if len(args.data) == 1 else {"files": per_file})
     else:
-        print(format_metrics(metrics))
+        print("\n\n".join((f"{path}\n" if len(per_file) > 1 else "") + format_metrics(metrics)
+                          for path, metrics in per_file.items()))
     return 0
 
 
@@ -147,14 +158,18 @@ def run_predict(args) -> int:
     from frameavg.training.predictions import write_predictions
     from frameavg.training.run import evaluate
 
-    task, structures, _, failed, precision = _load(args)
-    _, pred = evaluate(task, structures, args.batch_size, failed=failed, stress=args.stress or None,
-                       precision=precision)
+    task, keys, precision = _load_model(args)
+    structures, failed = _read(args.data, args, task, keys, precision)
+    metrics, pred = evaluate(task, structures, args.batch_size, failed=failed, stress=args.stress or None,
+                             precision=precision)
     _report_failures(args.data, pred["status"])
     write_predictions(Path(args.out), structures, pred)
     bad = sum(s != "ok" for s in pred["status"])
     print(f"wrote predictions for {len(structures) - bad} structures to {args.out}"
           + (f" ({bad} failed: status in the file)" if bad else ""))
+    labelled = {k: v for k, v in metrics.items() if k != "structures_failed"}
+    if labelled:  # the data held labels: how the predictions compare
+        print("metrics against the labels in the data:\n" + format_metrics(labelled))
     return 0
 
 
