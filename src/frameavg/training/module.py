@@ -146,8 +146,11 @@ class AtomisticTask(L.LightningModule):
             target[STRESS] = voigt_to_matrix(batch.stress)
         free = ~batch.fixed if "fixed" in batch and self.config["loss"]["train_on_free_atoms"] else None
         metrics = oc20_metrics(pred, target, batch.natoms, free)
-        logged = {f"val/{k}": v for k, v in losses.items()} | {f"val/{k}": v for k, v in metrics.items()}
+        shown = ("energy_mae_meV", "forces_mae_meV_per_A")  # on the progress bar, in meV and meV/Å
+        logged = {f"val/{k}": v for k, v in losses.items()} | {f"val/{k}": v for k, v in metrics.items() if k not in shown}
         self.log_dict(logged, batch_size=batch.num_graphs, prog_bar=False, on_epoch=True, sync_dist=True)
+        self.log_dict({f"val/{k}": metrics[k] for k in shown if k in metrics}, batch_size=batch.num_graphs,
+                      prog_bar=True, on_epoch=True, sync_dist=True)
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
