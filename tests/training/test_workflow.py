@@ -151,3 +151,22 @@ def test_test_takes_several_files_and_predict_reports_metrics(trained, tmp_path,
                  "--out", str(tmp_path / "p.extxyz")]) == 0
     out = capsys.readouterr().out
     assert "metrics against the labels" in out and "energy_mae" in out
+
+
+def test_learning_curve_has_loss_and_physical_mae_panels(trained):
+    """The learning curve keeps normalised losses and validation MAE in meV / meV/Å on separate
+    axes (both series logged in metrics.csv)."""
+    import csv
+    from pathlib import Path
+
+    import matplotlib.image
+
+    from frameavg.training.plots import learning_curve
+
+    result, _ = trained
+    plot = learning_curve(Path(result["run_dir"]))
+    height, width = matplotlib.image.imread(plot).shape[:2]
+    assert width > 1.8 * height  # two panels side by side
+    with open(Path(result["run_dir"]) / "logs" / "metrics.csv") as handle:
+        columns = set(next(csv.reader(handle)))
+    assert {"val/loss", "val/energy_mae_meV", "val/forces_mae_meV_per_A"} <= columns

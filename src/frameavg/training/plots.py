@@ -46,22 +46,29 @@ def parity_plot(run_dir: Path, structures: list, pred: dict) -> Path | None:
 
 
 def learning_curve(run_dir: Path) -> Path | None:
+    """Losses (normalised units) on the left axes, validation MAE (meV, meV/Å) on the right."""
     log = run_dir / "logs" / "metrics.csv"
     if not log.is_file():
         return None
+    panels = {"loss (normalised)": ("train/loss_epoch", "val/loss"),
+              "validation MAE (meV, meV/Å)": ("val/energy_mae_meV", "val/forces_mae_meV_per_A")}
     series: dict[str, list[tuple[float, float]]] = {}
     with log.open() as handle:
         for row in csv.DictReader(handle):
-            for key in ("train/loss_epoch", "val/loss", "val/energy_mae", "val/forces_mae"):
+            for key in (k for keys in panels.values() for k in keys):
                 if row.get(key):
                     series.setdefault(key, []).append((float(row["epoch"]), float(row[key])))
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for key, points in series.items():
-        ax.plot(*zip(*points), marker="o", ms=3, label=key)
-    ax.set(xlabel="epoch", ylabel="value", yscale="log", title="learning curve")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, (label, keys) in zip(axes, panels.items()):
+        for key in keys:
+            if key in series:
+                ax.plot(*zip(*series[key]), marker="o", ms=3, label=key)
+        ax.set(xlabel="epoch", ylabel=label, yscale="log")
+        if any(key in series for key in keys):
+            ax.legend()
+    fig.suptitle("learning curve")
     fig.tight_layout()
     path = run_dir / "learning_curve.png"
     fig.savefig(path, dpi=120)
