@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, one command (about 5-8 minutes on a CUDA machine):
+# The GPU check, one command (sized for at most 8 minutes on a CUDA machine; not yet run on one):
 #   1. the tests marked `cuda` (every model, frames, FrameAveraging, training steps in 32-true,
 #      bf16-mixed and 16-mixed, the calculator and a batched relaxation, GPU against CPU);
 #   2. `frameavg bench --device cuda` in 32-true and bf16-mixed, interleaved (ratios in one run),
