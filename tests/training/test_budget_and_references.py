@@ -90,3 +90,16 @@ def _config_file(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text("name: tiny\n")
     return path
+
+
+def test_train_json_is_one_document_on_stdout_with_the_progress_bar_on(tmp_path, capsys):
+    import json
+
+    from frameavg.cli.main import main
+
+    overrides = TINY_MODEL + ETHANOL + ["data.max_train=16", "data.val_fraction=0.05", "optim.max_epochs=1",
+                                        "trainer.enable_progress_bar=true", f"run_dir={tmp_path}", "name=json"]
+    assert main(["train", str(_config_file(tmp_path)), *overrides, "--json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["epochs"] == 1 and "Epoch 0" in captured.err  # the bar went to stderr

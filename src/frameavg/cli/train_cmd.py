@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -47,8 +48,10 @@ def run_train(args) -> int:
     overrides, flags = split_flags(args.overrides, valued=("--resume",), switches=("--json",))
     resume = flags.get("--resume", args.resume)
     as_json = args.json or "--json" in flags
-    result = train(load_config(args.config, overrides), resume=resume,
-                   report=lambda line: print(f"frameavg: {line}", file=sys.stderr))
+    # with --json, stdout holds the one JSON document: Lightning's progress bar goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = train(load_config(args.config, overrides), resume=resume,
+                       report=lambda line: print(f"frameavg: {line}", file=sys.stderr))
     if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
     if as_json:
