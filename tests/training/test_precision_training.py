@@ -62,6 +62,7 @@ def test_bf16_falls_back_with_a_warning_without_bf16_instructions(tmp_path, monk
         result = _train(tmp_path, "fallback", "bf16-mixed")
     record = read_checkpoint(result["checkpoint"])["frameavg"]["precision"]
     assert record["requested"] == "bf16-mixed" and record["used"] == "32-true" and "bfloat16" in record["fallback"]
+    assert result["test_weights"] == "last"  # the end-of-training test says which weights it used
 
 
 def test_64_true_trains_in_float64_and_predict_takes_precision(tmp_path, capsys):

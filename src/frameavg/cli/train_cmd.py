@@ -59,7 +59,7 @@ def run_train(args) -> int:
     else:
         print(f"run: {result['run_dir']}\ncheckpoint: {result['checkpoint']}")
         if result["test"]:
-            print("test metrics (baseline: per-element mean energy, zero forces):")
+            print("test metrics of the last weights (last.ckpt; baseline: per-element mean energy, zero forces):")
             print(format_metrics(result["test"], result.get("baseline")))
             for plot in result.get("plots", []):
                 print(f"plot: {plot}")

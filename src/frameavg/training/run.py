@@ -159,8 +159,10 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
     if trainer.global_rank != 0:
         return None
     result = {"run_dir": str(run_dir), "checkpoint": str(checkpoint), "epochs": trainer.current_epoch, "test": None,
-              "threads": threads}
+              "threads": threads, "test_weights": None}
     if data.test_set:
+        # the weights in memory when fit ends (saved as last.ckpt), not best.ckpt
+        result["test_weights"] = "last"
         metrics, pred = evaluate(task, data.test_set, config["data"]["eval_batch_size"])
         result["test"] = metrics | paper_unit_metrics((config["data"]["keys"] or {}).get("energy"), metrics)
         result["baseline"] = baseline_metrics(task, data.test_set)
