@@ -56,25 +56,26 @@ class Precision:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line for line in handle if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def cpu_flags() -> dict:
-    """The CPU's bf16-relevant flags (reported next to benchmark figures)."""
+def _cpu_info() -> tuple[str, frozenset]:
+    """(model name, flags) of this CPU from /proc/cpuinfo (empty where it is unreadable)."""
     try:
         with open("/proc/cpuinfo") as handle:
             lines = handle.read().splitlines()
     except OSError:
         lines = []
-    flags = set(next((line for line in lines if line.startswith("flags")), "").split())
+    flags = frozenset(next((line for line in lines if line.startswith("flags")), "").split())
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    return model, flags
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
+    return bool(_cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> dict:
+    """The CPU's bf16-relevant flags (reported next to benchmark figures)."""
+    model, flags = _cpu_info()
     return {"model": model, **{flag: flag in flags for flag in ("avx512f", "avx512_bf16", "amx_bf16", "avx2")}}
 
 

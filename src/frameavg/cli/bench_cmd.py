@@ -67,8 +67,9 @@ def run(args) -> int:
         configs = _names(args.configs, benchmark.COMPARISONS, "configuration")
         precisions = _names(args.precision, PRECISION_NAMES, "precision")
         for name in precisions:
-            if resolve(name, args.device, warn=False).fallback:
-                print(f"frameavg: warning: {name} runs as 32-true here: {resolve(name, args.device, warn=False).fallback}",
+            fallback = resolve(name, args.device, warn=False).fallback
+            if fallback:
+                print(f"frameavg: warning: {name} runs as 32-true here: {fallback}",
                       file=sys.stderr)
         records = benchmark.run_benchmark(
             models, configs, args.device, args.min_seconds, args.max_steps, args.threads, not args.inference_only,
