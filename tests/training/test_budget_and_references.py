@@ -103,3 +103,33 @@ def test_train_json_is_one_document_on_stdout_with_the_progress_bar_on(tmp_path,
     captured = capsys.readouterr()
     document = json.loads(captured.out)
     assert document["epochs"] == 1 and "Epoch 0" in captured.err  # the bar went to stderr
+
+
+def test_validation_cadence_keeps_validation_under_its_share_of_the_budget(tmp_path):
+    """A validation pass as long as the training epoch, and a 10 % share: validation runs every
+    ~10 epochs after the first, and never on every epoch."""
+    config = load_config(None, TINY_MODEL + ETHANOL + [
+        "data.max_train=48", "data.val_fraction=0.5", "data.batch_size=8", "optim.max_epochs=100000",
+        "optim.max_time_minutes=0.25", "optim.scheduler=cosine", "optim.max_val_time_fraction=0.1",
+        f"run_dir={tmp_path}", "name=cadence"])
+    result = train(config)
+    with open(tmp_path / "cadence" / "logs" / "metrics.csv") as handle:
+        validated = {int(row["epoch"]) for row in csv.DictReader(handle) if row.get("val/loss")}
+    epochs = result["epochs"]
+    assert epochs >= 8 and 0 in validated
+    assert 1 <= len(validated) <= epochs / 3, (sorted(validated), epochs)
+
+
+def test_validation_cadence_rule():
+    from frameavg.training.run import BudgetValidationCadence
+
+    class Trainer:
+        check_val_every_n_epoch = 1
+
+    cadence, trainer = BudgetValidationCadence(0.1), Trainer()
+    cadence.epoch_start, cadence.last_batch_end, cadence.val_s = 10.0, 12.0, 1.0  # 2 s training, 1 s validation
+    cadence.on_train_epoch_end(trainer, None)
+    assert trainer.check_val_every_n_epoch == 5  # 1 s of validation per 10 s of training
+    cadence.val_s = 0.01
+    cadence.on_train_epoch_end(trainer, None)
+    assert trainer.check_val_every_n_epoch == 1

@@ -47,6 +47,36 @@ def fit_normalizer(config: dict, batch: Batch) -> EnergyNormalizer:
     return EnergyNormalizer(mean, std, fitted.element_references)
 
 
+class BudgetValidationCadence(L.Callback):
+    """Under a time budget, validate every n epochs with n = ceil(t_val / (fraction · t_train)), so
+    validation takes at most ``fraction`` of the training time (t_val: the last validation pass,
+    t_train: the last epoch's training batches). Only for schedules that do not read validation
+    metrics (cosine, constant)."""
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+        self.epoch_start = self.last_batch_end = self.val_start = self.val_s = None
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.last_batch_end = time.perf_counter()
+
+    def on_validation_epoch_start(self, trainer, module) -> None:
+        self.val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        if not trainer.sanity_checking:
+            self.val_s = time.perf_counter() - self.val_start
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        # Lightning has already run (or skipped) this epoch's validation: set the cadence for the next
+        train_s = (self.last_batch_end or self.epoch_start) - self.epoch_start
+        if self.val_s is not None and train_s > 0:
+            trainer.check_val_every_n_epoch = max(1, math.ceil(self.val_s / (self.fraction * train_s)))
+
+
 def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: str | None = None) -> L.Trainer:
     """Lightning's trainer for ``config`` (``precision``: the resolved precision, which may differ
     from the config's after a fallback; see ``frameavg.precision``)."""
@@ -74,6 +104,8 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: st
     if optim["ema_decay"]:
         callbacks.append(EMAWeightAveraging(decay=float(optim["ema_decay"])))
     max_time = {"minutes": optim["max_time_minutes"]} if optim["max_time_minutes"] else None
+    if max_time and optim["scheduler"] != "plateau" and "check_val_every_n_epoch" not in trainer_cfg:
+        callbacks.append(BudgetValidationCadence(optim["max_val_time_fraction"]))
     try:
         return L.Trainer(
             default_root_dir=run_dir, max_epochs=optim["max_epochs"], max_time=max_time,
