@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-checkpoint": ("frameavg.cli.checkpoint_cmd", "convert FAENet weights of the original faenet package or the OCP fork"),
     "relax": ("frameavg.cli.simulation_cmd", "relax structures with a trained model (batched FIRE/LBFGS), IS2RS metrics"),
     "md": ("frameavg.cli.simulation_cmd", "molecular dynamics with a trained model (NVE, Langevin, Bussi): drift, stability"),
+    "adsorbml": ("frameavg.cli.simulation_cmd", "AdsorbML screening on a dense adsorption folder: ML relaxations, "
+                 "anomalies, success rates (ML-only, ML+SP@k, ML+RX@k), speed-ups"),
     "bench": ("frameavg.cli.bench_cmd", "throughput, peak memory and parameters of FAENet and the baselines on the same "
               "batches (or, with --accuracy, test MAE after the same training budget)"),
     "symmetry": ("frameavg.cli.symmetry_cmd", "invariance/equivariance errors of a model under rotations, reflections, "

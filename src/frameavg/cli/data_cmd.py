@@ -49,6 +49,22 @@ def register(sub) -> None:
     convert.add_argument("--json", action="store_true", help="print one JSON document")
     convert.set_defaults(func=_convert)
 
+    generate = data_sub.add_parser(
+        "generate-adsorption",
+        help="generate an OC20-Dense-style adsorption set with EMT as the ground truth (synthetic)")
+    generate.add_argument("--out", required=True, help="output folder (resumes an interrupted run there)")
+    generate.add_argument("--metals", default=None, help="comma-separated, default Cu,Ag,Au,Ni,Pd,Al,Pt")
+    generate.add_argument("--adsorbates", default=None, help="comma-separated, default H,O,C,OH,CO,NH,N")
+    generate.add_argument("--facets", default=None, help="comma-separated, default 111,100")
+    generate.add_argument("--placements", type=nonnegative_int, default=None,
+                          help="random placements per system beside the heuristic sites (default 8)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--ood-adsorbate", default=None, help="adsorbate held out (default: the last)")
+    generate.add_argument("--ood-metal", default=None, help="metal held out (default: the last)")
+    generate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    generate.add_argument("--json", action="store_true", help="print one JSON document (the split counts)")
+    generate.set_defaults(func=_generate_adsorption)
+
     formats = data_sub.add_parser("formats", help="list the input formats")
     formats.add_argument("--json", action="store_true", help="print one JSON document")
     formats.set_defaults(func=_formats)
@@ -106,8 +122,85 @@ def _read_kwargs(args) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- generate-adsorption
+def _generate_adsorption(args) -> int:
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    from frameavg.simulation.adsorption_data import GenerationSettings, generate_adsorption
+
+    given = {"metals": args.metals, "adsorbates": args.adsorbates, "facets": args.facets}
+    options = {key: tuple(v.strip() for v in value.split(",") if v.strip()) for key, value in given.items() if value}
+    if args.placements is not None:
+        options["placements"] = args.placements
+    settings = GenerationSettings(seed=args.seed, ood_adsorbate=args.ood_adsorbate, ood_metal=args.ood_metal, **options)
+    settings = settings.validated()
+    bar = tqdm(total=len(settings.metals) * len(settings.facets) * len(settings.adsorbates), unit=" systems",
+               desc="EMT ground truth", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    start = time.perf_counter()
+
+    def progress(done, total, name):
+        bar.set_postfix_str(name)
+        bar.update(done - bar.n)
+
+    try:
+        manifest = generate_adsorption(args.out, settings, progress=progress)
+    finally:
+        bar.close()
+    summary = adsorption_summary(manifest, args.out) | {"seconds": round(time.perf_counter() - start, 1)}
+    if args.json:
+        print_json(summary)
+    else:
+        print(format_adsorption_summary(summary))
+    return 0
+
+
+def adsorption_summary(manifest: dict, folder) -> dict:
+    """Counts of a generated adsorption folder (from its manifest)."""
+    systems = manifest["systems"]
+    return {
+        "path": str(folder), "label": manifest["label"], "ground_truth": manifest["ground_truth"],
+        "systems": len(systems), "placements": manifest["placements"],
+        "flagged_placements": manifest["flagged_placements"], "splits": manifest["splits"],
+        "metals": manifest["settings"]["metals"], "adsorbates": manifest["settings"]["adsorbates"],
+        "facets": manifest["settings"]["facets"], "held_out": {"adsorbate": manifest["settings"]["ood_adsorbate"],
+                                                               "metal": manifest["settings"]["ood_metal"]},
+        "less_physical_adsorbates": sorted({s["adsorbate"] for s in systems if s["less_physical"]}),
+        "s2ef_frames": {split: count for split, count in manifest.get("s2ef_frames", {}).items()},
+    }
+
+
+def format_adsorption_summary(s: dict) -> str:
+    splits = ", ".join(f"{name} {count}" for name, count in s["splits"].items())
+    frames = ", ".join(f"{name} {count}" for name, count in s["s2ef_frames"].items())
+    lines = [f"{s['path']}: {s['label']}",
+             f"systems: {s['systems']} ({splits}); placements: {s['placements']}, "
+             f"{s['flagged_placements']} flagged (not converged or anomalous)",
+             f"metals {','.join(s['metals'])}; adsorbates {','.join(s['adsorbates'])}; facets {','.join(s['facets'])}; "
+             f"held out: {s['held_out']['adsorbate']} and {s['held_out']['metal']}",
+             f"less physical under EMT (molecules): {', '.join(s['less_physical_adsorbates']) or 'none'}"]
+    if frames:
+        lines.append(f"S2EF frames: {frames} (s2ef/<split>.lmdb); placements: dense/<split>.lmdb")
+    if "seconds" in s:
+        lines.append(f"{s['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- info
 def _info(args) -> int:
+    from frameavg.data.readers import resolve_path
+    from frameavg.data.adsorption import is_adsorption_folder, read_manifest
+
+    folder = resolve_path(args.path)
+    if is_adsorption_folder(folder):
+        summary = adsorption_summary(read_manifest(folder), folder)
+        if args.json:
+            print_json(summary)
+        else:
+            print(format_adsorption_summary(summary))
+        return 0
     return run_info(
         args.path, args.cutoff, args.json, max_neighbors=args.max_neighbors, limit=args.limit, **_read_kwargs(args)
     )

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
+from frameavg.data.adsorption import is_adsorption_folder, training_frames
 from frameavg.data.lmdb_store import lmdb_files, open_env, read_meta
 from frameavg.data.readers import detect_format, frameavg_lmdb, oc20_lmdb, read_structures, resolve_path
 from frameavg.data.readers.registry import ReadOptions, get_reader
@@ -106,9 +107,12 @@ def open_dataset(
 ) -> Dataset:
     """An ``LmdbDataset`` for LMDB paths, else a ``StructureDataset`` of everything ``path`` holds.
 
-    Arguments as in ``read_structures``; ``transform`` is applied on access.
+    Arguments as in ``read_structures``; ``transform`` is applied on access. A dense adsorption
+    folder (``frameavg.data.adsorption``) opens its S2EF training frames.
     """
     path = resolve_path(path)
+    if is_adsorption_folder(path):
+        path = training_frames(path)
     name = get_reader(format).name if format else detect_format(path)
     if name in LMDB_FORMATS:
         if options:

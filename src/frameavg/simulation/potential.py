@@ -117,7 +117,8 @@ class Potential:
 
             self._warned.update(unseen)
             names = ", ".join(chemical_symbols[z] for z in unseen)
-            where = f"{source}" + (f", structure {index}" if index is not None else "")
+            where = source if index is None else (f"structure {index}" if source == "structure"
+                                                  else f"{source}, structure {index}")
             warnings.warn(f"{where}: element(s) {names} never appear in this model's training data; "
                           "its predictions for them are extrapolations", stacklevel=3)
 

@@ -4,6 +4,9 @@
   ``isolated_atoms.xyz``; energies eV, forces eV/Å (PBE/def2-SVP). MIT licence.
 - ``oc20_is2re_samples``: 3 + 8 OC20 IS2RE slabs (``is2re_bs3.extxyz``, ``is2re_bs8.extxyz``) with
   ``y_init``/``y_relaxed`` (eV), ``pos_relaxed``, ``tags``, ``move_mask``. MIT code, OC20 data CC-BY-4.0.
+- ``emt_dense``: a small dense adsorption folder generated with EMT as the ground truth
+  (synthetic, not DFT; ``frameavg data generate-adsorption``): 12 systems, 84 placements.
+  ``emt_dense/train`` etc. name its S2EF frame files. MIT licence.
 - ``qm9_subset``: 2,000 random QM9 molecules (seed 0) with all QM9 targets in original units
   (read with the ``qm9`` reader for eV). QM9 data CC0.
 """
@@ -23,6 +26,8 @@ FILES = {
     "oc20_is2re/bs3": "oc20_is2re_samples/is2re_bs3.extxyz",
     "oc20_is2re/bs8": "oc20_is2re_samples/is2re_bs8.extxyz",
     "qm9_subset": "qm9_subset/qm9_random2000_seed0.extxyz",
+    "emt_dense": "emt_dense",
+    **{f"emt_dense/{split}": f"emt_dense/s2ef/{split}.lmdb" for split in ("train", "id", "ood_ads", "ood_cat", "ood_both")},
 }
 
 
