@@ -121,3 +121,8 @@ def test_bad_generation_settings_name_the_problem(options, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         generate_adsorption(tmp_path / "x", GenerationSettings(**{**SMALL.__dict__, **options}))
     assert not (tmp_path / "x").exists()
+
+
+def test_parallel_generation_gives_the_same_manifest(tmp_path):
+    settings = GenerationSettings(**{**SMALL.__dict__, "adsorbates": ("O",), "placements": 0})
+    assert generate_adsorption(tmp_path / "one", settings) == generate_adsorption(tmp_path / "two", settings, workers=2)

@@ -61,6 +61,8 @@ def register(sub) -> None:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--ood-adsorbate", default=None, help="adsorbate held out (default: the last)")
     generate.add_argument("--ood-metal", default=None, help="metal held out (default: the last)")
+    generate.add_argument("--workers", type=positive_int, default=1,
+                          help="processes relaxing systems in parallel (same output for any number)")
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
     generate.add_argument("--json", action="store_true", help="print one JSON document (the split counts)")
     generate.set_defaults(func=_generate_adsorption)
@@ -146,7 +148,7 @@ def _generate_adsorption(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        manifest = generate_adsorption(args.out, settings, progress=progress)
+        manifest = generate_adsorption(args.out, settings, progress=progress, workers=args.workers)
     finally:
         bar.close()
     summary = adsorption_summary(manifest, args.out) | {"seconds": round(time.perf_counter() - start, 1)}

@@ -69,6 +69,7 @@ def register(sub) -> None:
                    help="emt (generated folders), or none: ML-only figures without single points")
     p.add_argument("--fmax", type=float, default=0.02, help="ML relaxations: largest force below this, eV/Å")
     p.add_argument("--steps", type=nonnegative_int, default=300, help="ML relaxations: maximum optimiser steps")
+    p.add_argument("--max-systems", type=positive_int, default=None, help="evaluate the first N systems of each split")
     add_precision_args(p, default_precision="32-true")
     p.add_argument("--frames", default="all", help="evaluation frame method of frame-averaged models (default all)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
@@ -98,7 +99,7 @@ def run_adsorbml_command(args) -> int:
     report = run_adsorbml(args.checkpoint, resolve_path(args.data), ks=ks, ground_truth=args.ground_truth,
                           splits=args.splits.split(",") if args.splits else None, device=args.device,
                           precision=precision.name, frames=args.frames, fmax=args.fmax, steps=args.steps,
-                          progress=progress)
+                          max_systems=args.max_systems, progress=progress)
     for bar in bars.values():
         bar.close()
     if args.json:

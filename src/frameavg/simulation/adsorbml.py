@@ -56,7 +56,7 @@ def _ground_truth_calculator(name: str, manifest: dict):
 def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | None = None,
                  ks: Sequence[int] = (1, 2, 3, 4, 5), ground_truth: str = "emt", device: str = "cpu",
                  precision: str | None = None, frames: str = "all", fmax: float = RELAX_FMAX,
-                 steps: int = RELAX_STEPS, progress: Callable[[str, int, int], None] | None = None) -> dict:
+                 steps: int = RELAX_STEPS, max_systems: int | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Run the pipeline (see the module docstring); returns the report dictionary.
 
     Args:
@@ -67,6 +67,7 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
         ground_truth: ``emt``, or ``none`` for ML-only figures without single points.
         fmax, steps: convergence (eV/Å) and step limit of the ML relaxations (AdsorbML: 0.02, 300);
             the ground-truth relaxations of RX@k always use AdsorbML's.
+        max_systems: evaluate only the first N systems (by index) of each split.
         progress: called as ``progress(stage, done, total)``.
     """
     from frameavg.data.atomic_data import data_to_atoms
@@ -93,12 +94,15 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
     provider = as_provider(force_provider, device=device, frames=frames, precision=precision)
     systems_by_index = {s["index"]: s for s in manifest["systems"]}
     report = {"label": manifest.get("label", LABEL), "folder": str(folder), "ground_truth": ground_truth,
-              "ks": ks, "ml_fmax": fmax, "ml_steps": steps, "splits": {}}
+              "ks": ks, "ml_fmax": fmax, "ml_steps": steps, "max_systems": max_systems, "splits": {}}
     evaluated = []
     for split in splits:
         path = folder / "dense" / f"{split}.lmdb"
         datas = read_structures(path, dtype=torch.float64)
         _check_placements(datas, path)
+        if max_systems is not None:
+            kept = sorted({int(d.system_index.reshape(-1)[0]) for d in datas})[:max_systems]
+            datas = [d for d in datas if int(d.system_index.reshape(-1)[0]) in set(kept)]
         groups: dict[int, list[int]] = {}
         for k, data in enumerate(datas):
             groups.setdefault(int(data.system_index.reshape(-1)[0]), []).append(k)

@@ -311,54 +311,78 @@ def _settings_key(settings: GenerationSettings) -> str:
 
 
 def generate_adsorption(out: str | Path, settings: GenerationSettings = GenerationSettings(),
-                        progress: Callable[[int, int, str], None] | None = None) -> dict:
+                        progress: Callable[[int, int, str], None] | None = None, workers: int = 1) -> dict:
     """Generate the data set into folder ``out``; returns the manifest (see the module docstring).
-    ``progress(done, total, system)`` is called after every system."""
-    from ase.calculators.emt import EMT
-
-    from frameavg.simulation.relaxation import relax
-
+    ``progress(done, total, system)`` is called after every system. ``workers``: processes
+    relaxing systems in parallel (the result does not depend on it)."""
     settings = settings.validated()
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError("output path exists and is not a folder", source=str(out))
     partial = out / ".partial" / _settings_key(settings)
     partial.mkdir(parents=True, exist_ok=True)
     references = gas_references()
-    systems: list[SystemResult] = []
-    slabs = {}
-    total = len(settings.metals) * len(settings.facets) * len(settings.adsorbates)
+    slabs, tasks = {}, []
     for m, metal in enumerate(settings.metals):
         a = emt_lattice_constant(metal)
         for f, facet in enumerate(settings.facets):
-            slab = build_slab(metal, facet, a, settings)
-            clean = relax([slab], EMT(), optimizer="lbfgs", fmax=settings.fmax, steps=settings.steps)[0]
-            if clean.info["status"] != "converged":
-                raise DataError(f"the clean {metal}({facet}) slab did not relax: {clean.info['status']}")
-            clean.calc = None
-            clean.info = {"system": f"{metal}-{facet}", "energy": clean.info["energy"], "lattice_constant": a,
-                          "adsorbate_info": slab.info["adsorbate_info"]}
-            slabs[(metal, facet)] = clean
+            slabs[(metal, facet)] = clean = _relaxed_clean_slab(metal, facet, a, settings)
             for k, adsorbate in enumerate(settings.adsorbates):
-                name = f"{metal}-{facet}-{adsorbate}"
-                cache = partial / f"{name}.pkl"
-                if cache.is_file():
-                    with cache.open("rb") as handle:
-                        result = pickle.load(handle)
-                else:
-                    rng = np.random.default_rng([settings.seed, m, f, k])
-                    result = _relax_system(name, metal, facet, adsorbate, clean, clean.info["energy"],
-                                           split_of(metal, adsorbate, facet, settings), settings, rng)
-                    _write_pickle(cache, result)
-                systems.append(result)
-                if progress is not None:
-                    progress(len(systems), total, name)
+                tasks.append((f"{metal}-{facet}-{adsorbate}", metal, facet, adsorbate, clean,
+                              split_of(metal, adsorbate, facet, settings), settings, (settings.seed, m, f, k),
+                              partial))
+    systems: list[SystemResult] = []
+    if workers == 1:
+        results = map(_system_task, tasks)
+    else:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        results = pool.imap(_system_task, tasks)  # in order: the output does not depend on workers
+    try:
+        for result in results:
+            systems.append(result)
+            if progress is not None:
+                progress(len(systems), len(tasks), result.name)
+    finally:
+        if workers > 1:
+            pool.terminate()
     manifest = _manifest(settings, references, slabs, systems)
     _write_outputs(out, manifest, slabs, systems, references)
     import shutil
 
     shutil.rmtree(out / ".partial", ignore_errors=True)
     return json.loads(json.dumps(manifest))  # as written (lists, not tuples)
+
+
+def _relaxed_clean_slab(metal, facet, a, settings):
+    from ase.calculators.emt import EMT
+
+    from frameavg.simulation.relaxation import relax
+
+    slab = build_slab(metal, facet, a, settings)
+    clean = relax([slab], EMT(), optimizer="lbfgs", fmax=settings.fmax, steps=settings.steps)[0]
+    if clean.info["status"] != "converged":
+        raise DataError(f"the clean {metal}({facet}) slab did not relax: {clean.info['status']}")
+    clean.calc = None
+    clean.info = {"system": f"{metal}-{facet}", "energy": clean.info["energy"], "lattice_constant": a,
+                  "adsorbate_info": slab.info["adsorbate_info"]}
+    return clean
+
+
+def _system_task(task) -> SystemResult:
+    """One system's ground truth, from its cache file when an earlier run finished it."""
+    name, metal, facet, adsorbate, clean, split, settings, seed, partial = task
+    cache = partial / f"{name}.pkl"
+    if cache.is_file():
+        with cache.open("rb") as handle:
+            return pickle.load(handle)
+    result = _relax_system(name, metal, facet, adsorbate, clean, clean.info["energy"], split, settings,
+                           np.random.default_rng(list(seed)))
+    _write_pickle(cache, result)
+    return result
 
 
 def _write_pickle(path: Path, obj) -> None:

@@ -1,0 +1,131 @@
+"""AdsorbML on EMT ground truth: FAENet, SchNet and PaiNN trained with the same CPU budget on the
+S2EF frames of a generated dense folder, then screened with ``run_adsorbml`` on every split.
+
+    frameavg data generate-adsorption --out emt_full --workers 2          # the full set
+    python benchmarks/bench_adsorbml.py run --data emt_full --out RESULTS --models faenet --minutes 8
+    python benchmarks/bench_adsorbml.py table --out RESULTS [--plot docs/adsorbml.png]
+
+Each model: configs/emt_dense.yaml with its model section swapped (the baselines' shipped widths,
+conservative forces, no frames for the equivariant/invariant baselines), ``--threads`` torch
+threads, ``--minutes`` of training (budget-aware cosine), S2EF test on the ``id`` frames, then
+the pipeline (LBFGS with AdsorbML's settings, fmax 0.02 eV/Å, 300 steps, float32, EMT single
+points and relaxations) on the first ``--max-systems`` systems of each split. Writes
+``<out>/<model>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE_CONFIGS = {"schnet": "schnet.yaml", "painn": "painn.yaml"}
+
+
+def model_config(model: str, data: Path, minutes: float, threads: int, seed: int) -> dict:
+    config = yaml.safe_load((REPO / "configs" / "emt_dense.yaml").read_text())
+    if model != "faenet":
+        section = yaml.safe_load((REPO / "configs" / BASELINE_CONFIGS[model]).read_text())["model"]
+        config["model"] = section | {"cutoff": config["data"]["cutoff"], "max_neighbors": config["data"]["max_neighbors"],
+                                     "regress_forces": "from_energy"}
+        config["frames"] = {"frames": "none"}
+    config["name"] = f"adsorbml_{model}"
+    config["seed"] = seed
+    config["data"] |= {"train": str(data), "test": str(data / "s2ef" / "id.lmdb")}
+    config["optim"] |= {"max_epochs": 100_000, "max_time_minutes": minutes}
+    config["trainer"] = config.get("trainer", {}) | {"enable_progress_bar": False, "threads": threads}
+    return config
+
+
+def run(args) -> None:
+    import torch
+
+    from frameavg.simulation.adsorbml import run_adsorbml
+    from frameavg.training.config import load_config
+    from frameavg.training.run import train
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for model in args.models.split(","):
+        with tempfile.TemporaryDirectory() as run_dir:
+            config = model_config(model, args.data, args.minutes, args.threads, args.seed)
+            config["run_dir"] = run_dir
+            path = Path(run_dir) / "input.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            start = time.perf_counter()
+            result = train(load_config(path))
+            train_s = time.perf_counter() - start
+            torch.set_num_threads(args.threads)
+            start = time.perf_counter()
+            report = run_adsorbml(result["checkpoint"], args.data, ks=(1, 2, 3, 4, 5), max_systems=args.max_systems,
+                                  precision="32-true")
+            pipeline_s = time.perf_counter() - start
+        record = {"model": model, "minutes": args.minutes, "threads": args.threads, "seed": args.seed,
+                  "epochs": result["epochs"], "train_seconds": train_s, "pipeline_seconds": pipeline_s,
+                  "s2ef_test": {k: result["test"][k] for k in ("energy_mae", "forces_mae")}, "report": report}
+        (args.out / f"{model}.json").write_text(json.dumps(record, indent=1))
+        print(json.dumps({k: v for k, v in record.items() if k != "report"}), flush=True)
+
+
+def table(args) -> None:
+    records = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))]
+    splits = ["id", "ood_ads", "ood_cat", "ood_both"]
+    print("| model | train (min, epochs) | S2EF id energy / forces MAE | " +
+          " | ".join(f"{s} ML-only / SP@1 / RX@1 / SP@5 (%)" for s in splits) + " | all SP@1 speed-up | relaxed-energy MAE (eV) | ML placements/s |")
+    print("|---|---|---|" + "---|" * len(splits) + "---:|---:|---:|")
+    for r in records:
+        rep = r["report"]
+        cells = []
+        for s in splits:
+            rates = rep["splits"][s]["success"]
+            cells.append(" / ".join(f"{100 * rates[k]['success_rate']:.0f}" for k in ("ml_only", "sp@1", "rx@1", "sp@5")))
+        placements = sum(rep["splits"][s]["placements"] for s in splits)
+        seconds = sum(rep["splits"][s]["ml_seconds"] for s in splits)
+        mae = sum(rep["splits"][s]["relaxed_energy_mae"] * rep["splits"][s]["placements"] for s in splits) / placements
+        print(f"| {r['model']} | {r['train_seconds'] / 60:.1f}, {r['epochs']} | {1e3 * r['s2ef_test']['energy_mae']:.0f} meV / "
+              f"{1e3 * r['s2ef_test']['forces_mae']:.0f} meV/Å | " + " | ".join(cells) +
+              f" | {rep['all']['sp@1']['speedup']:.0f}x | {mae:.3f} | {placements / seconds:.2f} |")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for r in records:
+            rates = r["report"]["all"]
+            ks = r["report"]["ks"]
+            ax.plot(ks, [100 * rates[f"sp@{k}"]["success_rate"] for k in ks], "o-", label=f"{r['model']} ML+SP@k")
+            ax.plot(ks, [100 * rates[f"rx@{k}"]["success_rate"] for k in ks], "s--", label=f"{r['model']} ML+RX@k")
+        ax.set_xlabel("k (lowest ML candidates checked)")
+        ax.set_ylabel("success rate, all splits (%)")
+        ax.set_title("AdsorbML on EMT ground truth (synthetic)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run")
+    run_parser.add_argument("--data", type=Path, required=True)
+    run_parser.add_argument("--models", default="faenet,schnet,painn")
+    run_parser.add_argument("--minutes", type=float, default=8.0)
+    run_parser.add_argument("--threads", type=int, default=1)
+    run_parser.add_argument("--seed", type=int, default=0)
+    run_parser.add_argument("--max-systems", type=int, default=8)
+    table_parser = commands.add_parser("table")
+    table_parser.add_argument("--plot", type=Path, default=None)
+    for sub in (run_parser, table_parser):
+        sub.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    {"run": run, "table": table}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
