@@ -126,3 +126,29 @@ def test_bad_generation_settings_name_the_problem(options, message, tmp_path):
 def test_parallel_generation_gives_the_same_manifest(tmp_path):
     settings = GenerationSettings(**{**SMALL.__dict__, "adsorbates": ("O",), "placements": 0})
     assert generate_adsorption(tmp_path / "one", settings) == generate_adsorption(tmp_path / "two", settings, workers=2)
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "frameavg.cli.main", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_generate_and_info_from_the_cli(tmp_path):
+    out = tmp_path / "dense"
+    made = _cli("data", "generate-adsorption", "--out", str(out), "--metals", "Cu", "--adsorbates", "O",
+                "--facets", "100", "--placements", "0", "--no-progress", "--json")
+    assert made.returncode == 0, made.stderr
+    summary = json.loads(made.stdout)
+    assert summary["systems"] == 1 and summary["placements"] == 3 and "synthetic" in summary["label"]
+    info = _cli("data", "info", str(out), "--json")
+    assert info.returncode == 0, info.stderr
+    assert {k: v for k, v in json.loads(info.stdout).items() if k != "seconds"} == \
+        {k: v for k, v in summary.items() if k != "seconds"}
+    shipped = _cli("data", "info", "shipped:emt_dense")
+    assert shipped.returncode == 0 and "synthetic data: ASE EMT" in shipped.stdout and "OH" in shipped.stdout
+    bad = _cli("data", "generate-adsorption", "--out", str(tmp_path / "bad"), "--adsorbates", "O,S")
+    assert bad.returncode != 0 and "EMT cannot model S" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
