@@ -133,3 +133,35 @@ def test_validation_cadence_rule():
     cadence.val_s = 0.01
     cadence.on_train_epoch_end(trainer, None)
     assert trainer.check_val_every_n_epoch == 1
+
+
+def test_init_from_loads_every_matching_tensor_and_reports_the_rest(tmp_path):
+    """Fine-tuning a 2-block FAENet from a 1-block run: the shared tensors start at the old values
+    (lr ~0 keeps them there), the second block is new, and the record says which is which."""
+    base = TINY_MODEL + ETHANOL + ["data.max_train=16", "data.batch_size=8", "optim.max_epochs=1", f"run_dir={tmp_path}"]
+    first = train(load_config(None, base + ["name=first"]))
+    second = train(load_config(None, base + ["name=second", "model.num_interactions=2", "optim.lr=1e-12",
+                                             f"model.init_from={first['checkpoint']}"]))
+    record = second["init_from"]
+    assert record["loaded"] and record["new"]
+    assert all(".interaction_blocks.1." in name for name in record["new"])
+    old = read_checkpoint(first["checkpoint"])["state_dict"]
+    new = read_checkpoint(second["checkpoint"])["state_dict"]
+    # the skip-connection MLP reads every block's output: its shape grows with the depth
+    assert record["skipped"] == ["model.mlp_skip_co.weight"]
+    assert old["net.model.mlp_skip_co.weight"].shape != new["net.model.mlp_skip_co.weight"].shape
+    for name in record["loaded"]:
+        if "running_" in name or "num_batches_tracked" in name:  # batch-norm statistics move without a learning rate
+            continue
+        torch.testing.assert_close(new[f"net.{name}"], old[f"net.{name}"], rtol=0, atol=1e-6, msg=name)
+    assert read_checkpoint(second["checkpoint"])["frameavg"]["init_from"]["path"] == first["checkpoint"]
+
+
+def test_init_from_a_missing_checkpoint_fails_before_the_run(tmp_path):
+    import pytest
+
+    from frameavg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="init_from: checkpoint not found"):
+        train(load_config(None, TINY_MODEL + ETHANOL + [f"run_dir={tmp_path}", "model.init_from=nowhere.ckpt"]))
+    assert not any(tmp_path.iterdir())

@@ -243,12 +243,14 @@ def validate_model_section(config: dict, where: str = "config") -> None:
         close = difflib.get_close_matches(name, MODELS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{where}: unknown model '{model.get('name')}'{hint} (available: {', '.join(sorted(MODELS))})")
+    if model.get("init_from") is not None and not Path(str(model["init_from"])).is_file():
+        raise ConfigError(f"{where}: model.init_from: checkpoint not found: {model['init_from']}")
     parameters = inspect.signature(MODELS[name].__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
     accepted = [p for p in parameters if p != "self"]
     for key in model:
-        if key != "name" and key not in accepted:
+        if key not in ("name", "init_from") and key not in accepted:
             close = difflib.get_close_matches(str(key), accepted, n=1)
             hint = f"; did you mean 'model.{close[0]}'?" if close else ""
             raise ConfigError(f"{where}: model '{name}' has no argument '{key}'{hint}")

@@ -27,6 +27,7 @@ def build_network(config: dict) -> torch.nn.Module:
 
     model_cfg = dict(config["model"])
     name = model_cfg.pop("name")
+    model_cfg.pop("init_from", None)  # weights to start from: applied by training.run.init_weights
     model = build_model(name, **model_cfg)
     frames = config["frames"]
     if str(frames["frames"]).lower() in ("none", "false", "null"):
@@ -55,6 +56,8 @@ class AtomisticTask(L.LightningModule):
         self.precision_record: dict | None = None
         #: torch threads of the training run (saved in checkpoints)
         self.threads: int | None = None
+        #: weights the run started from (training.run.init_weights: path, loaded/skipped/new names)
+        self.init_record: dict | None = None
 
     # ---- prediction -------------------------------------------------------------------------
     def normalized_outputs(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
@@ -198,7 +201,7 @@ class AtomisticTask(L.LightningModule):
 
         checkpoint["frameavg"] = {"version": frameavg.__version__, "torch": "%s" % torch.__version__,  # plain str: TorchVersion is not weights_only-safe
                                   "training_elements": self.training_elements, "precision": self.precision_record,
-                                  "threads": self.threads}
+                                  "threads": self.threads, "init_from": self.init_record}
         generator = getattr(self.net, "generator", None)  # stochastic frames: resume the same stream
         if generator is not None:
             checkpoint["frame_generator_state"] = generator.get_state()

@@ -180,6 +180,9 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
         task.normalizer = fit_normalizer(config, train_batch)
         task.training_elements = train_batch.atomic_numbers.unique().tolist()
         report(describe_normalizer(task.normalizer, task.training_elements))
+        if config["model"].get("init_from"):
+            task.init_record = init_weights(task, config["model"]["init_from"])
+            report(describe_init(task.init_record))
     else:
         data.resume_loader_state = _loader_state(checkpoint)
     run_dir = _run_dir(config, resume)
@@ -191,7 +194,7 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
     if trainer.global_rank != 0:
         return None
     result = {"run_dir": str(run_dir), "checkpoint": str(checkpoint), "epochs": trainer.current_epoch, "test": None,
-              "threads": threads, "test_weights": None}
+              "threads": threads, "test_weights": None, "init_from": task.init_record}
     if data.test_set:
         # the weights in memory when fit ends (saved as last.ckpt), not best.ckpt
         result["test_weights"] = "last"
@@ -204,6 +207,32 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
 
         result["plots"] = [str(p) for p in write_plots(run_dir, data.test_set, pred)]
     return result
+
+
+def init_weights(task, path) -> dict:
+    """Load into ``task.net`` every tensor of checkpoint ``path`` with the same name and shape
+    (fine-tuning; the normaliser is fitted on the new data). Returns the path and the names
+    ``loaded``, ``skipped`` (in the checkpoint, absent here or of another shape) and ``new``
+    (here only: freshly initialised)."""
+    source = {key[len("net."):]: value for key, value in read_checkpoint(path)["state_dict"].items()
+              if key.startswith("net.")}
+    own = task.net.state_dict()
+    loaded = [name for name, value in source.items() if name in own and own[name].shape == value.shape]
+    with torch.no_grad():
+        for name in loaded:
+            own[name].copy_(source[name].to(own[name].dtype))
+    return {"path": str(path), "loaded": loaded, "skipped": [name for name in source if name not in set(loaded)],
+            "new": [name for name in own if name not in source]}
+
+
+def describe_init(record: dict) -> str:
+    """One line: how many tensors ``init_weights`` loaded, skipped and left new (first names)."""
+    def names(key):
+        items = record[key]
+        return f"{len(items)}" + (f" ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})" if items else "")
+
+    return (f"init_from {record['path']}: loaded {len(record['loaded'])} tensors, skipped {names('skipped')}, "
+            f"new {names('new')}")
 
 
 def describe_normalizer(normalizer: EnergyNormalizer, elements) -> str:
