@@ -10,7 +10,9 @@ conservative forces, no frames for the equivariant/invariant baselines), ``--thr
 threads, ``--minutes`` of training (budget-aware cosine), S2EF test on the ``id`` frames, then
 the pipeline (LBFGS with AdsorbML's settings, fmax 0.02 eV/Å, 300 steps, float32, EMT single
 points and relaxations) on the first ``--max-systems`` systems of each split. Writes
-``<out>/<model>.json``.
+``<out>/<model>.json`` and keeps the runs under ``<out>/runs``. ``faenet_ft``: the FAENet run
+continued (``model.init_from``) on the S2EF frames of the ``id`` systems, as the FAENet study
+fine-tuned on OC20-Dense ID data (the evaluated ``id`` systems are then seen in training).
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINE_CONFIGS = {"schnet": "schnet.yaml", "painn": "painn.yaml"}
 
 
-def model_config(model: str, data: Path, minutes: float, threads: int, seed: int) -> dict:
+def model_config(model: str, data: Path, minutes: float, threads: int, seed: int, runs: Path) -> dict:
     config = yaml.safe_load((REPO / "configs" / "emt_dense.yaml").read_text())
-    if model != "faenet":
+    if model not in ("faenet", "faenet_ft"):
         section = yaml.safe_load((REPO / "configs" / BASELINE_CONFIGS[model]).read_text())["model"]
         config["model"] = section | {"cutoff": config["data"]["cutoff"], "max_neighbors": config["data"]["max_neighbors"],
                                      "regress_forces": "from_energy"}
@@ -39,6 +41,13 @@ def model_config(model: str, data: Path, minutes: float, threads: int, seed: int
     config["data"] |= {"train": str(data), "test": str(data / "s2ef" / "id.lmdb")}
     config["optim"] |= {"max_epochs": 100_000, "max_time_minutes": minutes}
     config["trainer"] = config.get("trainer", {}) | {"enable_progress_bar": False, "threads": threads}
+    config["run_dir"] = str(runs)
+    if model == "faenet_ft":  # the study's fine-tuning: FAENet continued on the ID systems' frames
+        start = runs / "adsorbml_faenet" / "checkpoints" / "last.ckpt"
+        if not start.is_file():
+            raise SystemExit(f"faenet_ft needs the faenet run first ({start} is missing)")
+        config["model"]["init_from"] = str(start)
+        config["data"]["train"] = str(data / "s2ef" / "id.lmdb")
     return config
 
 
@@ -50,20 +59,21 @@ def run(args) -> None:
     from frameavg.training.run import train
 
     args.out.mkdir(parents=True, exist_ok=True)
+    runs = args.out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
     for model in args.models.split(","):
-        with tempfile.TemporaryDirectory() as run_dir:
-            config = model_config(model, args.data, args.minutes, args.threads, args.seed)
-            config["run_dir"] = run_dir
-            path = Path(run_dir) / "input.yaml"
+        config = model_config(model, args.data, args.minutes, args.threads, args.seed, runs)
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "input.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             start = time.perf_counter()
             result = train(load_config(path))
-            train_s = time.perf_counter() - start
-            torch.set_num_threads(args.threads)
-            start = time.perf_counter()
-            report = run_adsorbml(result["checkpoint"], args.data, ks=(1, 2, 3, 4, 5), max_systems=args.max_systems,
-                                  precision="32-true")
-            pipeline_s = time.perf_counter() - start
+        train_s = time.perf_counter() - start
+        torch.set_num_threads(args.threads)
+        start = time.perf_counter()
+        report = run_adsorbml(result["checkpoint"], args.data, ks=(1, 2, 3, 4, 5), max_systems=args.max_systems,
+                              precision="32-true")
+        pipeline_s = time.perf_counter() - start
         record = {"model": model, "minutes": args.minutes, "threads": args.threads, "seed": args.seed,
                   "epochs": result["epochs"], "train_seconds": train_s, "pipeline_seconds": pipeline_s,
                   "s2ef_test": {k: result["test"][k] for k in ("energy_mae", "forces_mae")}, "report": report}

@@ -3,7 +3,8 @@
 ``read_structures(path)`` detects the format from the path (extension, folder contents, magic
 bytes) unless ``format=`` names it; ``iter_structures`` streams the same structures one at a time.
 Formats (``available_formats()``): ``frameavg-lmdb`` (ours), ``oc20-lmdb`` (legacy pickles, needs
-``trusted=True``), ``qm9`` (qm9pack CSV / QM9 extxyz), ``xu-kitchin``, ``pymatgen-json``
+``trusted=True``), ``aselmdb`` (fairchem's ASE-LMDB), ``qm9`` (qm9pack CSV / QM9 extxyz),
+``md17`` (rMD17 / MD17 / sGDML ``.npz``), ``qm7x`` (QM7-X HDF5), ``xu-kitchin``, ``pymatgen-json``
 (Structure/Molecule dicts and entries), ``ase-db`` (SQLite / ASE JSON), ``ase`` (extxyz/xyz/traj),
 ``ase-other`` (anything else ASE reads).
 """

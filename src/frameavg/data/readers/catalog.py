@@ -24,6 +24,10 @@ class FormatInfo:
 
 
 FORMATS: tuple[FormatInfo, ...] = (
+    # before the LMDB readers: an .aselmdb file is an LMDB file too (decided by its extension)
+    FormatInfo("aselmdb", "aselmdb",
+               "ASE-LMDB database (fairchem: OC20 re-releases, OC22, OMat24): .aselmdb file or a folder of them",
+               aliases=("ase-lmdb", "fairchem-lmdb"), order=5),
     FormatInfo("frameavg-lmdb", "frameavg_lmdb",
                "frameavg LMDB (write_lmdb / frameavg data convert): one .lmdb file or a folder of them",
                aliases=("lmdb",), order=10),
@@ -31,6 +35,10 @@ FORMATS: tuple[FormatInfo, ...] = (
                aliases=("legacy-lmdb", "ocp-lmdb"), order=20),
     FormatInfo("qm9", "qm9", "QM9: qm9pack CSV file(s) (path 'qm9pack' = the installed package) or QM9 extxyz",
                aliases=("qm9-csv", "qm9pack"), options=("targets",), order=30),
+    FormatInfo("md17", "md17", "MD17 .npz: rMD17 (nuclear_charges/coords/energies/forces) or MD17/sGDML (z/R/E/F)",
+               aliases=("rmd17", "sgdml", "md17-npz"), options=("units", "indices"), order=32),
+    FormatInfo("qm7x", "qm7x", "QM7-X HDF5 (1000.hdf5 ... 8000.hdf5): one file or a folder of them (needs h5py)",
+               aliases=("qm7-x", "qm7x-hdf5"), options=("energy", "forces", "properties", "molecules"), order=34),
     FormatInfo("xu-kitchin", "xu_kitchin", "Xu-Kitchin adsorption JSON (folder with structures.json + energies.json)",
                aliases=("xu-kitchin-json",), options=("include_clean",), order=40),
     FormatInfo("pymatgen-json", "pymatgen_json",
