@@ -34,10 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from frameavg.data.atomic_data import MAX_Z
 from frameavg.data.lattice import periodic_basis, shortest_vectors
 from frameavg.errors import DataError
-
-MAX_Z = 118
 
 
 #: Names of the cloud levels of periodic graphs (``FrameCloud.level`` / ``Frames.cloud_level``).
