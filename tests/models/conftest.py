@@ -14,7 +14,7 @@ from frameavg.models.faenet import PAPER_CONFIGS as FAENET_PAPER_CONFIGS
 
 from .original_faenet import import_original_faenet, patch_local_env  # noqa: F401 (re-exported)
 
-# The paper configurations of issue 4 / DESIGN.md §3 with their parameter counts in faenet 0.1.3.
+# The paper configurations of docs/faenet.md with their parameter counts in faenet 0.1.3.
 PAPER_CONFIGS = {
     "default": ({}, 394_593),
     **{name: ({k: v for k, v in FAENET_PAPER_CONFIGS[name].items() if k not in ("cutoff", "max_num_neighbors")}, count)

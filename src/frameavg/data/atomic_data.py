@@ -1,4 +1,4 @@
-"""Structures as PyG ``Data`` objects with the field conventions of the project (DESIGN.md §2).
+"""Structures as PyG ``Data`` objects with the field conventions of the project (docs/conventions.md).
 
 ================  ===========  ================================================================
 field             shape        meaning

@@ -1,6 +1,6 @@
 """Periodic neighbour lists (built on ``vesin``) and the ``RadiusGraph`` transform.
 
-Conventions (DESIGN.md §2): ``edge_index[0]`` is the neighbour (source j), ``edge_index[1]`` the
+Conventions (docs/conventions.md): ``edge_index[0]`` is the neighbour (source j), ``edge_index[1]`` the
 centre (target i); both directions are present; the edge vector is
 ``pos[j] - pos[i] + cell_offsets @ cell``. Periodicity may differ per axis (mixed ``pbc``), and
 cells smaller than the cutoff give edges to several images of the same atom (and of the atom

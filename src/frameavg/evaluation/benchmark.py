@@ -3,7 +3,7 @@
 Two comparisons (issue 6):
 
 * ``paper``: every model at its paper / OCP OC20 configuration (FAENet: the IS2RE configuration
-  of DESIGN.md §3, 2D SE(3) frames) on the 8 OC20 IS2RE samples shipped with the package;
+  of docs/faenet.md, 2D SE(3) frames) on the 8 OC20 IS2RE samples shipped with the package;
 * ``equal-width``: every model at hidden width 128, 4 interaction blocks, cutoff 6 Å on 64 QM9
   molecules (energy) and 64 rMD17 ethanol frames (energy and conservative forces).
 

@@ -40,7 +40,7 @@ SKIP_CO = (False, "add", "concat", "concat_atom")
 ENERGY_HEADS = (None, "weighted-av-initial-embeds", "weighted-av-final-embeds")
 REGRESS_FORCES = (None, "direct", "direct_with_gradient_target", "from_energy")
 
-#: The paper's configurations (DESIGN.md §3) as ``FAENet(**config)`` arguments, with the cutoff (Å)
+#: The paper's configurations (docs/faenet.md) as ``FAENet(**config)`` arguments, with the cutoff (Å)
 #: and neighbour cap of their data: QM9, OC20 IS2RE and S2EF.
 PAPER_CONFIGS: dict[str, dict] = {
     "qm9": dict(hidden_channels=400, num_filters=480, num_interactions=5, num_gaussians=100, cutoff=6.0,
@@ -615,7 +615,7 @@ class FAENet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch, compute_gradient_forces: bool | None = None) -> dict[str, Tensor]:
-        """Predictions for a PyG ``Batch`` (or one ``Data``) with the fields of DESIGN.md §2.
+        """Predictions for a PyG ``Batch`` (or one ``Data``) with the fields of docs/conventions.md.
 
         Needs ``pos`` [N, 3] (Å) and ``atomic_numbers`` [N]; uses ``batch`` [N], ``tags`` [N],
         ``edge_index`` [2, E] (row 0 source j, row 1 target i), ``cell_offsets`` [E, 3] and

@@ -55,7 +55,7 @@ from frameavg.models.blocks import GaussianSmearing, scatter_sum
 S2EF_CONFIG = dict(hidden_channels=512, num_interactions=6, num_rbf=128, cutoff=12.0, max_neighbors=50,
                    max_z=83, rbf="gaussian", envelope="polynomial", regress_forces="direct")
 
-#: OCP's OC20 IS2RE-All PaiNN (DESIGN.md §3: hidden 1024, 6 layers, 128 RBF, 12 Å, 50 neighbours),
+#: OCP's OC20 IS2RE-All PaiNN (hidden 1024, 6 layers, 128 RBF, 12 Å, 50 neighbours),
 #: energy only: the configuration of the ``paper`` comparison of ``frameavg bench``.
 PAPER_CONFIG = dict(S2EF_CONFIG, hidden_channels=1024, regress_forces=None)
 
