@@ -26,11 +26,21 @@ def sniff(path: Path) -> bool:
 
 @register("ase-db", sniff=sniff)
 def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
-    source = str(path)
     kind = "db" if read_head(path, 16) == SQLITE_MAGIC else "json"
+    yield from database_rows(lambda: ase.db.connect(str(path), type=kind, use_lock_file=False), options,
+                             str(path), "ASE database")
+
+
+def database_rows(connect, options: ReadOptions, source: str, what: str, opened: list | None = None) -> Iterator[Data]:
+    """Every row of the ASE database ``connect()`` opens, as ``Data``: labels from the row's
+    calculator results, then its key-value pairs and ``data``. A damaged file gives one
+    ``DataError`` naming ``what`` and the row. ``opened``: the database is appended to it (for
+    callers that must close it)."""
     index = 0
     try:
-        database = ase.db.connect(source, type=kind, use_lock_file=False)
+        database = connect()
+        if opened is not None:
+            opened.append(database)
         rows = database.select()
         while True:
             try:
@@ -44,9 +54,7 @@ def iterate(path: Path, options: ReadOptions) -> Iterator[Data]:
             index += 1
     except DataError:
         raise
-    except Exception as exc:  # ASE's parsers raise anything for files that are not its databases
+    except Exception as exc:  # ASE's parsers and backends raise anything for damaged files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise DataError(f"cannot read ASE database ({type(exc).__name__}{': ' + first_line if first_line else ''})",
+        raise DataError(f"cannot read {what} ({type(exc).__name__}{': ' + first_line if first_line else ''})",
                         source=source, index=index if index else None) from None
-    if index == 0:
-        raise DataError("no structures found", source=source)

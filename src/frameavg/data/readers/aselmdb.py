@@ -66,35 +66,21 @@ def _connect(source: str):
 
 
 def _iterate(files: list[Path], options: ReadOptions) -> Iterator[Data]:
+    from frameavg.data.readers.ase_db import database_rows
+
     total = 0
     for file in files:
         source = str(file)
         index = 0
         if not is_lmdb_file(file):  # checked first: the backend cannot clean up after a failed open
             raise DataError("not an ASE-LMDB database (no LMDB header)", source=source)
-        database = None
+        opened: list = []
         try:
-            database = _connect(source)
-            rows = database.select()
-            while True:
-                try:
-                    row = next(rows)
-                except StopIteration:
-                    break
-                atoms = row.toatoms()
-                for key, value in {**(row.get("data") or {}), **row.key_value_pairs}.items():
-                    atoms.info.setdefault(key, value)
-                yield options.to_data(atoms, source=source, index=index)
+            for data in database_rows(lambda: _connect(source), options, source, "ASE-LMDB database", opened):
+                yield data
                 index += 1
-        except DataError:
-            raise
-        except Exception as exc:  # lmdb, zlib and JSON decoding raise many kinds for damaged files
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise DataError(f"cannot read ASE-LMDB database ({type(exc).__name__}"
-                            f"{': ' + first_line if first_line else ''})",
-                            source=source, index=index if index else None) from None
         finally:
-            if database is not None:
+            for database in opened:
                 try:
                     database.close()
                 except Exception:  # already closed
