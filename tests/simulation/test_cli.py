@@ -131,4 +131,4 @@ def test_relax_cell_on_molecules_and_unseen_elements(ethanol_checkpoint, tmp_pat
     assert main(["relax", "--checkpoint", ethanol_checkpoint, "--data", str(data), "--out", str(tmp_path / "o.extxyz"),
                  "--steps", "2"]) == 0
     err = capsys.readouterr().err
-    assert "frameavg: warning: structure, structure 1: element(s) N never appear in this model's training data" in err
+    assert "frameavg: warning: structure 1: element(s) N never appear in this model's training data" in err

@@ -26,7 +26,7 @@ and the remainder ``train``. The output folder::
     slabs.extxyz             the relaxed clean slabs (``info['system']``: metal-facet)
 
 Every file is labelled synthetic EMT data. Files are written atomically; finished systems are
-cached under ``.partial/`` so an interrupted run resumes where it stopped. The same arguments
+cached under ``.partial/`` (``.npz``, no pickles) so an interrupted run resumes where it stopped. The same arguments
 give the same records and manifest.
 """
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -375,22 +374,69 @@ def _relaxed_clean_slab(metal, facet, a, settings):
 def _system_task(task) -> SystemResult:
     """One system's ground truth, from its cache file when an earlier run finished it."""
     name, metal, facet, adsorbate, clean, split, settings, seed, partial = task
-    cache = partial / f"{name}.pkl"
+    cache = partial / f"{name}.npz"
     if cache.is_file():
-        with cache.open("rb") as handle:
-            return pickle.load(handle)
+        return _read_cache(cache)
     result = _relax_system(name, metal, facet, adsorbate, clean, clean.info["energy"], split, settings,
                            np.random.default_rng(list(seed)))
-    _write_pickle(cache, result)
+    _write_cache(cache, result)
     return result
 
 
-def _write_pickle(path: Path, obj) -> None:
+_RELAXED_INFO = ("converged", "steps", "energy", "fmax", "status")
+
+
+def _write_cache(path: Path, s: SystemResult) -> None:
+    """A finished system as plain arrays and JSON in one ``.npz`` (no pickles; full precision)."""
+    from frameavg.data.atomic_data import fixed_mask
     from frameavg.files import atomic_output
 
+    first = s.initial[0]
+    meta = {"name": s.name, "metal": s.metal, "facet": s.facet, "adsorbate": s.adsorbate, "split": s.split,
+            "slab_energy": s.slab_energy, "sites": s.sites, "anomalies": s.anomalies,
+            "relaxed_info": [{key: final.info[key] for key in _RELAXED_INFO} for final in s.relaxed]}
+    arrays = {"meta": np.array(json.dumps(meta)), "numbers": first.numbers, "tags": first.get_tags(),
+              "fixed": fixed_mask(first), "cell": first.cell.array, "pbc": first.pbc}
+    for p, (initial, final, frames) in enumerate(zip(s.initial, s.relaxed, s.frames)):
+        arrays[f"initial_{p}"] = initial.positions
+        arrays[f"relaxed_{p}"] = final.positions
+        arrays[f"relaxed_forces_{p}"] = final.calc.results["forces"] if final.calc is not None else np.zeros((0, 3))
+        arrays[f"frames_{p}"] = np.array([f.positions for f in frames]).reshape(-1, len(first), 3)
+        arrays[f"frames_energy_{p}"] = np.array([f.calc.results["energy"] for f in frames])
+        arrays[f"frames_forces_{p}"] = np.array([f.calc.results["forces"] for f in frames]).reshape(-1, len(first), 3)
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as handle:
-            pickle.dump(obj, handle)
+            np.savez(handle, **arrays)
+
+
+def _read_cache(path: Path) -> SystemResult:
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixAtoms
+
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+
+    def atoms(positions, energy=None, forces=None):
+        made = Atoms(numbers=arrays["numbers"], positions=positions, cell=arrays["cell"], pbc=arrays["pbc"],
+                     tags=arrays["tags"])
+        made.set_constraint(FixAtoms(mask=arrays["fixed"]))
+        if energy is not None:
+            made.calc = SinglePointCalculator(made, energy=float(energy), forces=forces)
+        return made
+
+    result = SystemResult(meta["name"], meta["metal"], meta["facet"], meta["adsorbate"], meta["split"],
+                          meta["slab_energy"], meta["sites"], anomalies=meta["anomalies"])
+    for p, info in enumerate(meta["relaxed_info"]):
+        result.initial.append(atoms(arrays[f"initial_{p}"]))
+        forces = arrays[f"relaxed_forces_{p}"]
+        final = atoms(arrays[f"relaxed_{p}"], info["energy"] if len(forces) else None, forces if len(forces) else None)
+        final.info.update(info)
+        result.relaxed.append(final)
+        result.frames.append([atoms(x, e, f) for x, e, f in zip(arrays[f"frames_{p}"], arrays[f"frames_energy_{p}"],
+                                                                  arrays[f"frames_forces_{p}"])])
+    return result
 
 
 def _reference_energy(adsorbate: str, references: dict) -> float:
