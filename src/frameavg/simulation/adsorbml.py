@@ -143,7 +143,7 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
             "ml_converged": sum(a.info["status"] == "converged" for a in ml),
             "anomalous_placements": sum(bool(f) for f in anomalies), "anomalies": flagged,
             "relaxed_energy_mae": metrics["relaxed_energy_mae"], "adwt": metrics["average_distance_within_threshold"],
-            "ml_seconds": ml_seconds, "ml_model_calls": int(sum(n + 1 for n in taken)),
+            "ml_seconds": ml_seconds, "ml_structure_evaluations": int(sum(n + 1 for n in taken)),  # steps + 1 per placement
             "placements_per_s": len(datas) / ml_seconds if ml_seconds > 0 else math.inf,
             "less_physical_systems": sum(systems_by_index[i]["less_physical"] for i in groups),
             # every ground-truth placement of these failed or was anomalous: no minimum to compare with
