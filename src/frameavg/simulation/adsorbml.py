@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from frameavg.errors import ConfigError, DataError

@@ -283,8 +283,7 @@ def _relax_system(name, metal, facet, adsorbate, slab, slab_energy, split, setti
         frames = final.info.pop("trajectory", [])
         result.initial.append(initial)
         result.relaxed.append(final)
-        result.anomalies.append(detect_anomalies(initial, final, slab) if final.info["energy"] == final.info["energy"]
-                                else [])
+        result.anomalies.append(detect_anomalies(initial, final, slab) if math.isfinite(final.info["energy"]) else [])
         result.frames.append([_labelled(frame) for frame in _subsample(frames, settings.frames_per_placement)])
     return result
 
