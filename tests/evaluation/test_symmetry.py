@@ -21,15 +21,22 @@ from frameavg.evaluation.symmetry import (
     symmetry_report,
     transform_structure,
 )
-from frameavg.evaluation.testing import assert_batch_independent, assert_invariant, assert_symmetric
+from frameavg.evaluation import testing
+from frameavg.evaluation.testing import (
+    DEFAULT_TOLERANCES,
+    assert_batch_independent,
+    assert_equivariant,
+    assert_invariant,
+    assert_symmetric,
+)
 from frameavg.frames.averaging import FrameAveraging
 from frameavg.models.raw_mpnn import RawCoordinateMPNN
 
 CUTOFF = 5.0
 
 
-def _read(shared_data, path, count):
-    stream = iter_structures(shared_data / path, dtype=torch.float64)
+def _read(shared_data, path, count, dtype=torch.float64):
+    stream = iter_structures(shared_data / path, dtype=dtype)
     return [model_inputs(d) for d in itertools.islice(stream, count)]
 
 
@@ -114,6 +121,36 @@ def test_assert_helpers_name_the_failing_checks(shared_data):
     with pytest.raises(AssertionError, match="reflection"):
         assert_invariant(se3, structures, atol=1e-8, cutoff=CUTOFF, checks=("reflection",))
     assert_batch_independent(se3, structures, atol=1e-12, cutoff=CUTOFF)
+
+
+def test_default_tolerances_per_dtype():
+    assert DEFAULT_TOLERANCES == {torch.float64: {"atol": 1e-10, "rtol": 1e-9},
+                                  torch.float32: {"atol": 1e-5, "rtol": 1e-4}}
+    for name in testing.__all__:  # pytest shows the calling test, not the helper, on failure
+        helper = getattr(testing, name)
+        if callable(helper) and name.startswith(("assert_", "check_")):
+            assert "__tracebackhide__" in helper.__code__.co_varnames, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_default_tolerances_pass_exact_models_and_fail_raw_ones(shared_data, dtype):
+    structures = _read(shared_data, "rmd17_ethanol/train.xyz", 3, dtype)
+    exact = FrameAveraging(_model().to(dtype), "3D", "all").eval()
+    assert_symmetric(exact, structures, cutoff=CUTOFF, checks=("rotation", "reflection", "permutation"))
+    assert_batch_independent(exact, structures, cutoff=CUTOFF)
+    name, tol = str(dtype).removeprefix("torch."), DEFAULT_TOLERANCES[dtype]
+    raw = _model().to(dtype)
+    expected = rf"\({name}; default atol={tol['atol']:g}, rtol={tol['rtol']:g}\):\n  rotation: max \|d%s\| = \d"
+    with pytest.raises(AssertionError, match=expected % "E"):
+        assert_invariant(raw, structures, cutoff=CUTOFF, checks=("permutation", "rotation"))
+    with pytest.raises(AssertionError, match=expected % "F"):
+        assert_equivariant(raw, structures, cutoff=CUTOFF, checks=("rotation",))
+    with pytest.raises(AssertionError, match=expected % "E"):
+        assert_symmetric(raw, structures, cutoff=CUTOFF, checks=("rotation",))
+    # an explicit tolerance still wins: absolute only when rtol is not given
+    assert_invariant(raw, structures, atol=1e3, cutoff=CUTOFF, checks=("rotation",))
+    with pytest.raises(AssertionError, match=rf"\({name}; atol=0, rtol=1e-12\)"):
+        assert_invariant(raw, structures, rtol=1e-12, cutoff=CUTOFF, checks=("rotation",))
 
 
 def test_bad_arguments_are_clear_errors(shared_data):

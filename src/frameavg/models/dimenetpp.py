@@ -23,16 +23,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import Embedding
-from torch_geometric.nn.models.dimenet import (
+
+from frameavg.data.pyg_compat import (
     BesselBasisLayer,
     EmbeddingBlock,
     Envelope,
     InteractionPPBlock,
+    Jn,
+    Jn_zeros,
     OutputPPBlock,
+    activation_resolver,
 )
-from torch_geometric.nn.models.dimenet_utils import Jn, Jn_zeros
-from torch_geometric.nn.resolver import activation_resolver
-
 from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.models.blocks import GraphIndex
 

@@ -1,0 +1,341 @@
+"""Code rules of the library (src/frameavg), checked on its source text and syntax trees.
+
+* no writes to ``os.environ``: the library reads its environment, the caller owns it;
+* PyG's private ``Batch`` bookkeeping and non-public PyG modules only in ``frameavg.data.pyg_compat``;
+* no reads of another object's or module's private (``_name``) attributes, except ALLOWED_PRIVATE;
+* no import cycles inside the package (module-level and function-level imports).
+
+Each failure lists ``file:line`` of every violation.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from functools import lru_cache
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "frameavg"
+COMPAT = "frameavg/data/pyg_compat.py"
+
+#: Third-party private APIs used outside the compat module: (file, expression) -> why unavoidable.
+ALLOWED_PRIVATE = {
+    ("frameavg/models/edge_filter.py", "torch._C._will_engine_execute_node"):
+        "autograd's execution plan has no public query; falls back to needs_input_grad without it",
+}
+#: ``_name`` attributes that are public API by convention (namedtuple methods).
+PUBLIC_UNDERSCORE = {"_asdict", "_replace", "_fields", "_field_defaults", "_make"}
+#: PyG's ``Batch``/``Data`` bookkeeping attributes, wrapped by frameavg.data.pyg_compat.
+PYG_INTERNALS = re.compile(r"(?<![A-Za-z0-9_])_(slice_dict|inc_dict|num_graphs|num_nodes)\b")
+
+
+@lru_cache(maxsize=None)
+def _sources() -> dict[str, tuple[str, ast.Module]]:
+    """{``frameavg/...py``: (text, tree)} of every library module."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        out[path.relative_to(SRC).as_posix()] = (text, ast.parse(text, filename=str(path)))
+    return out
+
+
+def _fail(rule: str, violations: list[str]) -> None:
+    __tracebackhide__ = True
+    if violations:
+        raise AssertionError(f"{rule}: {len(violations)} violation(s)\n  " + "\n  ".join(violations))
+
+
+# --------------------------------------------------------------------------------------------
+# os.environ writes
+
+
+def _environ_names(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """(names bound to the ``os`` module, names bound to ``os.environ``) in ``tree``."""
+    modules, environs = {"os"}, set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.asname or a.name for a in node.names if a.name == "os"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "os":
+            environs |= {a.asname or a.name for a in node.names if a.name == "environ"}
+    return modules, environs
+
+
+def _is_environ(node: ast.AST, modules: set[str], environs: set[str]) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in environs
+    return (isinstance(node, ast.Attribute) and node.attr == "environ" and isinstance(node.value, ast.Name)
+            and node.value.id in modules)
+
+
+def environ_writes(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, code) of every write to the process environment in ``tree``: item assignment or
+    deletion, ``update``/``setdefault``/``pop``/``popitem``/``clear`` on ``os.environ``,
+    ``os.putenv``/``os.unsetenv`` (also through ``from os import environ`` / ``import os as x``)."""
+    modules, environs = _environ_names(tree)
+    found = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        if any(isinstance(t, ast.Subscript) and _is_environ(t.value, modules, environs) for t in targets):
+            found.append((node.lineno, ast.unparse(node)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner, name = node.func.value, node.func.attr
+            if (_is_environ(owner, modules, environs) and name in ("update", "setdefault", "pop", "popitem", "clear",
+                                                                     "__setitem__", "__delitem__")) \
+                    or (isinstance(owner, ast.Name) and owner.id in modules and name in ("putenv", "unsetenv")):
+                found.append((node.lineno, ast.unparse(node)))
+        if isinstance(node, ast.ImportFrom) and node.module == "os":
+            found += [(node.lineno, f"from os import {a.name}") for a in node.names if a.name in ("putenv", "unsetenv")]
+    return sorted(found)
+
+
+def test_environ_write_detector_catches_every_form():
+    tree = ast.parse("import os\nimport os as o\nfrom os import environ as env\n"
+                     "os.environ['A'] = '1'\no.environ.update(B='2')\nos.environ.setdefault('C', '3')\n"
+                     "os.putenv('D', '4')\ndel os.environ['E']\nenv['F'] = '5'\nos.environ.pop('G', None)\n"
+                     "x = os.environ.get('H')\ny = os.environ['I']\n")
+    assert [line for line, _ in environ_writes(tree)] == [4, 5, 6, 7, 8, 9, 10]
+
+
+def test_library_never_writes_the_environment():
+    """Settings travel as arguments; a library writing ``os.environ`` leaks state into the caller's
+    process and into every later run in it (tests, notebooks, DDP workers)."""
+    _fail("os.environ written by the library (pass the value explicitly instead)", [
+        f"src/{path}:{line}: {code}"
+        for path, (_, tree) in _sources().items() for line, code in environ_writes(tree)
+    ])
+
+
+# --------------------------------------------------------------------------------------------
+# PyG internals
+
+
+def test_pyg_internals_only_in_the_compat_module():
+    """``_slice_dict`` & co. (text anywhere: attribute, getattr string) only in pyg_compat."""
+    _fail(f"PyG Batch internals outside {COMPAT} (use its wrappers)", [
+        f"src/{path}:{text.count(chr(10), 0, match.start()) + 1}: {match.group(0)}"
+        for path, (text, _) in _sources().items() if path != COMPAT for match in PYG_INTERNALS.finditer(text)
+    ])
+
+
+def test_pyg_imports_outside_the_compat_module_are_public():
+    """``from torch_geometric.X import name`` outside pyg_compat only for names in ``X.__all__``
+    (``import torch_geometric.X`` only for packages that have an ``__all__``)."""
+    violations = []
+    for path, (_, tree) in _sources().items():
+        if path == COMPAT:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch_geometric":
+                public = getattr(importlib.import_module(node.module), "__all__", None)
+                for alias in node.names:
+                    if public is None or alias.name not in public:
+                        violations.append(f"src/{path}:{node.lineno}: from {node.module} import {alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("torch_geometric.") and \
+                            getattr(importlib.import_module(alias.name), "__all__", None) is None:
+                        violations.append(f"src/{path}:{node.lineno}: import {alias.name}")
+    _fail(f"non-public PyG imports outside {COMPAT} (re-export them there)", violations)
+
+
+# --------------------------------------------------------------------------------------------
+# private attributes
+
+
+def _is_own(node: ast.AST) -> bool:
+    """``self``, ``cls``, ``super()``, ``type(self)``: an object reading its own attributes."""
+    if isinstance(node, ast.Name):
+        return node.id in ("self", "cls")
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("super", "type")
+            and all(isinstance(a, ast.Name) and a.id in ("self", "cls") for a in node.args))
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__") and name not in PUBLIC_UNDERSCORE
+
+
+def private_reads(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, expression) of every access to another object's or module's ``_name``: ``x._name``
+    (x not self/cls/super()), ``getattr/hasattr/setattr/delattr(x, "_name")``, and
+    ``from frameavg... import _name``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr) and not _is_own(node.value):
+            found.append((node.lineno, ast.unparse(node)))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr", "setattr", "delattr") and len(node.args) >= 2
+              and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+              and _private(node.args[1].value) and not _is_own(node.args[0])):
+            found.append((node.lineno, f"{ast.unparse(node.args[0])}.{node.args[1].value}"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("frameavg"):
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names if _private(a.name)]
+    return sorted(found)
+
+
+def _allowed(path: str, expression: str) -> bool:
+    return any(path == p and allowed.startswith(expression) for p, allowed in ALLOWED_PRIVATE)
+
+
+def test_private_attribute_detector():
+    tree = ast.parse("self._a\ncls._b\nsuper()._c\ntype(self)._d\nx.__dict__\nt._replace(a=1)\n"
+                     "other._e\ntorch._C._f\ngetattr(b, '_g', None)\nfrom frameavg.x import _h\n")
+    assert private_reads(tree) == [(7, "other._e"), (8, "torch._C"), (8, "torch._C._f"), (9, "b._g"),
+                                   (10, "frameavg.x._h")]
+
+
+def test_no_module_reads_private_attributes_of_others():
+    """Private names stay inside their class or module: a newcomer may rename any ``_name``
+    without grepping the package. Needed from outside? Make it public (documented) instead."""
+    violations, used = [], set()
+    for path, (_, tree) in _sources().items():
+        for line, expression in private_reads(tree):
+            if path == COMPAT:
+                continue
+            if _allowed(path, expression):
+                used |= {key for key in ALLOWED_PRIVATE if key[0] == path and key[1].startswith(expression)}
+                continue
+            violations.append(f"src/{path}:{line}: {expression}")
+    _fail("private attributes read from outside their owner", violations)
+    stale = sorted(set(ALLOWED_PRIVATE) - used)
+    assert not stale, f"ALLOWED_PRIVATE entries no longer used (remove them): {stale}"
+
+
+# --------------------------------------------------------------------------------------------
+# import cycles
+
+
+def _module_name(path: str) -> str:
+    parts = path.removesuffix(".py").split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """{module: {imported frameavg module: line}} over module-level and function-level imports
+    (not ``if TYPE_CHECKING:`` blocks, which never run). ``from pkg import name`` points to the
+    submodule ``pkg.name`` if there is one, else to the module a lazy package's ``_EXPORTS`` maps
+    ``name`` to, else to ``pkg`` itself. The implicit import of parent packages is not an edge."""
+    sources = _sources()
+    modules = {_module_name(path): path for path in sources}
+
+    def exports(module: str) -> dict[str, str]:
+        if not modules.get(module, "").endswith("__init__.py"):
+            return {}
+        for node in sources[modules[module]][1].body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and \
+                    any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets):
+                return {k.value: v.value for k, v in zip(node.value.keys, node.value.values)
+                        if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)}
+        return {}
+
+    graph = {}
+    for module, path in modules.items():
+        edges: dict[str, int] = {}
+
+        def visit(node: ast.AST) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.If) and _type_checking(child):
+                    for other in child.orelse:
+                        visit_node(other)
+                    continue
+                visit_node(child)
+
+        def visit_node(node: ast.AST) -> None:
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in modules:
+                        edges.setdefault(alias.name, node.lineno)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative import
+                    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+                    for _ in range(node.level - 1):
+                        package = package.rsplit(".", 1)[0]
+                    base = f"{package}.{base}" if base else package
+                if base in modules:
+                    lazy = exports(base)
+                    for alias in node.names:
+                        target = f"{base}.{alias.name}"
+                        target = target if target in modules else lazy.get(alias.name, base)
+                        edges.setdefault(target, node.lineno)
+            visit(node)
+
+        visit(sources[path][1])
+        edges.pop(module, None)
+        graph[module] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """One shortest cycle through every strongly connected component (Tarjan) of ``graph``."""
+    index, low, stack, on_stack, components = {}, {}, [], set(), []
+
+    def connect(v: str) -> None:  # recursive: import chains are short
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(set(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    cycles = []
+    for component in components:
+        start = min(component)
+        paths, seen = {start: [start]}, {start}
+        queue = [start]
+        while queue:  # breadth first, back to start
+            v = queue.pop(0)
+            for w in sorted(graph[v]):
+                if w == start:
+                    cycles.append(paths[v] + [start])
+                    queue = []
+                    break
+                if w in component and w not in seen:
+                    seen.add(w)
+                    paths[w] = paths[v] + [w]
+                    queue.append(w)
+    return cycles
+
+
+def test_import_cycle_detector():
+    graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3, "d": 4}, "d": {}, "e": {"d": 5}}
+    assert import_cycles(graph) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b": 1}, "b": {}}) == []
+
+
+def test_no_import_cycles_in_the_package():
+    """A cycle makes import order matter (half-initialised modules) and layers impossible to read;
+    function-level imports count: they only postpone the cycle."""
+    graph = import_graph()
+    assert "frameavg.frames.compute" in graph["frameavg.frames.averaging"]  # the graph sees real imports
+    _fail("import cycles (each: module:line of the import -> ...)", [
+        " -> ".join(f"{a}:{graph[a][b]}" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
+        for cycle in import_cycles(graph)
+    ])
