@@ -36,7 +36,7 @@ def model_config(model: str, data: Path, minutes: float, threads: int, seed: int
         section = yaml.safe_load((REPO / "configs" / BASELINE_CONFIGS[model]).read_text())["model"]
         config["model"] = section | {"cutoff": config["data"]["cutoff"], "max_neighbors": config["data"]["max_neighbors"],
                                      "regress_forces": "from_energy"}
-        config["frames"] = {"frames": "none"}
+        config["frames"] = {"dims": "none"}
     config["name"] = f"adsorbml_{model}"
     config["seed"] = seed
     config["data"] |= {"train": str(data), "test": None}  # validation frames are split off the training systems

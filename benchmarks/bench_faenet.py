@@ -45,6 +45,7 @@ from frameavg.data import atoms_to_data
 from frameavg.data.neighbors import RadiusGraph
 from frameavg.models import FAENet
 from frameavg.models.faenet import PAPER_CONFIGS
+from frameavg.models.faenet_checkpoint import load_original_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,7 +203,7 @@ def run(args) -> dict:
         random.seed(0)
         config = {k: v for k, v in CONFIGS[name].items()}
         original = faenet.FAENet(**config)
-        ours = FAENet.from_original_state_dict(original.state_dict(), **config)
+        ours = load_original_state_dict(original.state_dict(), config)
         ours_fa = None
         if name == "is2re":
             from frameavg.frames.averaging import FrameAveraging

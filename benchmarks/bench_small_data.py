@@ -67,7 +67,7 @@ def base_config(dataset: str, model: str) -> dict:
     if dataset == "qm9" and model != "faenet":
         source = yaml.safe_load((REPO / "configs" / f"{model}.yaml").read_text())["model"]
         config["model"] = source | {"cutoff": config["data"]["cutoff"], "regress_forces": None}
-        config["frames"] = {"frames": "none"}
+        config["frames"] = {"dims": "none"}
     config["name"] = f"{model}_{dataset}_small"
     return config
 

@@ -10,20 +10,66 @@ name               shape       meaning
 ``forces``         [N,3]       eV/Å: the forces a caller asked for (conservative −∂E/∂x, or a
                                model's direct head)
 ``gradient_forces``[N,3]       eV/Å: −∂E/∂x when ``forces`` holds a direct head's prediction
+``direct_forces``  [N,3]       eV/Å: a direct head's prediction when ``forces`` holds −∂E/∂x
+``dipole``         [B,3]       e·Å (a per-graph vector)
 ``stress``         [B,3,3]     eV/Å³, ASE's sign: (1/V) ∂E/∂ε (positive under tension)
 ``virial``         [B,3,3]     eV: −∂E/∂ε
 =================  ==========  =============================================================
+
+How ``forces`` is produced is one vocabulary, :data:`FORCE_MODES`, shared by the models'
+``regress_forces`` and ``FrameAveraging(forces=...)``:
+
+* ``from_energy``: conservative forces −∂E/∂x;
+* ``direct``: a direct head's prediction (for ``FrameAveraging``: the model's ``forces`` output,
+  rotated back);
+* ``direct_with_gradient_target``: the direct prediction in ``forces`` and −∂E/∂x beside it in
+  ``gradient_forces`` (detached in a model; FAENet's S2EF training mode);
+* None: no forces.
 """
 
 from __future__ import annotations
+
+import warnings
+
+from frameavg.errors import ConfigError
 
 ENERGY = "energy"
 FORCES = "forces"
 GRADIENT_FORCES = "gradient_forces"
 STRESS = "stress"
 VIRIAL = "virial"
+DIRECT_FORCES = "direct_forces"
+DIPOLE = "dipole"
+
+FROM_ENERGY = "from_energy"
+DIRECT = "direct"
+DIRECT_WITH_GRADIENT_TARGET = "direct_with_gradient_target"
+#: How ``forces`` is produced (see the module docstring); None: no forces.
+FORCE_MODES = (FROM_ENERGY, DIRECT, DIRECT_WITH_GRADIENT_TARGET, None)
+#: The modes whose ``forces`` come from a direct head.
+DIRECT_MODES = (DIRECT, DIRECT_WITH_GRADIENT_TARGET)
+#: Spellings of earlier releases, still accepted with a deprecation warning.
+LEGACY_FORCE_MODES = {"model": DIRECT, "gradient": FROM_ENERGY, "both": DIRECT_WITH_GRADIENT_TARGET}
+
+
+def force_mode(value, name: str = "regress_forces", allowed: tuple = FORCE_MODES, *,
+               legacy: bool = False) -> str | None:
+    """``value`` as a member of ``allowed`` (a subset of :data:`FORCE_MODES`): ``""``, ``"none"``,
+    ``"null"`` and False mean None; with ``legacy`` (``FrameAveraging(forces=...)``), the
+    spellings ``model``/``gradient``/``both`` of earlier releases map to ``direct``/
+    ``from_energy``/``direct_with_gradient_target`` with a ``FutureWarning``."""
+    if value in ("", "none", "null", False):
+        value = None
+    if legacy and isinstance(value, str) and value in LEGACY_FORCE_MODES:
+        new = LEGACY_FORCE_MODES[value]
+        warnings.warn(f"{name}={value!r} is deprecated; write {new!r}", FutureWarning, stacklevel=3)
+        value = new
+    if value is True or value not in allowed:
+        choices = ", ".join(repr(mode) for mode in allowed)
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 #: Per-atom vector outputs, rotated back by FrameAveraging.
-VECTOR_OUTPUTS = (FORCES, GRADIENT_FORCES)
+VECTOR_OUTPUTS = (FORCES, GRADIENT_FORCES, DIRECT_FORCES, DIPOLE)
 #: Per-graph rank-2 tensor outputs, rotated back as U T Uᵀ.
 TENSOR_OUTPUTS = (STRESS, VIRIAL)

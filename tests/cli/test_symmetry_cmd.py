@@ -53,7 +53,7 @@ def test_checkpoint_uses_its_frames_and_neighbour_settings(shared_data, capsys, 
     from frameavg.training.module import AtomisticTask
 
     config = load_config(None, ["model.hidden_channels=64", "model.num_filters=32", "model.num_interactions=1",
-                                "model.pg_hidden_channels=8", "model.cutoff=5.0", "frames.frames=2D",
+                                "model.pg_hidden_channels=8", "model.cutoff=5.0", "frames.dims=2D",
                                 "frames.eval=se3-all", "data.cutoff=5.0", "data.max_neighbors=20"])
     path = tmp_path / "model.ckpt"
     torch.save({"hyper_parameters": {"config": config}, "state_dict": AtomisticTask(config).state_dict()}, path)

@@ -111,7 +111,7 @@ def test_batched_equals_one_by_one(shared_data):
 ])
 def test_gradient_forces_are_equivariant_and_match_finite_differences(shared_data, name, dim):
     structures = load(shared_data, name)[0][:3]
-    model = FrameAveraging(raw_model(direct_forces=False), dim, "all", forces="gradient").eval()
+    model = FrameAveraging(raw_model(direct_forces=False), dim, "all", forces="from_energy").eval()
     assert_equivariant(model, structures, atol=1e-10, dim=dim, cutoff=CUTOFF,
                        checks=_checks(name) if name != "qm7" else ("rotation", "reflection"))
     data = structures[0]
@@ -130,10 +130,10 @@ def test_gradient_forces_are_equivariant_and_match_finite_differences(shared_dat
 
 
 def test_forces_both_keeps_model_and_gradient_forces(ethanol):
-    model = FrameAveraging(raw_model(), "3D", "all", forces="both").eval()
+    model = FrameAveraging(raw_model(), "3D", "all", forces="direct_with_gradient_target").eval()
     out = model(graphs(ethanol[:2]))
-    assert out["forces"].shape == out["forces_gradient"].shape == (18, 3)
-    assert not torch.allclose(out["forces"], out["forces_gradient"])
+    assert out["forces"].shape == out["gradient_forces"].shape == (18, 3)
+    assert not torch.allclose(out["forces"], out["gradient_forces"])
     assert_equivariant(model, ethanol[:2], atol=1e-10, checks=("rotation",), cutoff=CUTOFF)
 
 
@@ -163,14 +163,40 @@ def test_train_mode_is_stochastic_and_eval_mode_uses_all_frames(shared_data):
     model = FrameAveraging(raw_model(), "3D", "stochastic", eval_method="all", seed=3)
     batch = graphs(structures)
     model.train()
-    first = model(batch)["energy"]
-    assert model.last_frames.num_frames.tolist() == [1] * len(structures)
+    out, frames = model(batch, return_frames=True)
+    assert frames.num_frames.tolist() == [1] * len(structures)
     model.reset_generator()
-    assert torch.equal(model(batch)["energy"], first)  # seeded: reproducible
+    assert torch.equal(model(batch)["energy"], out["energy"])  # seeded: reproducible
     model.eval()
-    model(batch)
-    assert model.last_frames.num_frames.tolist() == model.last_frames.set_size.tolist()
-    assert min(model.last_frames.num_frames.tolist()) >= 8
+    _, frames = model(batch, return_frames=True)
+    assert frames.num_frames.tolist() == frames.set_size.tolist()
+    assert min(frames.num_frames.tolist()) >= 8
+    assert torch.equal(model.frames_of(batch).rotation, frames.rotation)
+
+
+def test_the_random_frame_stream_is_part_of_the_state_dict(shared_data):
+    structures, _ = load(shared_data, "qm9")
+    batch = graphs(structures)
+    model = FrameAveraging(raw_model(), "3D", "stochastic", seed=3).train()
+    model(batch)  # advance the stream
+    saved = model.state_dict()
+    expected = model(batch)["energy"]
+    resumed = FrameAveraging(raw_model(), "3D", "stochastic", seed=3).train()
+    resumed.load_state_dict(saved)
+    assert torch.equal(resumed(batch)["energy"], expected)
+    # weights saved before the stream was saved load too, with the seeded stream
+    legacy = {k: v for k, v in saved.items() if not k.endswith("_extra_state")}
+    fresh = FrameAveraging(raw_model(), "3D", "stochastic", seed=3).train()
+    fresh.load_state_dict(legacy)
+    model.reset_generator()
+    assert torch.equal(fresh(batch)["energy"], model(batch)["energy"])
+
+
+@pytest.mark.parametrize("legacy, mode", [("model", "direct"), ("gradient", "from_energy"),
+                                          ("both", "direct_with_gradient_target")])
+def test_legacy_force_mode_names_still_work_with_a_warning(legacy, mode):
+    with pytest.warns(FutureWarning, match=f"write '{mode}'"):
+        assert FrameAveraging(raw_model(), forces=legacy).forces == mode
 
 
 @pytest.mark.slow

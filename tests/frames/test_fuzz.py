@@ -36,7 +36,7 @@ def _model(dim: str) -> FrameAveraging:
     faenet = FAENet(cutoff=CUTOFF, hidden_channels=48, num_filters=32, num_interactions=2, num_gaussians=16,
                     tag_hidden_channels=0, pg_hidden_channels=8, max_atomic_number=100, regress_forces=None,
                     graph_norm=False)
-    return FrameAveraging(faenet, frames=dim, method="all", forces="gradient", cutoff=CUTOFF).double().eval()
+    return FrameAveraging(faenet, frames=dim, method="all", forces="from_energy", cutoff=CUTOFF).double().eval()
 
 
 def test_all_frames_faenet_is_invariant_on_random_structures(fuzz_settings):

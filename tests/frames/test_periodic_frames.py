@@ -26,7 +26,7 @@ CUTOFF = 6.0
 PERIODIC_CHECKS = ("rotation", "reflection", "translation", "permutation", "image", "cell")
 
 
-def faenet_fa(dim: str, forces: str = "gradient") -> FrameAveraging:
+def faenet_fa(dim: str, forces: str = "from_energy") -> FrameAveraging:
     torch.manual_seed(0)
     model = FAENet(cutoff=CUTOFF, hidden_channels=64, num_filters=64, num_interactions=2, num_gaussians=20,
                    tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,

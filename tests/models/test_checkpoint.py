@@ -12,7 +12,7 @@ import yaml
 from frameavg.cli.main import main
 from frameavg.errors import ConfigError
 from frameavg.models import FAENet
-from frameavg.models.faenet_checkpoint import load_converted, normalise_original_config
+from frameavg.models.faenet_checkpoint import load_converted, load_original_state_dict, normalise_original_config
 
 from .conftest import PAPER_CONFIGS, to_graph
 
@@ -87,7 +87,7 @@ def test_ocp_fork_variants_beyond_the_original_are_rejected():
 
 
 def test_from_original_state_dict_into_a_model_with_heavy_element_rows(original_is2re, oc20_atoms):
-    model = FAENet.from_original_state_dict(original_is2re.state_dict(), max_atomic_number=100, **IS2RE).eval()
+    model = load_original_state_dict(original_is2re.state_dict(), dict(IS2RE, max_atomic_number=100)).eval()
     assert model.embed_block.emb.weight.shape[0] == 101
     graph = to_graph(oc20_atoms[0])
     expected = original_is2re(graph.clone(), mode="inference")["energy"].view(-1)

@@ -10,6 +10,7 @@ from torch_geometric.data import Batch
 
 from frameavg.models import FAENet
 from frameavg.models.elements import element_table
+from frameavg.models.faenet_checkpoint import load_original_state_dict
 
 from .conftest import PAPER_CONFIGS, patch_local_env, to_graph
 
@@ -42,7 +43,7 @@ ALL_CONFIGS = {**{k: v[0] for k, v in PAPER_CONFIGS.items()}, **OPTION_VARIANTS}
 def pair(original_faenet, config, seed=0):
     torch.manual_seed(seed)
     original = patch_local_env(original_faenet.FAENet(**config))
-    ours = FAENet.from_original_state_dict(original.state_dict(), **config)
+    ours = load_original_state_dict(original.state_dict(), config)
     return original, ours
 
 
@@ -123,7 +124,7 @@ def test_original_state_dict_survives_prefixes_and_deepcopy(original_faenet, qm9
     config = PAPER_CONFIGS["default"][0]
     original, _ = pair(original_faenet, config, seed=3)
     wrapped = {f"module.module.{k}": v for k, v in copy.deepcopy(original.state_dict()).items()}
-    ours = FAENet.from_original_state_dict(wrapped, **config)
+    ours = load_original_state_dict(wrapped, config)
     original.eval(), ours.eval()
     graph = to_graph(qm9_atoms[0])
     assert_same(original(graph.clone(), mode="inference"), ours(graph.clone()))

@@ -203,7 +203,7 @@ def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
         model(graph_batch([data, overlapping]))
     for bad, match in [(dict(rbf="bessel"), "rbf must be one of"), (dict(envelope="gauss"), "envelope must be one of"),
                        (dict(hidden_channels=0), "hidden_channels >= 2"), (dict(cutoff=0.0), "cutoff must be positive"),
-                       (dict(regress_forces="direct_with_gradient_target"), "regress_forces must be one of")]:
+                       (dict(regress_forces="gradient"), "regress_forces must be one of")]:
         with pytest.raises(ConfigError, match=match):
             PaiNN(**(SMALL | bad))
     with pytest.raises(ConfigError, match="model 'painn'"):

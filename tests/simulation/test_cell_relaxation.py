@@ -33,7 +33,7 @@ def test_model_relaxes_strained_tio2_back_to_the_dft_minimum(shared_data, tmp_pa
     ase.io.write(data, eos)
     config = load_config(None, [
         "model.name=schnet", "model.hidden_channels=32", "model.num_filters=32", "model.num_gaussians=20",
-        "model.num_interactions=2", "model.cutoff=5.0", "frames.frames=none", f"data.train={data}",
+        "model.num_interactions=2", "model.cutoff=5.0", "frames.dims=none", f"data.train={data}",
         f"data.val={data}", "data.cutoff=5.0", "data.batch_size=10", "targets.forces=true", "loss.energy=mse",
         "loss.forces=mse", "loss.forces_weight=1.0", "normalize.std=0.1", "optim.lr=3e-3", "optim.max_epochs=300",
         "optim.warmup_steps=10", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=50",

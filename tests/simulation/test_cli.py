@@ -20,7 +20,7 @@ from tiny import ETHANOL, TINY_MODEL
 
 OC20 = ["model.name=faenet", "model.hidden_channels=32", "model.num_filters=16", "model.num_gaussians=8",
         "model.num_interactions=1", "model.tag_hidden_channels=8", "model.pg_hidden_channels=8",
-        "model.phys_embeds=false", "model.regress_forces=null", "model.cutoff=5.0", "frames.frames=2D",
+        "model.phys_embeds=false", "model.regress_forces=null", "model.cutoff=5.0", "frames.dims=2D",
         "data.train=shipped:oc20_is2re/bs8", "data.val=shipped:oc20_is2re/bs3", "data.keys={energy: y_init, forces: force_init}", "data.cutoff=5.0", "data.max_neighbors=20", "data.batch_size=4",
         "targets.forces=true", "optim.max_epochs=2", "trainer.enable_progress_bar=false"]
 

@@ -46,3 +46,50 @@ def test_yaml_exponent_numbers_are_floats(tmp_path):
     path.write_text("optim: {lr: fast}\n")
     with pytest.raises(ConfigError, match="must be a number"):
         load_config(path)
+
+
+def test_old_frames_key_is_read_as_frames_dims_with_a_warning(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("frames: {frames: 2D, train: se3-stochastic}\n")
+    with pytest.warns(FutureWarning, match=r"'frames.frames' is deprecated; write 'frames.dims'"):
+        config = load_config(path)
+    assert config["frames"] == {"dims": "2D", "train": "se3-stochastic", "eval": "all"}
+    with pytest.warns(FutureWarning, match="override: 'frames.frames' is deprecated"):
+        assert load_config(None, ["frames.frames=none"])["frames"]["dims"] == "none"
+    with pytest.warns(FutureWarning):
+        assert load_config(None, ["--frames.frames", "2D", "frames.dims=2D"])["frames"]["dims"] == "2D"
+    assert load_config(None, ["frames.dims=none"])["frames"] == {"dims": "none", "train": "stochastic", "eval": "all"}
+
+
+def test_old_and_new_frames_keys_that_disagree_are_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("frames: {frames: 2D, dims: 3D}\n")
+    with pytest.raises(ConfigError, match=r"'frames.frames' \(the old name of 'frames.dims'\) is '2D' but"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="keep only 'frames.dims'"):
+        load_config(None, ["frames.frames=2D", "frames.dims=3D"])
+    with pytest.raises(ConfigError, match="must be one of 3D, 2D, none"):
+        load_config(None, ["frames.dims=4D"])
+
+
+def test_checkpoint_configs_of_earlier_releases_are_upgraded_silently(recwarn):
+    from frameavg.training.config import checkpoint_config
+
+    old = {"seed": 0, "frames": {"frames": "2D", "train": "all", "eval": "all"}, "model": {"name": "faenet"}}
+    config = checkpoint_config(old, where="old.ckpt")
+    assert config["frames"] == {"dims": "2D", "train": "all", "eval": "all"} and config["plugins"] == []
+    assert list(config["frames"]) == ["dims", "train", "eval"]  # renamed in place
+    assert old["frames"]["frames"] == "2D"  # a copy: the checkpoint's dict is untouched
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+    with pytest.raises(ConfigError, match="old.ckpt: cannot import plugin 'no_such_plugin_module'"):
+        checkpoint_config({**old, "plugins": ["no_such_plugin_module"]}, where="old.ckpt")
+
+
+def test_plugins_is_a_list_of_module_names():
+    assert DEFAULTS["plugins"] == [] and load_config(None)["plugins"] == []
+    assert load_config(None, ["plugins=[json, ' os.path ']"])["plugins"] == ["json", "os.path"]
+    with pytest.raises(ConfigError, match=r"'plugins' must be a list of module names.*; write \[json\]"):
+        load_config(None, ["plugins=json"])
+    for bad in ("plugins=[json, '']", "plugins=[1]", "plugins={a: b}"):
+        with pytest.raises(ConfigError, match="'plugins' must be a list of module names"):
+            load_config(None, [bad])

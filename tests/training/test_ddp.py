@@ -24,7 +24,7 @@ def _train(tmp_path: Path, name: str, extra: list[str]) -> dict:
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(load_config(None, BASE + [f"run_dir={tmp_path}", f"name={name}"])))
     command = [str(frameavg), "train", str(config), "--json", *extra]
-    env = {k: v for k, v in os.environ.items() if k not in ("FRAMEAVG_RUN_DIR", "LOCAL_RANK", "RANK")}
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)

@@ -54,10 +54,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def module_list(text: str) -> list[str]:
+    """argparse type: comma-separated module names (``--plugins``)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_plugins_arg(p) -> None:
+    """``--plugins MODULE[,MODULE]``: modules imported (by ``cli.main``) before the command runs, so
+    that the models and readers they register can be named (see docs/extending.md)."""
+    p.add_argument("--plugins", type=module_list, default=[], metavar="MODULE[,MODULE]",
+                   help="import these modules first: your own models and readers (a checkpoint imports its own)")
+
+
 def add_checkpoint_args(p, several_files: bool = False) -> None:
-    """``--checkpoint``, ``--data`` (one file, or ``several_files``), ``--format`` and
-    ``--trusted`` of the commands that run a trained model on structures."""
+    """``--checkpoint``, ``--data`` (one file, or ``several_files``), ``--format``, ``--trusted`` and
+    ``--plugins`` of the commands that run a trained model on structures."""
     p.add_argument("--checkpoint", required=True, help="checkpoint written by frameavg train")
+    add_plugins_arg(p)
     if several_files:
         p.add_argument("--data", required=True, nargs="+", metavar="FILE",
                        help="structures (any format frameavg reads); several files: one model load, metrics per file")

@@ -9,7 +9,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterable
 
-from frameavg.cli.commands import command_help, nonnegative_int, positive_int
+from frameavg.cli.commands import add_plugins_arg, command_help, nonnegative_int, positive_int
 from frameavg.cli.main import print_json
 from frameavg.errors import ConfigError
 
@@ -69,11 +69,13 @@ def register(sub) -> None:
 
     formats = data_sub.add_parser("formats", help="list the input formats")
     formats.add_argument("--json", action="store_true", help="print one JSON document")
+    add_plugins_arg(formats)
     formats.set_defaults(func=_formats)
 
 
 def _add_read_options(parser) -> None:
     parser.add_argument("--format", default=None, help="input format (default: detected)")
+    add_plugins_arg(parser)
     parser.add_argument("--keys", default=None, help="key mapping, e.g. energy=U0,forces=F")
     parser.add_argument("--required", default=None, help="labels every structure must have, e.g. energy,forces")
     parser.add_argument(

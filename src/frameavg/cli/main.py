@@ -3,7 +3,8 @@
 ``frameavg.cli.commands.COMMANDS`` names each command's module, which exposes
 ``register(subparsers)``: it adds its parser(s) and sets ``func`` (called with the parsed args,
 returns an exit code or None). Only the module of the command on the line is imported; the others
-appear in ``--help`` from the table alone, so start-up stays cheap.
+appear in ``--help`` from the table alone, so start-up stays cheap. A command with ``--plugins``
+(``commands.add_plugins_arg``) gets those modules imported before ``func`` runs.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # restores the caller's warning display afterwards
             if not args.debug:
                 warnings.showwarning = _show_warning
+            if getattr(args, "plugins", None):
+                from frameavg.plugins import import_plugins
+
+                import_plugins(args.plugins, where="--plugins")
             code = args.func(args)
     except (FrameavgError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         if args.debug:

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from frameavg.cli.commands import command_help, nonnegative_int
+from frameavg.cli.commands import add_plugins_arg, command_help, nonnegative_int
 from frameavg.errors import ConfigError
 
 _CLAIMS_ALL = {"rotation": True, "reflection": True, "translation": True, "permutation": True,
@@ -33,6 +33,7 @@ def register(sub) -> None:
                        help="model name from the registry, randomly initialised (default raw-mpnn: a raw-coordinate "
                             "network that is not invariant by itself)")
     which.add_argument("--checkpoint", default=None, help="trained frameavg checkpoint (.ckpt)")
+    add_plugins_arg(parser)
     parser.add_argument("--frames", default=None, choices=["3D", "2D", "none"],
                         help="frame averaging dimension (default: the checkpoint's, else 3D); none = the bare model")
     parser.add_argument("--method", default=None, choices=list(METHODS),
@@ -98,7 +99,7 @@ def claims(frames: str, method: str | None, model=None) -> dict:
     else:
         kind = method.removeprefix("se3-")
         out = dict(_CLAIMS_ALL)
-        if kind in ("stochastic", "DA"):
+        if kind in ("stochastic", "DA") or kind.isdigit():  # random frames: k of the set, per call
             out.update(rotation=False, reflection=False, repeat=False)
         if method.startswith("se3-"):
             out["reflection"] = False

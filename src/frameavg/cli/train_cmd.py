@@ -134,7 +134,7 @@ def run_test(args) -> int:
     """Metrics per ``--data`` file (one model load); one JSON document: the metrics of a single
     file, or ``{"files": {path: metrics}}`` for several."""
     from frameavg.cli.main import print_json
-    from frameavg.training.run import evaluate, paper_unit_metrics
+    from frameavg.evaluation.evaluate import evaluate, paper_unit_metrics
 
     task, keys, precision = _load_model(args)
     per_file = {}
@@ -159,7 +159,7 @@ def run_test(args) -> int:
 
 def run_predict(args) -> int:
     from frameavg.training.predictions import write_predictions
-    from frameavg.training.run import evaluate
+    from frameavg.evaluation.evaluate import evaluate
 
     task, keys, precision = _load_model(args)
     structures, failed = _read(args.data, args, task, keys, precision)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from frameavg.errors import ConfigError
+from frameavg.outputs import ENERGY, FORCES
 
 #: Benchmark datasets: shipped file, number of graphs in the batch, energy key, forces predicted.
 DATASETS = {
@@ -55,7 +56,7 @@ EQUAL_WIDTH = dict(hidden_channels=128, num_interactions=4, cutoff=6.0)
 
 #: FAENet at equal width: 128 channels and filters, 4 interactions, 6 Å, atom + period/group embeddings.
 FAENET_EQUAL_WIDTH = dict(EQUAL_WIDTH, num_filters=128, num_gaussians=50, tag_hidden_channels=0,
-                          pg_hidden_channels=32, phys_embeds=True, max_num_neighbors=40)
+                          pg_hidden_channels=32, phys_embeds=True, max_neighbors=40)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class BenchCase:
 def model_setup(model: str, config: str) -> tuple[str, dict, dict | None]:
     """(registry name, constructor kwargs, frames or None) of a bench model at a configuration.
 
-    Frames: ``{"frames": "3D"|"2D", "train": method, "eval": method}`` for FAENet.
+    Frames: ``{"dims": "3D"|"2D", "train": method, "eval": method}`` (a config's ``frames`` section) for FAENet.
     """
     from frameavg.models import MODELS
 
@@ -91,10 +92,10 @@ def model_setup(model: str, config: str) -> tuple[str, dict, dict | None]:
         from frameavg.models.faenet import PAPER_CONFIGS
 
         if config == "paper":
-            frames = {"frames": "2D", "train": "se3-stochastic", "eval": "se3-stochastic"}
+            frames = {"dims": "2D", "train": "se3-stochastic", "eval": "se3-stochastic"}
             kwargs = dict(PAPER_CONFIGS["is2re"])
         else:
-            frames = {"frames": "3D", "train": "stochastic", "eval": "stochastic"}
+            frames = {"dims": "3D", "train": "stochastic", "eval": "stochastic"}
             kwargs = dict(FAENET_EQUAL_WIDTH)
         if model == "faenet-fa":
             frames["eval"] = "se3-all" if config == "paper" else "all"
@@ -111,7 +112,7 @@ def model_setup(model: str, config: str) -> tuple[str, dict, dict | None]:
 
 def _neighbor_settings(kwargs: dict) -> tuple[float, int | None]:
     cutoff = float(kwargs.get("cutoff", 6.0))
-    return cutoff, kwargs.get("max_neighbors", kwargs.get("max_num_neighbors"))
+    return cutoff, kwargs.get("max_neighbors", kwargs.get("max_num_neighbors"))  # FAENet takes both names
 
 
 def load_batch(dataset: str, cutoff: float, max_neighbors: int | None, device: str = "cpu"):
@@ -183,7 +184,7 @@ def _prepare(case: BenchCase) -> _Prepared:
     net = build_model(name, **kwargs)
     params = sum(p.numel() for p in net.parameters())
     if frames is not None:
-        net = FrameAveraging(net, frames=frames["frames"], method=frames["train"], eval_method=frames["eval"], seed=0)
+        net = FrameAveraging(net, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"], seed=0)
     net = net.to(case.device)
 
     def predict():  # force models differentiate inside, without keeping a graph for a backward pass
@@ -191,12 +192,11 @@ def _prepare(case: BenchCase) -> _Prepared:
             return net(batch)
 
     def train_step():
-        batch.pos.requires_grad_(with_forces)
         with precision.context():
             out = net(batch)
-            loss = torch.nn.functional.mse_loss(out["energy"], batch.energy.to(out["energy"].dtype))
+            loss = torch.nn.functional.mse_loss(out[ENERGY], batch.energy.to(out[ENERGY].dtype))
             if with_forces:
-                loss = loss + torch.nn.functional.mse_loss(out["forces"], batch.forces.to(out["forces"].dtype))
+                loss = loss + torch.nn.functional.mse_loss(out[FORCES], batch.forces.to(out[FORCES].dtype))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -421,7 +421,7 @@ def accuracy_config(model: str, dataset: str, minutes: float, run_dir: str, seed
     merge(config, {
         "name": f"{model}_{dataset}", "seed": seed, "run_dir": run_dir,
         "model": {"name": name, **kwargs},
-        "frames": frames | {"eval": "all"} if frames else {"frames": "none"},
+        "frames": frames | {"eval": "all"} if frames else {"dims": "none"},
         "data": {**setup["data"], "cutoff": cutoff, "max_neighbors": max_neighbors},
         "targets": setup["targets"], "loss": setup["loss"],
         "optim": {"lr": 1e-3, "warmup_steps": 50, **budget_overrides(minutes)},

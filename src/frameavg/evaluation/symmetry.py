@@ -41,6 +41,7 @@ from torch_geometric.data import Batch, Data
 from frameavg.data.neighbors import RadiusGraph
 from frameavg.derivatives import with_derivatives
 from frameavg.errors import ConfigError, DataError
+from frameavg.outputs import ENERGY, FORCES
 
 CHECKS = ("rotation", "reflection", "translation", "permutation", "image", "cell", "batch", "repeat")
 #: Default (atol, rtol) of "exact up to floating point" per dtype: eV and eV/Å, and relative to |E|
@@ -166,26 +167,27 @@ def predict(model, structures: list[Data], *, graph=None, batch_size: int = 32) 
             out = model(batch)
         if "energy" not in out:
             raise ConfigError(f"model output has no 'energy' (keys: {', '.join(out)})")
-        energy = out["energy"].reshape(-1)
-        f = out.get("forces")
+        energy = out[ENERGY].reshape(-1)
+        f = out.get(FORCES)
         if f is None:  # forces as -dE/dpos (None when the energy does not depend on positions)
             with torch.no_grad():
                 out = with_derivatives(model, batch, forces=True)
-            energy = out["energy"].reshape(-1)
-            f = out["forces"] if out["energy"].requires_grad else None
+            energy = out[ENERGY].reshape(-1)
+            f = out[FORCES] if out[ENERGY].requires_grad else None
         energies.append(energy.detach().double())
         ptr = batch.ptr.tolist()
         forces.extend(None if f is None else f.detach().double()[ptr[i]:ptr[i + 1]] for i in range(len(chunk)))
-        frames.append(_last_frames(model))
+        frames.append(_frames_of(model, batch))
     return torch.cat(energies), forces, frames
 
 
-def _last_frames(model):
-    """Frames of the latest call of the (first) FrameAveraging inside ``model``, if any."""
+def _frames_of(model, batch):
+    """The frames the (first) FrameAveraging inside ``model`` computes for ``batch``, if any."""
     from frameavg.frames.averaging import FrameAveraging
 
-    modules = model.modules() if hasattr(model, "modules") else ()
-    return next((m.last_frames for m in modules if isinstance(m, FrameAveraging)), None)
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+    averaging = next((m for m in modules if isinstance(m, FrameAveraging)), None)
+    return None if averaging is None else averaging.frames_of(batch)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,15 +17,29 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
+from frameavg.data.pyg_compat import batch_increments, batch_slices, set_num_graphs
 from frameavg.derivatives import energy_gradients
 from frameavg.errors import ConfigError
 from frameavg.frames.compute import DEFAULT_MAX_FRAMES, DEFAULT_TOL, Frames, compute_frames
 from frameavg.frames.methods import FrameMethod
+from frameavg.outputs import (
+    DIRECT,
+    DIRECT_FORCES,
+    DIRECT_WITH_GRADIENT_TARGET,
+    ENERGY,
+    FORCES,
+    FROM_ENERGY,
+    GRADIENT_FORCES,
+    TENSOR_OUTPUTS,
+    VECTOR_OUTPUTS,
+    force_mode,
+)
 from frameavg.precision import full, full_precision
 
-FORCE_MODES = ("model", "gradient", "both", None)
-DEFAULT_VECTOR_KEYS = ("forces", "force", "dipole")
-DEFAULT_TENSOR_KEYS = ("stress",)
+#: Force modes of the wrapper (``frameavg.outputs.FORCE_MODES``).
+FORCE_MODES = (DIRECT, FROM_ENERGY, DIRECT_WITH_GRADIENT_TARGET, None)
+DEFAULT_VECTOR_KEYS = VECTOR_OUTPUTS
+DEFAULT_TENSOR_KEYS = TENSOR_OUTPUTS
 _HANDLED = {"pos", "batch", "ptr", "cell", "edge_index"}
 
 
@@ -41,19 +55,24 @@ class FrameAveraging(nn.Module):
             used in training mode.
         eval_method: method used in eval mode (default: ``method``); e.g. train ``stochastic``,
             evaluate ``all``.
-        forces: ``model`` (the model's own ``forces`` output, rotated back), ``gradient``
-            (−∂E/∂pos of the frame-averaged energy w.r.t. the ORIGINAL positions, by autograd
-            through frames and model), ``both`` (model forces in ``forces``, gradient in
-            ``forces_gradient``) or None (outputs as the model gives them, averaged).
-        energy_key: the invariant output differentiated by ``forces="gradient"``.
+        forces: a mode of ``frameavg.outputs.FORCE_MODES``: ``direct`` (the model's own
+            ``forces`` output, rotated back), ``from_energy`` (−∂E/∂pos of the frame-averaged
+            energy w.r.t. the ORIGINAL positions, by autograd through frames and model; a
+            ``forces`` output of the model moves to ``direct_forces``),
+            ``direct_with_gradient_target`` (model forces in ``forces``, the gradient in
+            ``gradient_forces``) or None (outputs as the model gives them, averaged). The
+            spellings ``model``/``gradient``/``both`` of earlier releases still work (deprecated).
+        energy_key: the invariant output differentiated by ``forces="from_energy"``.
         vector_keys / tensor_keys: outputs rotated back as vectors [...,3] / rank-2 tensors [...,3,3];
             besides ``vector_keys``, every output whose name contains "force" is a vector.
         cutoff: radius of the frame cloud of periodic graphs, Å (see frames.cloud).
         tol: relative tolerance of degeneracy decisions (see frames.compute).
         max_frames: cap on a graph's frame set.
-        seed: seed of the generator used by ``stochastic`` and ``DA``.
+        seed: seed of the generator used by ``stochastic`` and ``DA``; its state is part of
+            ``state_dict()``, so a resumed run continues the same random stream.
 
-    After each call ``last_frames`` holds the ``Frames`` used (degeneracy flags, frame counts).
+    ``forward(batch, return_frames=True)`` also returns the ``Frames`` used (degeneracy flags,
+    frame counts); ``frames_of(batch)`` computes them without running the model.
     """
 
     def __init__(
@@ -63,8 +82,8 @@ class FrameAveraging(nn.Module):
         method: str = "all",
         eval_method: str | None = None,
         *,
-        forces: str | None = "model",
-        energy_key: str = "energy",
+        forces: str | None = DIRECT,
+        energy_key: str = ENERGY,
         vector_keys: tuple[str, ...] = DEFAULT_VECTOR_KEYS,
         tensor_keys: tuple[str, ...] = DEFAULT_TENSOR_KEYS,
         cutoff: float = 6.0,
@@ -73,21 +92,20 @@ class FrameAveraging(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if forces not in FORCE_MODES:
-            raise ConfigError(f"forces must be one of {FORCE_MODES}, got {forces!r}")
+        forces = force_mode(forces, "forces", FORCE_MODES, legacy=True)
         self.model = model
         self.train_spec = FrameMethod.parse(method, frames)
         self.eval_spec = FrameMethod.parse(eval_method or method, frames)
         self.forces = forces
         self.energy_key = energy_key
-        self.vector_keys = tuple(vector_keys) + (("forces_gradient",) if forces == "both" else ())
+        self.vector_keys = tuple(dict.fromkeys((*vector_keys, GRADIENT_FORCES, DIRECT_FORCES)))
         self.tensor_keys = tuple(tensor_keys)
         self.cutoff = cutoff
         self.tol = tol
         self.max_frames = max_frames
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.last_frames: Frames | None = None
+        self.register_load_state_dict_pre_hook(_keep_generator_without_saved_state)
 
     @property
     def spec(self) -> FrameMethod:
@@ -100,37 +118,55 @@ class FrameAveraging(nn.Module):
         other = copy.copy(self)
         other.eval_spec = FrameMethod.parse(method, self.eval_spec.dim)
         other.generator = torch.Generator().manual_seed(self.seed)
-        other.last_frames = None
         return other
 
     def reset_generator(self, seed: int | None = None) -> None:
         """Restart the stochastic/DA random stream (reproducible evaluations)."""
         self.generator.manual_seed(self.seed if seed is None else seed)
 
-    def forward(self, batch) -> dict:
-        gradient = self.forces in ("gradient", "both")
+    def get_extra_state(self) -> dict:
+        """The random stream of ``stochastic``/``DA`` frames (saved with the weights)."""
+        return {"generator_state": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator_state"])
+
+    def frames_of(self, batch) -> Frames:
+        """The frames the current mode computes for ``batch`` (without running the model); random
+        methods draw from a fresh generator seeded with ``seed``, leaving the stream untouched."""
+        graph_of_atom, num_graphs = _graph_vector(batch)
+        with full_precision():
+            return self._frames(batch, batch.pos.detach(), graph_of_atom, num_graphs,
+                                torch.Generator().manual_seed(self.seed))
+
+    def _frames(self, batch, pos, graph_of_atom, num_graphs, generator) -> Frames:
+        return compute_frames(
+            pos,
+            graph_of_atom,
+            num_graphs,
+            method=self.spec,
+            cell=getattr(batch, "cell", None),
+            pbc=getattr(batch, "pbc", None),
+            atomic_numbers=getattr(batch, "atomic_numbers", None),
+            edge_index=getattr(batch, "edge_index", None),
+            cell_offsets=getattr(batch, "cell_offsets", None),
+            cutoff=self.cutoff,
+            tol=self.tol,
+            max_frames=self.max_frames,
+            generator=generator,
+        )
+
+    def forward(self, batch, *, return_frames: bool = False):
+        """Frame-averaged outputs (a dict), and with ``return_frames`` the ``Frames`` used:
+        ``(outputs, frames)``. ``batch`` is never modified."""
+        gradient = self.forces in (FROM_ENERGY, DIRECT_WITH_GRADIENT_TARGET)
         with torch.enable_grad() if gradient else contextlib.nullcontext():
             pos = batch.pos
             if gradient and not pos.requires_grad:
                 pos = pos.detach().requires_grad_(True)
             graph_of_atom, num_graphs = _graph_vector(batch)
             with full_precision():  # frames and canonical copies: never in bf16/fp16 (see frameavg.precision)
-                frames = compute_frames(
-                    pos,
-                    graph_of_atom,
-                    num_graphs,
-                    method=self.spec,
-                    cell=getattr(batch, "cell", None),
-                    pbc=getattr(batch, "pbc", None),
-                    atomic_numbers=getattr(batch, "atomic_numbers", None),
-                    edge_index=getattr(batch, "edge_index", None),
-                    cell_offsets=getattr(batch, "cell_offsets", None),
-                    cutoff=self.cutoff,
-                    tol=self.tol,
-                    max_frames=self.max_frames,
-                    generator=self.generator,
-                )
-                self.last_frames = frames
+                frames = self._frames(batch, pos, graph_of_atom, num_graphs, self.generator)
                 expanded, edges = expand_batch(batch, frames, graph_of_atom)
             raw = self.model(expanded)
             if not isinstance(raw, dict):
@@ -143,13 +179,21 @@ class FrameAveraging(nn.Module):
                 )
             if gradient:
                 if self.energy_key not in out:
-                    raise ConfigError(f"forces='gradient' needs the model output '{self.energy_key}'")
+                    raise ConfigError(f"forces={self.forces!r} needs the model output '{self.energy_key}'")
                 forces, _ = energy_gradients(out[self.energy_key], pos, create_graph=self.training)
-                key = "forces_gradient" if self.forces == "both" else "forces"
-                if self.forces == "gradient" and "forces" in out:
-                    out["forces_model"] = out.pop("forces")
-                out[key] = forces
-        return out
+                if self.forces == FROM_ENERGY:
+                    if FORCES in out:
+                        out[DIRECT_FORCES] = out.pop(FORCES)
+                    out[FORCES] = forces
+                else:
+                    out[GRADIENT_FORCES] = forces
+        return (out, frames) if return_frames else out
+
+
+def _keep_generator_without_saved_state(module, state_dict, prefix, *args) -> None:
+    """Weights saved before the random stream was part of ``state_dict`` load with the stream as
+    it is (seeded)."""
+    state_dict.setdefault(prefix + "_extra_state", module.get_extra_state())
 
 
 def _graph_vector(batch) -> tuple[torch.Tensor, int]:
@@ -176,7 +220,7 @@ def expand_batch(
     out.pos = frames.pos
     out.batch = frames.batch
     out.ptr = frames.ptr
-    out._num_graphs = int(frames.graph.shape[0])
+    set_num_graphs(out, frames.graph.shape[0])
     if frames.cell is not None:
         out.cell = frames.cell
 
@@ -197,8 +241,8 @@ def expand_batch(
     else:
         edge_counts = None
 
-    slices = getattr(batch, "_slice_dict", None) or {}
-    increments = getattr(batch, "_inc_dict", None) or {}
+    slices = batch_slices(batch)
+    increments = batch_increments(batch)
     for key, value in batch.items():
         if key in _HANDLED:
             continue

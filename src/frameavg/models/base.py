@@ -4,7 +4,8 @@ A model subclasses :class:`EnergyModel` and implements :meth:`EnergyModel.energy
 :class:`GraphInputs` (atoms, positions, periodic edges) to per-graph energies and, optionally,
 direct per-atom forces. :meth:`EnergyModel.forward` then validates the batch, builds the neighbour
 list when the batch has none, and returns ``{"energy": [B], "forces": [N, 3]}`` with forces either
-conservative (``-dE/dpos``, differentiable in training for force losses) or from a direct head.
+conservative (``-dE/dpos``, differentiable in training for force losses) or from a direct head,
+and with ``direct_with_gradient_target`` also ``gradient_forces`` (see ``frameavg.outputs``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ import torch
 from torch import Tensor, nn
 
 from frameavg.data.neighbors import edge_vectors, radius_graph_batch
-from frameavg.derivatives import conservative_forces
+from frameavg.derivatives import conservative_forces, energy_gradients
 from frameavg.errors import ConfigError, DataError
-from frameavg.outputs import ENERGY, FORCES
+from frameavg.outputs import (
+    DIRECT_MODES,
+    DIRECT_WITH_GRADIENT_TARGET,
+    ENERGY,
+    FORCES,
+    FROM_ENERGY,
+    GRADIENT_FORCES,
+    force_mode,
+)
 from frameavg.precision import full
-
-#: Force modes of the baselines: conservative, a direct head, or energy only.
-FORCE_MODES = ("from_energy", "direct", None)
 
 
 @dataclass
@@ -38,6 +44,9 @@ class GraphInputs:
         cell_offsets: [E, 3] integer image shifts (float) or None for molecules.
         cell: [B, 3, 3] Å or None.
         tags: [N] long OC20 tags (0 bulk, 1 surface, 2 adsorbate) or None.
+        create_graph: whether the caller differentiates through ``-dE/dpos`` (training on
+            conservative forces): a model with hand-written backward paths keeps them twice
+            differentiable then.
     """
 
     atomic_numbers: Tensor
@@ -48,6 +57,7 @@ class GraphInputs:
     cell_offsets: Tensor | None
     cell: Tensor | None
     tags: Tensor | None = None
+    create_graph: bool = False
 
     def edge_vectors(self) -> Tensor:
         """[E, 3] Å: ``pos[j] - pos[i] + cell_offsets @ cell`` (differentiable in ``pos``)."""
@@ -95,20 +105,21 @@ class EnergyModel(nn.Module):
     Args:
         cutoff: neighbour-list radius in Å used when a batch has no ``edge_index``.
         max_neighbors: neighbours kept per atom in that case (None: all).
-        regress_forces: ``"from_energy"`` (default, conservative ``F = -dE/dpos``),
-            ``"direct"`` (the model's own force head) or None (energy only).
+        regress_forces: a mode of ``frameavg.outputs.FORCE_MODES``: ``"from_energy"`` (default,
+            conservative ``F = -dE/dpos``), ``"direct"`` (the model's own force head),
+            ``"direct_with_gradient_target"`` (the head, plus ``gradient_forces`` = -dE/dpos,
+            detached, in training) or None (energy only).
         max_z: largest atomic number the model embeds.
     """
 
     def __init__(self, cutoff: float, max_neighbors: int | None = None,
-                 regress_forces: str | None = "from_energy", max_z: int = 100):
+                 regress_forces: str | None = FROM_ENERGY, max_z: int = 100):
         super().__init__()
-        if regress_forces in ("", "none", "null", False):
-            regress_forces = None
-        if regress_forces not in FORCE_MODES:
-            raise ConfigError(f"regress_forces must be one of {FORCE_MODES}, got {regress_forces!r}")
-        if regress_forces == "direct" and not self.has_direct_forces:
+        regress_forces = force_mode(regress_forces, "regress_forces")
+        if regress_forces in DIRECT_MODES and not self.has_direct_forces:
             raise ConfigError(f"{type(self).__name__} has no direct force head; use regress_forces='from_energy'")
+        if cutoff <= 0:
+            raise ConfigError(f"cutoff must be positive, got {cutoff}")
         self.cutoff = float(cutoff)
         self.max_neighbors = max_neighbors
         self.regress_forces = regress_forces
@@ -120,6 +131,9 @@ class EnergyModel(nn.Module):
     #: Transformations the energy is invariant to (and forces equivariant under) by construction,
     #: as named by ``frameavg.evaluation.symmetry`` checks; what ``frameavg symmetry`` claims.
     invariances: tuple[str, ...] = ("rotation", "reflection", "translation")
+
+    #: Whether the model reads OC20 tags (then they are checked to be 0, 1 or 2).
+    uses_tags = False
 
     def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, Tensor | None]:
         """Per-graph energy [B] and, when ``direct_forces``, per-atom forces [N, 3]."""
@@ -137,10 +151,13 @@ class EnergyModel(nn.Module):
         if pos.dtype != model_dtype:
             raise DataError(f"positions are {pos.dtype} but the model is {model_dtype}: convert one "
                             f"(model.to({pos.dtype}) or read the data with dtype={model_dtype})")
+        tags = getattr(batch, "tags", None)
         if not torch.compiler.is_compiling():
             check_atomic_numbers(z, self.max_z, type(self).__name__)
             if not bool(torch.isfinite(pos).all()):
                 raise DataError("positions contain NaN or inf")
+            if tags is not None and self.uses_tags:
+                check_tags(tags)
         batch_vector = getattr(batch, "batch", None)
         if batch_vector is None:
             batch_vector = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
@@ -148,27 +165,41 @@ class EnergyModel(nn.Module):
         cell_offsets = getattr(batch, "cell_offsets", None)
         if edge_index is None:
             edge_index, cell_offsets, _ = radius_graph_batch(batch, self.cutoff, self.max_neighbors)
-        tags = getattr(batch, "tags", None)
         return GraphInputs(
             atomic_numbers=z.long(), pos=pos, batch=batch_vector, num_graphs=num_graphs_of(batch, batch_vector),
             edge_index=edge_index, cell_offsets=cell_offsets, cell=getattr(batch, "cell", None),
             tags=None if tags is None else tags.long(),
         )
 
-    def forward(self, batch) -> dict[str, Tensor]:
-        """``{"energy": [B]}`` plus ``"forces": [N, 3]`` unless ``regress_forces`` is None."""
-        from_energy = self.regress_forces == "from_energy"
+    def forward(self, batch, compute_gradient_forces: bool | None = None) -> dict[str, Tensor]:
+        """``{"energy": [B]}`` plus ``"forces": [N, 3]`` unless ``regress_forces`` is None.
+
+        ``gradient_forces`` [N, 3] (-dE/dpos, detached) comes beside direct forces with
+        ``direct_with_gradient_target`` in training mode, or when ``compute_gradient_forces``.
+        ``batch`` is never modified (positions are differentiated through a detached copy).
+        """
+        mode = self.regress_forces
+        from_energy = mode == FROM_ENERGY
+        direct = mode in DIRECT_MODES
+        if compute_gradient_forces is None:
+            compute_gradient_forces = self.training and mode == DIRECT_WITH_GRADIENT_TARGET
+        gradient_wanted = direct and bool(compute_gradient_forces)
         outer_grad = torch.is_grad_enabled()
-        with torch.enable_grad() if from_energy else nullcontext():
+        with torch.enable_grad() if from_energy or gradient_wanted else nullcontext():
             pos = batch.pos
-            if from_energy and not pos.requires_grad:
+            if (from_energy or gradient_wanted) and not pos.requires_grad:
                 pos = pos.detach().requires_grad_(True)
             inputs = self.graph_inputs(batch, pos)
-            energy, direct = self.energy(inputs, direct_forces=self.regress_forces == "direct")
+            # a caller whose positions require grad may train on -dE/dpos (double backward)
+            inputs.create_graph = outer_grad and (from_energy or batch.pos.requires_grad)
+            energy, direct_forces = self.energy(inputs, direct_forces=direct)
             energy = full(energy)  # a float32 energy (and gradient) also under autocast
         out = {ENERGY: energy}
-        if self.regress_forces == "direct":
-            out[FORCES] = full(direct)
-        elif from_energy:
+        if direct:
+            out[FORCES] = full(direct_forces)
+        if from_energy:
             out[FORCES] = conservative_forces(energy, pos, create_graph=outer_grad)
+        elif gradient_wanted:
+            forces, _ = energy_gradients(energy, pos, create_graph=False, retain_graph=outer_grad)
+            out[GRADIENT_FORCES] = forces.detach()
         return out

@@ -4,12 +4,12 @@ less work, with per-graph GraphNorm, optional tags and elements up to Z = 100.
 The model reads coordinates as given; rotation symmetry comes from wrapping it in frame averaging.
 Constructor arguments and defaults are those of ``faenet.FAENet`` 0.1.3, and a model built with the
 same arguments has the same parameters (names, shapes and count) as the original, so original
-weights load through :meth:`FAENet.from_original_state_dict`. See ``docs/faenet.md``.
+weights load through ``frameavg.models.faenet_checkpoint.load_original_state_dict``. See
+``docs/faenet.md``.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -17,10 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import Embedding, Linear
 
-from frameavg.data.neighbors import edge_vectors, radius_graph_batch
-from frameavg.derivatives import energy_gradients
-from frameavg.errors import ConfigError, DataError
-from frameavg.models.base import check_atomic_numbers, check_tags, num_graphs_of
+from frameavg.data.neighbors import edge_vectors
+from frameavg.errors import ConfigError
+from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.models.blocks import (
     Activation,
     GaussianSmearing,
@@ -32,15 +31,15 @@ from frameavg.models.blocks import (
 )
 from frameavg.models.edge_filter import EdgePass, EdgeWorkspace, edge_pairs, filtered_message_sum
 from frameavg.models.elements import MAX_ATOMIC_NUMBER, NORMALISATION_MAX_Z, element_table
-from frameavg.outputs import ENERGY, FORCES, GRADIENT_FORCES
+from frameavg.outputs import DIRECT_MODES
 from frameavg.precision import full
 
 MP_TYPES = ("simple", "updownscale", "updownscale_base", "base", "updown_local_env")
 SKIP_CO = (False, "add", "concat", "concat_atom")
 ENERGY_HEADS = (None, "weighted-av-initial-embeds", "weighted-av-final-embeds")
-REGRESS_FORCES = (None, "direct", "direct_with_gradient_target", "from_energy")
 
-#: The paper's configurations (docs/faenet.md) as ``FAENet(**config)`` arguments, with the cutoff (Å)
+#: The paper's configurations (docs/faenet.md) as ``FAENet(**config)`` arguments (the original's names, so
+#: the original package takes them too), with the cutoff (Å)
 #: and neighbour cap of their data: QM9, OC20 IS2RE and S2EF.
 PAPER_CONFIGS: dict[str, dict] = {
     "qm9": dict(hidden_channels=400, num_filters=480, num_interactions=5, num_gaussians=100, cutoff=6.0,
@@ -478,7 +477,7 @@ def resolve_force_decoder_config(decoder_type: str, config: Mapping | None) -> t
     return hidden, norm
 
 
-class FAENet(nn.Module):
+class FAENet(EnergyModel):
     r"""FAENet: Frame Averaging Equivariant GNN (Duval et al., ICML 2023).
 
     Args (names and defaults of the original ``faenet.FAENet``):
@@ -488,7 +487,8 @@ class FAENet(nn.Module):
             model uses the batch's ``edge_index``/``cell_offsets`` when present and otherwise builds
             the radius graph itself.
         complex_mp: extra Linear + act at the end of each interaction block.
-        max_num_neighbors: neighbours kept per atom when the model builds the graph.
+        max_neighbors: neighbours kept per atom when the model builds the graph (the original's
+            ``max_num_neighbors``, still accepted under that name).
         num_gaussians: Gaussians of the distance basis on [0, cutoff].
         num_filters: edge width F.
         hidden_channels: atom width H (total width of the atom embedding).
@@ -502,18 +502,24 @@ class FAENet(nn.Module):
         second_layer_MLP: second Linear + act in the atom and edge embeddings.
         skip_co: ``False``, ``"add"``, ``"concat"`` or ``"concat_atom"``.
         energy_head: None, ``"weighted-av-initial-embeds"`` or ``"weighted-av-final-embeds"``.
-        regress_forces: None/``""``, ``"direct"``, ``"direct_with_gradient_target"``, ``"from_energy"``.
+        regress_forces: None/``""``, ``"direct"``, ``"direct_with_gradient_target"``, ``"from_energy"``
+            (``frameavg.outputs.FORCE_MODES``).
         force_decoder_type: ``simple``, ``mlp``, ``res`` or ``res_updown``.
         force_decoder_model_config: ``{"hidden_channels": int, "norm": "batch1d"|"layer"|None}``,
             flat or nested under the decoder type as in the original.
         max_atomic_number: rows of the learned Z embedding (84 as the original; up to 100). Heavier
             elements share one learned row and differ by period, group and physical properties.
 
-    ``forward(batch)`` returns ``{"energy": [B], "forces": [N, 3] (when forces are regressed),
-    "gradient_forces": [N, 3]}``; ``gradient_forces`` (= -dE/dpos, detached) comes with
-    ``direct_with_gradient_target`` in training mode, or when asked with
-    ``compute_gradient_forces=True``.
+    ``forward(batch, compute_gradient_forces=None)`` (``EnergyModel.forward``) returns
+    ``{"energy": [B], "forces": [N, 3] (when forces are regressed), "gradient_forces": [N, 3]}``;
+    ``gradient_forces`` (= -dE/dpos, detached) comes with ``direct_with_gradient_target`` in
+    training mode, or when asked with ``compute_gradient_forces=True``.
     """
+
+    has_direct_forces = True
+    #: Edge vectors in the input coordinates: rotations and reflections come from frame averaging.
+    invariances = ("translation",)
+
 
     def __init__(
         self,
@@ -521,7 +527,7 @@ class FAENet(nn.Module):
         act: str | Callable[[Tensor], Tensor] = "swish",
         preprocess: str | None = "pbc_preprocess",
         complex_mp: bool = False,
-        max_num_neighbors: int = 40,
+        max_neighbors: int | None = 40,
         num_gaussians: int = 50,
         num_filters: int = 128,
         hidden_channels: int = 128,
@@ -539,8 +545,16 @@ class FAENet(nn.Module):
         force_decoder_type: str | None = "mlp",
         force_decoder_model_config: Mapping | None = None,
         max_atomic_number: int = ORIGINAL_MAX_ATOMIC_NUMBER,
+        *,
+        max_num_neighbors: int | None = None,
     ):
-        super().__init__()
+        if max_num_neighbors is not None:
+            if max_neighbors not in (40, max_num_neighbors):
+                raise ConfigError(f"max_neighbors={max_neighbors} and max_num_neighbors={max_num_neighbors} "
+                                  "disagree; give one (max_num_neighbors is the original's name)")
+            max_neighbors = max_num_neighbors
+        regress_forces = None if regress_forces in ("", False) else regress_forces
+        super().__init__(cutoff, max_neighbors, regress_forces, max_z=MAX_ATOMIC_NUMBER)
         if preprocess not in (None, "", "pbc_preprocess", "base_preprocess"):
             raise ConfigError(
                 f"preprocess={preprocess!r} is not supported: give the batch edge_index and cell_offsets "
@@ -548,19 +562,13 @@ class FAENet(nn.Module):
             )
         skip_co = False if skip_co in (None, "", False) else skip_co
         energy_head = None if energy_head in ("", False) else energy_head
-        if regress_forces is True:
-            raise ConfigError("regress_forces must be a mode name: 'direct', 'direct_with_gradient_target' or 'from_energy'")
-        regress_forces = None if regress_forces in ("", False) else regress_forces
         for name, value, allowed in (
             ("mp_type", mp_type, MP_TYPES),
             ("skip_co", skip_co, SKIP_CO),
             ("energy_head", energy_head, ENERGY_HEADS),
-            ("regress_forces", regress_forces, REGRESS_FORCES),
         ):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {allowed}")
-        if cutoff <= 0:
-            raise ConfigError(f"cutoff must be positive, got {cutoff}")
         if num_interactions < 1:
             raise ConfigError(f"num_interactions must be >= 1, got {num_interactions}")
         if not ORIGINAL_MAX_ATOMIC_NUMBER <= max_atomic_number <= MAX_ATOMIC_NUMBER:
@@ -570,15 +578,13 @@ class FAENet(nn.Module):
         if mp_type == "simple":
             num_filters = hidden_channels  # the filter multiplies h directly
 
-        self.cutoff = float(cutoff)
-        self.max_num_neighbors = max_num_neighbors
         self.hidden_channels = hidden_channels
         self.num_filters = num_filters
         self.num_interactions = num_interactions
         self.mp_type = mp_type
         self.skip_co = skip_co
         self.energy_head = energy_head
-        self.regress_forces = regress_forces
+        self.uses_tags = tag_hidden_channels > 0
         self.force_decoder_type = force_decoder_type
         self.max_atomic_number = max_atomic_number
         self.act = get_activation(act)
@@ -599,7 +605,7 @@ class FAENet(nn.Module):
         if energy_head == "weighted-av-initial-embeds":
             self.w_lin = Linear(hidden_channels, 1)
         self.decoder = None
-        if regress_forces in ("direct", "direct_with_gradient_target"):
+        if self.regress_forces in DIRECT_MODES:
             decoder_hidden, decoder_norm = resolve_force_decoder_config(
                 force_decoder_type, force_decoder_model_config
             )
@@ -614,60 +620,15 @@ class FAENet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch, compute_gradient_forces: bool | None = None) -> dict[str, Tensor]:
-        """Predictions for a PyG ``Batch`` (or one ``Data``) with the fields of docs/conventions.md.
-
-        Needs ``pos`` [N, 3] (Å) and ``atomic_numbers`` [N]; uses ``batch`` [N], ``tags`` [N],
-        ``edge_index`` [2, E] (row 0 source j, row 1 target i), ``cell_offsets`` [E, 3] and
-        ``cell`` [B, 3, 3] when present. Returns energy [B] (and forces [N, 3], see class doc).
-        """
-        pos = batch.pos
-        z = batch.atomic_numbers.long()
-        tags = getattr(batch, "tags", None)
-        batch_vector = getattr(batch, "batch", None)
-        num_graphs = 1 if batch_vector is None else num_graphs_of(batch, batch_vector)
-        if not torch.compiler.is_compiling():
-            self._check_inputs(z, tags, pos)
-        if tags is not None:
-            tags = tags.long()
-
-        edge_index = getattr(batch, "edge_index", None)
-        cell_offsets = getattr(batch, "cell_offsets", None)
-        if edge_index is None:
-            edge_index, cell_offsets, _ = radius_graph_batch(batch, self.cutoff, self.max_num_neighbors)
-        cell = getattr(batch, "cell", None)
-
-        gradient_wanted = self.regress_forces is not None and self.regress_forces != "from_energy" and (
-            compute_gradient_forces
-            if compute_gradient_forces is not None
-            else (self.training and self.regress_forces == "direct_with_gradient_target")
-        )
-        need_pos_grad = self.regress_forces == "from_energy" or bool(gradient_wanted)
-        outer_grad = torch.is_grad_enabled()
-        with torch.enable_grad() if need_pos_grad else nullcontext():
-            if need_pos_grad and not pos.requires_grad:
-                pos = pos.detach().requires_grad_(True)
-            graph = GraphIndex.from_batch(batch_vector, z.shape[0], num_graphs, like=pos)
-            energy, h = self.energy_and_states(
-            z, tags, pos, edge_index, cell_offsets, cell, graph,
-            EdgePass(
-                # a caller whose positions require grad may train on -dE/dpos (double backward)
-                double_backward=outer_grad and (self.regress_forces == "from_energy" or batch.pos.requires_grad),
-                workspace=None if torch.is_grad_enabled() else EdgeWorkspace(),
-            ),
-        )
-
-        out = {ENERGY: energy}
-        if self.decoder is not None:
-            out[FORCES] = full(self.decoder(h))  # float32 also under autocast
-        if need_pos_grad:
-            create_graph = outer_grad and self.regress_forces == "from_energy"
-            forces, _ = energy_gradients(energy, pos, create_graph=create_graph, retain_graph=outer_grad)
-            if self.regress_forces == "from_energy":
-                out[FORCES] = forces
-            else:
-                out[GRADIENT_FORCES] = forces.detach()
-        return out
+    def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, Tensor | None]:
+        """Energy [B] and, when ``direct_forces``, the force decoder's forces [N, 3]."""
+        graph = GraphIndex.from_batch(inputs.batch, inputs.atomic_numbers.shape[0], inputs.num_graphs,
+                                      like=inputs.pos)
+        edge_pass = EdgePass(double_backward=inputs.create_graph,
+                             workspace=None if torch.is_grad_enabled() else EdgeWorkspace())
+        energy, h = self.energy_and_states(inputs.atomic_numbers, inputs.tags, inputs.pos, inputs.edge_index,
+                                           inputs.cell_offsets, inputs.cell, graph, edge_pass)
+        return energy, (self.decoder(h) if direct_forces else None)
 
     def energy_and_states(
         self,
@@ -712,31 +673,3 @@ class FAENet(nn.Module):
             skip.append(energy)
             energy = torch.stack(skip, dim=0).sum(dim=0)
         return full(energy).view(-1), h  # float32 also under autocast (mlp_skip_co is a product)
-
-    def _check_inputs(self, z: Tensor, tags: Tensor | None, pos: Tensor) -> None:
-        if z.dim() != 1 or pos.shape != (z.shape[0], 3):
-            raise DataError(f"expected atomic_numbers [N] and pos [N,3], got {tuple(z.shape)} and {tuple(pos.shape)}")
-        if z.numel() == 0:
-            raise DataError("batch has no atoms")
-        model_dtype = self.distance_expansion.offset.dtype
-        if pos.dtype != model_dtype:
-            raise DataError(f"positions are {pos.dtype} but the model is {model_dtype}: convert one "
-                            f"(model.to({pos.dtype}) or read the data with dtype={model_dtype})")
-        check_atomic_numbers(z, MAX_ATOMIC_NUMBER, "FAENet")
-        if tags is not None and self.embed_block.use_tag:
-            check_tags(tags)
-
-    # ------------------------------------------------------------ checkpoints
-    @classmethod
-    def from_original_state_dict(cls, state_dict: Mapping[str, Tensor], strict: bool = True, **config) -> "FAENet":
-        """A model with the weights of an original ``faenet`` / OCP-fork FAENet.
-
-        ``config`` are the original's constructor arguments (OCP-fork model attributes are
-        accepted; options that change the architecture beyond the original package raise
-        ConfigError). Prefixes ``module.`` / ``model.`` are stripped.
-        """
-        from frameavg.models.faenet_checkpoint import load_original_state_dict
-
-        return load_original_state_dict(state_dict, config, strict=strict)
-
-

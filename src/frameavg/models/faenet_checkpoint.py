@@ -52,10 +52,10 @@ def normalise_original_config(config: Mapping[str, Any]) -> dict[str, Any]:
         config = dict(config["model_attributes"])
     out = {}
     for key, value in config.items():
+        if key in _IGNORED_KEYS:  # before MODEL_ARGS: the fork's data-side max_neighbors is not ours
+            continue
         if key in MODEL_ARGS:
             out[key] = value
-        elif key in _IGNORED_KEYS:
-            continue
         elif key in _REQUIRED_VALUES:
             if value not in _REQUIRED_VALUES[key]:
                 raise ConfigError(

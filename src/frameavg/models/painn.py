@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from frameavg.errors import ConfigError, DataError
 from frameavg.models.base import EnergyModel, GraphInputs
+from frameavg.outputs import DIRECT_MODES
 from frameavg.models.blocks import GaussianSmearing, scatter_sum
 
 #: OCP's OC20 S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml), 83 elements, Gaussian RBF,
@@ -195,7 +196,7 @@ class PaiNN(EnergyModel):
         num_rbf: radial basis functions.
         cutoff: Å, radius of the envelope (and of the neighbour list built when a batch has none).
         max_neighbors: neighbours kept per atom when the model builds the graph.
-        regress_forces: ``"from_energy"`` (default), ``"direct"`` or None.
+        regress_forces: ``"from_energy"`` (default), ``"direct"``, ``"direct_with_gradient_target"`` or None.
         max_z: largest atomic number (embedding rows are Z − 1).
         rbf: ``"sinc"`` (paper) or ``"gaussian"`` (OCP: Gaussians on d/cutoff).
         envelope: ``"cosine"`` (paper) or ``"polynomial"`` (OCP).
@@ -236,7 +237,7 @@ class PaiNN(EnergyModel):
         self.force_head = (
             nn.ModuleList([GatedEquivariantBlock(hidden_channels, hidden_channels // 2),
                            GatedEquivariantBlock(hidden_channels // 2, 1)])
-            if regress_forces == "direct" else None
+            if self.regress_forces in DIRECT_MODES else None
         )
         self.inv_sqrt_2 = 1.0 / math.sqrt(2.0)
 

@@ -22,6 +22,7 @@ from frameavg.data.neighbors import edge_vectors
 from frameavg.errors import DataError
 from frameavg.frames.cloud import cosine_envelope, periodic_graphs
 from frameavg.models.blocks import scatter_sum
+from frameavg.outputs import ENERGY, FORCES
 from frameavg.precision import full
 
 
@@ -79,7 +80,7 @@ class RawCoordinateMPNN(nn.Module):
             m = message(torch.cat([h[source], h[target], edge_features], dim=-1)) * envelope
             h = h + update(scatter_sum(m, target, h.shape[0]))
         atom_energy = self.energy_head(h).squeeze(-1)
-        out = {"energy": scatter_sum(atom_energy, graph, num_graphs)}
+        out = {ENERGY: scatter_sum(atom_energy, graph, num_graphs)}
         if self.force_head is not None:
-            out["forces"] = full(self.force_head(h))
+            out[FORCES] = full(self.force_head(h))
         return out

@@ -79,9 +79,9 @@ class PotentialProvider:
         offsets = np.cumsum([0] + [len(p) for p in positions])
         results = []
         for k in range(len(keys)):
-            item = {"energy": float(energies[k]), "forces": forces[offsets[k]:offsets[k + 1]]}
+            item = {ENERGY: float(energies[k]), FORCES: forces[offsets[k]:offsets[k + 1]]}
             if stress:
-                item["stress"] = out[STRESS][k].cpu().numpy()
+                item[STRESS] = out[STRESS][k].cpu().numpy()
             results.append(item)
         return results
 
@@ -113,11 +113,11 @@ class AseProvider:
             atoms.set_cell(cell, scale_atoms=False)
             atoms.set_positions(pos)
             try:
-                item = {"energy": float(atoms.get_potential_energy()), "forces": np.array(atoms.get_forces())}
+                item = {ENERGY: float(atoms.get_potential_energy()), FORCES: np.array(atoms.get_forces())}
                 if stress:
                     from ase.stress import voigt_6_to_full_3x3_stress
 
-                    item["stress"] = voigt_6_to_full_3x3_stress(atoms.get_stress())
+                    item[STRESS] = voigt_6_to_full_3x3_stress(atoms.get_stress())
             except (CalculationFailed, NotImplementedError, ValueError, KeyError) as exc:
                 item = {"error": f"{type(exc).__name__}: {exc}"}
             results.append(item)
@@ -373,8 +373,8 @@ def _absorb(item, result, cell_filter, relax_cell) -> str | None:
     """Take a result into the item; the error message of a failed evaluation, else None."""
     if "error" in result:
         return result["error"]
-    forces = np.array(result["forces"], dtype=np.float64)
-    if not (np.isfinite(result["energy"]) and np.isfinite(forces).all()):
+    forces = np.array(result[FORCES], dtype=np.float64)
+    if not (np.isfinite(result[ENERGY]) and np.isfinite(forces).all()):
         return "non-finite energy or forces"
     n = len(item.atoms)
     pos, cell = cell_filter.from_generalized(item.x, n, item.orig_cell, item.atoms.positions, item.fixed)
@@ -382,7 +382,7 @@ def _absorb(item, result, cell_filter, relax_cell) -> str | None:
     generalized = cell_filter.forces(forces, result.get("stress"), cell, item.orig_cell) if relax_cell else forces
     if relax_cell and not np.isfinite(generalized).all():
         return "non-finite stress"
-    item.energy, item.forces = float(result["energy"]), forces
+    item.energy, item.forces = float(result[ENERGY]), forces
     item.generalized_forces = generalized
     item.fmax = float(np.sqrt((generalized ** 2).sum(-1)).max()) if len(generalized) else 0.0
     item.current = (pos, cell)

@@ -2,28 +2,33 @@
 
 A config is a nested dict whose sections and keys must exist in ``DEFAULTS`` (an unknown key is a
 ``ConfigError`` that suggests the closest valid one). ``model`` keys are checked against the
-model's constructor instead, and ``trainer`` keys are passed to ``lightning.Trainer``.
+model's constructor instead, and ``trainer`` keys are passed to ``lightning.Trainer``. Keys of
+earlier releases (``RENAMED``) are still read, with a ``FutureWarning``; ``plugins`` names modules
+imported before the model and the data are looked up (see docs/extending.md).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from frameavg.errors import ConfigError
+from frameavg.frames.methods import FRAME_DIMS as _FA_DIMS, METHODS as _FA_METHODS, SAMPLED as _FA_SAMPLED
 from frameavg.precision import ACCEPTED as PRECISION_NAMES
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
     "seed": 0,
     "run_dir": "runs",  # the run goes to run_dir/name
+    "plugins": [],  # modules to import first: they register their own models and readers
     "model": {"name": "faenet"},  # other keys: the model's constructor arguments
     "frames": {
-        "frames": "3D",  # 3D | 2D | none (no frame averaging)
+        "dims": "3D",  # 3D | 2D | none (no frame averaging)
         "train": "stochastic",  # frame method in training: all | stochastic | det | DA | se3-... variants
         "eval": "all",  # frame method in validation/test/predict
     },
@@ -93,9 +98,12 @@ DEFAULTS: dict[str, Any] = {
 
 FREE_SECTIONS = ("model", "trainer")
 
-FRAME_DIMS = ("3D", "2D", "none")
-FRAME_METHODS = ("all", "stochastic", "det", "DA", "se3-all", "se3-stochastic", "se3-det", "se3-DA",
-                 *(str(k) for k in range(2, 9)), *(f"se3-{k}" for k in range(2, 9)))  # k random frames
+FRAME_DIMS = (*_FA_DIMS, "none")
+FRAME_METHODS = (*_FA_METHODS, *_FA_SAMPLED)  # frameavg.frames.methods: the one list of frame methods
+
+#: Keys of earlier releases -> their names now (dotted). Read with a ``FutureWarning``; giving
+#: both spellings with different values is a ``ConfigError``.
+RENAMED: dict[str, str] = {"frames.frames": "frames.dims"}
 
 
 def _int(low=None, high=None, none=False):
@@ -111,14 +119,14 @@ def _choice(*options, none=False):
 
 
 _BOOL, _STR, _STR_OR_NONE, _MAP = ("bool",), ("str", False), ("str", True), ("map",)
-_BOOL_OR_PATH = ("bool_or_path",)
+_BOOL_OR_PATH, _STR_LIST = ("bool_or_path",), ("str_list",)
 
 #: Type and range of every fixed key, checked by ``validate_config`` when a config is loaded (before
 #: any run folder exists). ``model`` keys are checked against the model's constructor by
 #: ``validate_model_section``; other ``trainer`` keys go to ``lightning.Trainer`` as given.
 SCHEMA: dict[str, tuple] = {
-    "name": _STR, "seed": _int(), "run_dir": _STR,
-    "frames.frames": _choice(*FRAME_DIMS), "frames.train": _choice(*FRAME_METHODS),
+    "name": _STR, "seed": _int(), "run_dir": _STR, "plugins": _STR_LIST,
+    "frames.dims": _choice(*FRAME_DIMS), "frames.train": _choice(*FRAME_METHODS),
     "frames.eval": _choice(*FRAME_METHODS),
     "data.train": _STR_OR_NONE, "data.val": _STR_OR_NONE, "data.test": _STR_OR_NONE,
     "data.val_fraction": _float(0.0, 1.0), "data.test_fraction": _float(0.0, 1.0), "data.split_seed": _int(),
@@ -164,6 +172,14 @@ def validate_config(config: dict, where: str = "config") -> None:
 
 def _checked(value, rule, name):
     kind = rule[0]
+    if kind == "str_list":
+        if value is None:
+            return []
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
+                not all(isinstance(item, str) and item.strip() for item in value):
+            hint = f"; write [{value}]" if isinstance(value, str) and value.strip() else ""
+            raise ConfigError(f"{name} must be a list of module names (non-empty strings), got {value!r}{hint}")
+        return [item.strip() for item in value]
     if kind == "bool_or_path":
         if not (isinstance(value, bool) or (isinstance(value, str) and value)):
             raise ConfigError(f"{name} must be true, false or a file of isolated-atom energies, got {value!r}")
@@ -232,11 +248,13 @@ def _range(low, high, open_low=False) -> str:
 
 def validate_model_section(config: dict, where: str = "config") -> None:
     """The model name exists and every ``model`` key is an argument of its constructor (with a
-    "did you mean" hint); imports the model registry."""
+    "did you mean" hint); imports the config's ``plugins``, then the model registry."""
     import inspect
 
     from frameavg.models import MODELS
+    from frameavg.plugins import import_plugins
 
+    import_plugins(config.get("plugins") or (), where=where)
     model = config["model"]
     name = str(model.get("name", "")).lower()
     if name not in MODELS:
@@ -269,11 +287,80 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
         if not isinstance(user, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-        merge(config, user, where=str(path))
-    for key, value in parse_overrides(overrides):
-        merge(config, nest(key, value), where="override")
+        merge(config, upgrade_keys(user, where=str(path)), where=str(path))
+    pairs = parse_overrides(overrides)
+    _check_spellings(pairs)
+    for key, value in pairs:
+        merge(config, upgrade_keys(nest(key, value), where="override"), where="override")
     validate_config(config, where=str(path) if path is not None else "config")
     return config
+
+
+def checkpoint_config(config: dict, where: str = "checkpoint") -> dict:
+    """The config saved in a checkpoint, by this release or an earlier one, ready to rebuild its
+    model: a copy with the ``RENAMED`` keys under their names now (silently: the checkpoint is not
+    the user's to edit) and ``plugins`` (default none) imported, so that its model and readers are
+    registered."""
+    from frameavg.plugins import import_plugins
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: the saved config is not a mapping")
+    config = upgrade_keys(copy.deepcopy(config), where=where, warn=False)
+    config["plugins"] = _checked(config.get("plugins"), _STR_LIST, f"{where}: 'plugins'")
+    import_plugins(config["plugins"], where=where)
+    return config
+
+
+def upgrade_keys(config: dict, *, where: str, warn: bool = True) -> dict:
+    """``config`` (nested, as written) with the keys of ``RENAMED`` moved to their names now, in
+    place; a one-line ``FutureWarning`` per old key when ``warn``. Both spellings with different
+    values: ``ConfigError``."""
+    for old, new in RENAMED.items():
+        *old_path, old_key = old.split(".")
+        *new_path, new_key = new.split(".")
+        node = _section(config, old_path)
+        if node is None or old_key not in node:
+            continue
+        target = _section(config, new_path, create=True)
+        if target is None:  # a part of the new name is not a mapping: merge reports it
+            continue
+        value = node[old_key]
+        if new_key in target and target[new_key] != value:
+            raise _disagree(where, old, new, value, target[new_key])
+        if target is node and new_key not in node:  # renamed in place: the key keeps its position
+            renamed = {new_key if key == old_key else key: item for key, item in node.items()}
+            node.clear()
+            node.update(renamed)
+        else:
+            del node[old_key]
+            target[new_key] = value
+        if warn:
+            warnings.warn(f"{where}: '{old}' is deprecated; write '{new}'", FutureWarning, stacklevel=3)
+    return config
+
+
+def _section(config: dict, path: list[str], create: bool = False) -> dict | None:
+    """The mapping at ``path`` in ``config`` (created when missing with ``create``; None if a part
+    is missing or not a mapping)."""
+    node = config
+    for part in path:
+        if create and isinstance(node, dict) and part not in node:
+            node[part] = {}
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
+def _check_spellings(pairs) -> None:
+    """``ConfigError`` when overrides set a key under its old and its new name to different values."""
+    given = dict(pairs)  # the last value of each dotted key
+    for old, new in RENAMED.items():
+        if old in given and new in given and given[old] != given[new]:
+            raise _disagree("override", old, new, given[old], given[new])
+
+
+def _disagree(where: str, old: str, new: str, old_value, new_value) -> ConfigError:
+    return ConfigError(f"{where}: '{old}' (the old name of '{new}') is {old_value!r} but '{new}' is "
+                       f"{new_value!r}; keep only '{new}'")
 
 
 def parse_overrides(items) -> list[tuple[str, Any]]:

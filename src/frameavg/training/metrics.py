@@ -13,6 +13,8 @@ import math
 import numpy as np
 import torch
 
+from frameavg.outputs import ENERGY, FORCES, STRESS
+
 ENERGY_THRESHOLD = 0.02  # eV
 FORCES_THRESHOLD = 0.03  # eV/Å
 
@@ -71,16 +73,16 @@ def oc20_metrics(pred: dict, target: dict, natoms: torch.Tensor, free: torch.Ten
     Returns: {metric name: float}.
     """
     out = {}
-    has_energy = "energy" in pred and "energy" in target
-    has_forces = "forces" in pred and "forces" in target
+    has_energy = ENERGY in pred and ENERGY in target
+    has_forces = FORCES in pred and FORCES in target
     if has_energy:
-        e_pred, e_true = pred["energy"].detach(), target["energy"].detach()
+        e_pred, e_true = pred[ENERGY].detach(), target[ENERGY].detach()
         out["energy_mae"] = energy_mae(e_pred, e_true).item()
         out["energy_mse"] = energy_mse(e_pred, e_true).item()
         out["energy_within_threshold"] = energy_within_threshold(e_pred, e_true).item()
         out["energy_rmse"] = math.sqrt(out["energy_mse"])
     if has_forces:
-        f_pred, f_true = pred["forces"].detach(), target["forces"].detach()
+        f_pred, f_true = pred[FORCES].detach(), target[FORCES].detach()
         counts = natoms
         if free is not None:
             graph = torch.repeat_interleave(torch.arange(len(natoms), device=natoms.device), natoms)
@@ -94,8 +96,8 @@ def oc20_metrics(pred: dict, target: dict, natoms: torch.Tensor, free: torch.Ten
             out["energy_forces_within_threshold"] = energy_forces_within_threshold(
                 e_pred, e_true, f_pred, f_true, counts
             ).item()
-    if "stress" in pred and "stress" in target:
-        s_pred, s_true = pred["stress"].detach().reshape(-1, 9), target["stress"].detach().reshape(-1, 9)
+    if STRESS in pred and STRESS in target:
+        s_pred, s_true = pred[STRESS].detach().reshape(-1, 9), target[STRESS].detach().reshape(-1, 9)
         out["stress_mae"] = (s_pred - s_true).abs().mean().item()  # eV/Å³, over all 9 components
     return out | with_units(out)
 

@@ -30,12 +30,12 @@ def build_network(config: dict) -> torch.nn.Module:
     model_cfg.pop("init_from", None)  # weights to start from: applied by training.run.init_weights
     model = build_model(name, **model_cfg)
     frames = config["frames"]
-    if str(frames["frames"]).lower() in ("none", "false", "null"):
+    if str(frames["dims"]).lower() in ("none", "false", "null"):
         return model
-    from frameavg.frames.averaging import DEFAULT_VECTOR_KEYS, FrameAveraging
+    from frameavg.frames.averaging import FrameAveraging
 
-    return FrameAveraging(model, frames=frames["frames"], method=frames["train"], eval_method=frames["eval"],
-                          seed=config["seed"], vector_keys=(*DEFAULT_VECTOR_KEYS, "gradient_forces"))
+    return FrameAveraging(model, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"],
+                          seed=config["seed"])
 
 
 class AtomisticTask(L.LightningModule):
@@ -107,18 +107,18 @@ class AtomisticTask(L.LightningModule):
         losses = {}
         if self.config["targets"]["energy"]:
             target = self.normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
-            losses["energy"] = cfg["energy_weight"] * energy_loss(cfg["energy"], out["energy"], target.to(out["energy"].dtype))
+            losses["energy"] = cfg["energy_weight"] * energy_loss(cfg["energy"], out[ENERGY], target.to(out[ENERGY].dtype))
         if self.predict_forces:
             mask = ~batch.fixed if cfg["train_on_free_atoms"] and "fixed" in batch else None
-            target = self.normalizer.normalize_forces(batch.forces).to(out["forces"].dtype)
-            losses["forces"] = cfg["forces_weight"] * forces_loss(cfg["forces"], out["forces"], target, mask)
-            if "gradient_forces" in out and out["gradient_forces"] is not out["forces"]:
+            target = self.normalizer.normalize_forces(batch.forces).to(out[FORCES].dtype)
+            losses["forces"] = cfg["forces_weight"] * forces_loss(cfg["forces"], out[FORCES], target, mask)
+            if GRADIENT_FORCES in out and out[GRADIENT_FORCES] is not out[FORCES]:
                 if cfg["gradient_weight"] > 0:  # direct forces follow the conservative ones
                     losses["gradient"] = cfg["gradient_weight"] * forces_loss(
-                        cfg["forces"], out["forces"], out["gradient_forces"].detach(), mask)
+                        cfg["forces"], out[FORCES], out[GRADIENT_FORCES].detach(), mask)
                 if cfg["conservation_weight"] > 0:  # the energy's gradient follows the reference forces
                     losses["conservation"] = cfg["conservation_weight"] * forces_loss(
-                        cfg["forces"], out["gradient_forces"], target, mask)
+                        cfg["forces"], out[GRADIENT_FORCES], target, mask)
         if self.predict_stress:
             target = self.normalizer.normalize_forces(voigt_to_matrix(batch.stress)).to(out[STRESS].dtype)
             losses["stress"] = cfg["stress_weight"] * energy_loss(cfg["stress"], out[STRESS], target)
@@ -139,11 +139,11 @@ class AtomisticTask(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         out = self.normalized_outputs(batch)
         losses = self.compute_loss(batch, {k: v.detach() for k, v in out.items()})
-        pred = {"energy": self.normalizer.denormalize_energy(out["energy"].detach(), batch.atomic_numbers, batch.batch)}
-        target = {"energy": batch.energy}
+        pred = {ENERGY: self.normalizer.denormalize_energy(out[ENERGY].detach(), batch.atomic_numbers, batch.batch)}
+        target = {ENERGY: batch.energy}
         if self.predict_forces:
-            pred["forces"] = self.normalizer.denormalize_forces(out["forces"].detach())
-            target["forces"] = batch.forces
+            pred[FORCES] = self.normalizer.denormalize_forces(out[FORCES].detach())
+            target[FORCES] = batch.forces
         if self.predict_stress:
             pred[STRESS] = self.normalizer.denormalize_forces(out[STRESS].detach())
             target[STRESS] = voigt_to_matrix(batch.stress)
@@ -202,15 +202,15 @@ class AtomisticTask(L.LightningModule):
         checkpoint["frameavg"] = {"version": frameavg.__version__, "torch": "%s" % torch.__version__,  # plain str: TorchVersion is not weights_only-safe
                                   "training_elements": self.training_elements, "precision": self.precision_record,
                                   "threads": self.threads, "init_from": self.init_record}
-        generator = getattr(self.net, "generator", None)  # stochastic frames: resume the same stream
-        if generator is not None:
-            checkpoint["frame_generator_state"] = generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.training_elements = (checkpoint.get("frameavg") or {}).get("training_elements")
         # a resumed run keeps the record of its own (possibly different) precision
         self.precision_record = self.precision_record or (checkpoint.get("frameavg") or {}).get("precision")
-        generator = getattr(self.net, "generator", None)
-        if generator is not None and "frame_generator_state" in checkpoint:
-            generator.set_state(checkpoint["frame_generator_state"])
+        # checkpoints of earlier releases kept the frame generator's stream beside the weights;
+        # it is now the extra state of the FrameAveraging module (net._extra_state)
+        legacy_stream = checkpoint.pop("frame_generator_state", None)
+        weights = checkpoint.get("state_dict")
+        if legacy_stream is not None and weights is not None:
+            weights.setdefault("net._extra_state", {"generator_state": legacy_stream})
 

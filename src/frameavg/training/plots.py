@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from frameavg.outputs import ENERGY, FORCES  # noqa: E402
+
 
 def write_plots(run_dir: Path, structures: list, pred: dict) -> list[Path]:
     """Write ``parity.png`` and ``learning_curve.png`` into ``run_dir``; return their paths."""
@@ -21,10 +23,10 @@ def parity_plot(run_dir: Path, structures: list, pred: dict) -> Path | None:
     panels = []
     if all("energy" in d for d in structures):
         true_e = torch.cat([d.energy for d in structures]).double()
-        panels.append(("energy", "eV", true_e, pred["energy"].double()))
-    if "forces" in pred and all("forces" in d for d in structures):
+        panels.append(("energy", "eV", true_e, pred[ENERGY].double()))
+    if FORCES in pred and all("forces" in d for d in structures):
         true_f = torch.cat([d.forces for d in structures]).reshape(-1).double()
-        panels.append(("force components", "eV/Å", true_f, pred["forces"].reshape(-1).double()))
+        panels.append(("force components", "eV/Å", true_f, pred[FORCES].reshape(-1).double()))
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)

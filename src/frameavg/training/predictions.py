@@ -8,6 +8,7 @@ import numpy as np
 
 from frameavg.errors import FrameavgError
 from frameavg.files import atomic_output
+from frameavg.outputs import ENERGY, FORCES, STRESS
 
 
 def write_predictions(path: Path, structures: list, pred: dict) -> None:
@@ -23,18 +24,18 @@ def write_predictions(path: Path, structures: list, pred: dict) -> None:
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".extxyz", ".xyz"):
         raise FrameavgError(f"--out must end in .npz, .extxyz or .xyz, got '{path.name}'")
-    energy = pred["energy"].double().cpu().numpy()
+    energy = pred[ENERGY].double().cpu().numpy()
     natoms = pred["natoms"].cpu().numpy()
-    forces = pred["forces"].double().cpu().numpy() if "forces" in pred else None
-    stress = pred["stress"].double().cpu().numpy() if "stress" in pred else None
+    forces = pred[FORCES].double().cpu().numpy() if FORCES in pred else None
+    stress = pred[STRESS].double().cpu().numpy() if STRESS in pred else None
     status = list(pred.get("status") or ["ok"] * len(energy))
     with atomic_output(path) as tmp:
         if suffix == ".npz":
-            arrays = {"energy": energy, "natoms": natoms, "index": np.arange(len(energy)), "status": np.array(status)}
+            arrays = {ENERGY: energy, "natoms": natoms, "index": np.arange(len(energy)), "status": np.array(status)}
             if forces is not None:
-                arrays["forces"] = forces
+                arrays[FORCES] = forces
             if stress is not None:
-                arrays["stress"] = stress
+                arrays[STRESS] = stress
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
         else:
@@ -51,11 +52,11 @@ def _write_extxyz(tmp, structures: list, energy, forces, natoms, status, stress=
     frames = []
     for i, data in enumerate(structures):
         atoms = data_to_atoms(data)
-        results = {"energy": float(energy[i])}
+        results = {ENERGY: float(energy[i])}
         if forces is not None:
-            results["forces"] = forces[offsets[i]:offsets[i + 1]]
+            results[FORCES] = forces[offsets[i]:offsets[i + 1]]
         if stress is not None and np.isfinite(stress[i]).all():
-            results["stress"] = stress[i]
+            results[STRESS] = stress[i]
         atoms.calc = SinglePointCalculator(atoms, **results)
         atoms.info["status"] = status[i]
         frames.append(atoms)

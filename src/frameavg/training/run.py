@@ -1,4 +1,5 @@
-"""Fit, evaluate, load: the training workflow behind ``frameavg train/test/predict``."""
+"""Fit and load: the training workflow behind ``frameavg train`` (the test-set evaluation behind
+``frameavg test/predict`` and the end-of-training test is ``frameavg.evaluation.evaluate``)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,10 @@ import lightning as L
 import torch
 from torch_geometric.data import Batch
 
-from frameavg.derivatives import voigt_to_matrix
 from frameavg.errors import ConfigError, DataError, FrameavgError
-from frameavg.outputs import ENERGY, FORCES, STRESS
 from frameavg.precision import device_of_accelerator, normalize_name as normalize_precision, resolve as resolve_precision
-from frameavg.training.config import save_config, validate_model_section
+from frameavg.training.config import checkpoint_config, save_config, validate_model_section
 from frameavg.training.data_module import AtomisticDataModule
-from frameavg.training.metrics import oc20_metrics
 from frameavg.training.module import AtomisticTask
 from frameavg.training.normalization import EnergyNormalizer
 
@@ -198,6 +196,9 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
     if data.test_set:
         # the weights in memory when fit ends (saved as last.ckpt), not best.ckpt
         result["test_weights"] = "last"
+        # the one call up the layers: the end-of-training test is the evaluation layer's
+        from frameavg.evaluation.evaluate import baseline_metrics, evaluate, paper_unit_metrics
+
         metrics, pred = evaluate(task, data.test_set, config["data"]["eval_batch_size"])
         result["test"] = metrics | paper_unit_metrics((config["data"]["keys"] or {}).get("energy"), metrics)
         result["baseline"] = baseline_metrics(task, data.test_set)
@@ -214,9 +215,10 @@ def init_weights(task, path) -> dict:
     (fine-tuning; the normaliser is fitted on the new data). Returns the path and the names
     ``loaded``, ``skipped`` (in the checkpoint, absent here or of another shape) and ``new``
     (here only: freshly initialised)."""
+    # tensors only: a module's extra state (the frame generator's stream) is not a weight
     source = {key[len("net."):]: value for key, value in read_checkpoint(path)["state_dict"].items()
-              if key.startswith("net.")}
-    own = task.net.state_dict()
+              if key.startswith("net.") and isinstance(value, torch.Tensor)}
+    own = {name: value for name, value in task.net.state_dict().items() if isinstance(value, torch.Tensor)}
     loaded = [name for name, value in source.items() if name in own and own[name].shape == value.shape]
     with torch.no_grad():
         for name in loaded:
@@ -254,18 +256,6 @@ def default_threads(trainer_cfg: dict) -> int:
     devices = trainer_cfg.get("devices", 1)
     processes = devices if isinstance(devices, int) and str(trainer_cfg.get("accelerator", "cpu")) == "cpu" else 1
     return max(1, free // max(1, processes))
-
-
-def paper_unit_metrics(target: str | None, metrics: dict) -> dict:
-    """The energy MAE as QM9 papers report it (e.g. ``U0_mae_meV``) when ``target``, the key the
-    energy was read from, is a QM9 target."""
-    from frameavg.data.readers.qm9 import paper_units
-
-    units = paper_units(target) if target and "energy_mae" in metrics else None
-    if units is None:
-        return {}
-    unit, factor = units
-    return {f"{target}_mae_{unit}": metrics["energy_mae"] * factor}
 
 
 def read_checkpoint(path) -> dict:
@@ -306,21 +296,40 @@ def _loader_state(checkpoint: dict) -> dict | None:
     return states[0]
 
 
+#: File in a run folder naming the process that chose it (how DDP child processes find it).
+OWNER_FILE = ".owner_pid"
+
+
 def _run_dir(config: dict, resume: str | None) -> Path:
     """The run's folder, the same on every process of a distributed run.
 
-    A new run never overwrites an old one (``name-1``, ``name-2``, ... if taken). Processes that
-    Lightning launches for DDP inherit the choice of rank 0 through ``FRAMEAVG_RUN_DIR``; under
-    torchrun/SLURM (``RANK`` set from the start) the folder is ``run_dir/name`` as given.
+    A new run never overwrites an old one (``name-1``, ``name-2``, ... if taken); the process that
+    chooses the folder creates it and writes its pid to ``OWNER_FILE``. Processes that Lightning
+    launches for DDP (``LOCAL_RANK`` > 0, started by rank 0) take the folder their parent owns;
+    under torchrun/SLURM (``RANK`` set from the start) the folder is ``run_dir/name`` as given.
     """
     run_dir = Path(config["run_dir"]) / config["name"]
-    inherited = os.environ.get("FRAMEAVG_RUN_DIR")
-    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
-        return Path(inherited)
-    if resume is None and "RANK" not in os.environ:
+    if "RANK" in os.environ:
+        return run_dir
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return _parent_run_dir(run_dir)
+    if resume is None:
         run_dir = _fresh_dir(run_dir)
-    os.environ["FRAMEAVG_RUN_DIR"] = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / OWNER_FILE).write_text(str(os.getpid()))
     return run_dir
+
+
+def _parent_run_dir(run_dir: Path) -> Path:
+    """The folder among ``run_dir``, ``run_dir-1``, ... owned by this process's parent."""
+    parent, candidate, n = str(os.getppid()), run_dir, 0
+    while candidate.exists():
+        owner = candidate / OWNER_FILE
+        if owner.is_file() and owner.read_text().strip() == parent:
+            return candidate
+        n += 1
+        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
+    raise FrameavgError(f"DDP process {os.getpid()}: no run folder {run_dir}[-n] owned by its launcher {parent}")
 
 
 def _fresh_dir(run_dir: Path) -> Path:
@@ -332,105 +341,11 @@ def _fresh_dir(run_dir: Path) -> Path:
     return candidate
 
 
-def baseline_metrics(task: AtomisticTask, structures: list) -> dict:
-    """Metrics of the per-element-mean baseline: E = sum of element references + mean, F = 0."""
-    batch = Batch.from_data_list([structures[i] for i in range(len(structures))])
-    zeros = torch.zeros(batch.num_graphs, dtype=torch.float64)
-    pred = {"energy": task.normalizer.denormalize_energy(zeros, batch.atomic_numbers, batch.batch)}
-    target = {"energy": batch.energy}
-    if task.predict_forces:
-        pred["forces"], target["forces"] = torch.zeros_like(batch.forces), batch.forces
-    free = ~batch.fixed if task.config["loss"]["train_on_free_atoms"] else None
-    return oc20_metrics(pred, target, batch.natoms, free)
-
-
-@torch.no_grad()
-def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
-             failed: dict[int, str] | None = None, stress: bool | None = None,
-             precision=None) -> tuple[dict, dict]:
-    """OC20 metrics over all structures at once, and the predictions (eV, eV/Å, eV/Å³) per structure.
-
-    A structure the model refuses (a ``DataError``: an element it does not embed, bad tags) does
-    not stop the others: its batch is re-run one structure at a time, its predictions are NaN,
-    ``pred["status"]`` holds ``"ok"`` or its error message for every structure, and the metrics
-    cover the structures that were predicted (``metrics["structures_failed"]`` counts the rest).
-    ``failed``: {index: message} of structures already known to be bad (not predicted).
-    ``stress``: predict stress [B,3,3] too (default: when the model was trained on it; NaN for
-    structures without a cell volume). ``precision``: a ``frameavg.precision.Precision`` to run the
-    model under (its autocast; the task's net and the structures must already be in its dtype and
-    on the task's device).
-    """
-    task.eval()
-    stress = task.predict_stress if stress is None else stress
-    status = ["ok"] * len(structures)
-    for i, message in (failed or {}).items():
-        status[i] = message
-    outputs: list[dict | None] = [None] * len(structures)
-    todo = [i for i in range(len(structures)) if status[i] == "ok"]
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        try:
-            parts = _predict_split(task, [structures[i] for i in chunk], stress, precision)
-        except DataError:
-            parts = []
-            for i in chunk:
-                try:
-                    parts += _predict_split(task, [structures[i]], stress, precision)
-                except DataError as exc:
-                    parts.append(None)
-                    status[i] = str(exc)
-        for i, part in zip(chunk, parts):
-            outputs[i] = part
-    natoms = torch.tensor([int(d.natoms.reshape(-1)[0]) for d in structures], dtype=torch.long)
-    pred = {}
-    for key, per_atom, shape in ((ENERGY, False, ()), (FORCES, True, (3,)), (STRESS, False, (3, 3))):
-        if not any(o is not None and key in o for o in outputs):
-            continue
-        pred[key] = torch.cat([o[key] if o is not None else torch.full((int(n) if per_atom else 1, *shape), math.nan,
-                                                                       dtype=torch.float64)
-                               for o, n in zip(outputs, natoms)])
-    ok = torch.tensor([s == "ok" for s in status])
-    atom_ok = torch.repeat_interleave(ok, natoms)
-    target = {}
-    if all(ENERGY in d for d in structures):
-        target[ENERGY] = torch.cat([d.energy.reshape(-1) for d in structures])[ok]
-    if FORCES in pred and all(FORCES in d for d in structures):
-        target[FORCES] = torch.cat([d.forces for d in structures])[atom_ok]
-    if STRESS in pred and all(STRESS in d for d in structures):
-        target[STRESS] = torch.cat([voigt_to_matrix(d.stress.double()) for d in structures])[ok]
-    kept = {key: value[atom_ok] if key == FORCES else value[ok] for key, value in pred.items()}
-    free = None
-    if task.config["loss"]["train_on_free_atoms"]:
-        free = torch.cat([~d.fixed if "fixed" in d else torch.ones(int(d.natoms), dtype=torch.bool)
-                          for d in structures])[atom_ok]
-    metrics = oc20_metrics(kept, target, natoms[ok], free) if bool(ok.any()) else {}
-    if not bool(ok.all()):
-        metrics["structures_failed"] = int((~ok).sum())
-    pred["natoms"] = natoms
-    pred["status"] = status
-    return metrics, pred
-
-
-def _predict_split(task: AtomisticTask, chunk: list, stress: bool, precision=None) -> list[dict]:
-    """Predictions of one batch, split per structure: [{"energy": [1], "forces": [n,3], "stress": [1,3,3]}]."""
-    batch = Batch.from_data_list(chunk).to(task.device)
-    with precision.context() if precision is not None else contextlib.nullcontext():
-        out = task(batch, stress=stress)
-    parts = []
-    for k, (lo, hi) in enumerate(zip(batch.ptr[:-1].tolist(), batch.ptr[1:].tolist())):
-        part = {ENERGY: out[ENERGY][k:k + 1].detach().cpu().double()}
-        if FORCES in out:
-            part[FORCES] = out[FORCES][lo:hi].detach().cpu().double()
-        if STRESS in out:
-            part[STRESS] = out[STRESS][k:k + 1].detach().cpu().double()
-        parts.append(part)
-    return parts
-
-
 def load_task(path: str | os.PathLike) -> AtomisticTask:
     """Rebuild a trained task from a checkpoint without executing pickles (weights_only=True)."""
     checkpoint = read_checkpoint(path)
-    config, state = checkpoint["hyper_parameters"]["config"], checkpoint["state_dict"]
+    config = checkpoint_config(checkpoint["hyper_parameters"]["config"], where=str(path))
+    state = checkpoint["state_dict"]
     try:
         task = AtomisticTask(config)
     except (ConfigError, TypeError, KeyError) as exc:
@@ -438,7 +353,7 @@ def load_task(path: str | os.PathLike) -> AtomisticTask:
     record = (checkpoint.get("frameavg") or {}).get("precision") or {}
     if record.get("used") == "64-true":  # weights stay float64 (not rounded on loading)
         task.net.double()
-    shapes = {name: tuple(t.shape) for name, t in task.state_dict().items()}
+    shapes = {name: tuple(t.shape) for name, t in task.state_dict().items() if isinstance(t, torch.Tensor)}
     wrong = [f"{name} {tuple(t.shape)} vs {shapes[name]}" for name, t in state.items()
              if name in shapes and isinstance(t, torch.Tensor) and tuple(t.shape) != shapes[name]]
     if wrong:

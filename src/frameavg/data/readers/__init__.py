@@ -6,15 +6,16 @@ Formats (``available_formats()``): ``frameavg-lmdb`` (ours), ``oc20-lmdb`` (lega
 ``trusted=True``), ``aselmdb`` (fairchem's ASE-LMDB), ``qm9`` (qm9pack CSV / QM9 extxyz),
 ``md17`` (rMD17 / MD17 / sGDML ``.npz``), ``qm7x`` (QM7-X HDF5), ``xu-kitchin``, ``pymatgen-json``
 (Structure/Molecule dicts and entries), ``ase-db`` (SQLite / ASE JSON), ``ase`` (extxyz/xyz/traj),
-``ase-other`` (anything else ASE reads).
+``ase-other`` (anything else ASE reads), and the formats plugins register (``registry.register``).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from frameavg.data.readers.catalog import available_formats
+from frameavg.data.readers import catalog
 from frameavg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,6 +29,16 @@ __all__ = [
     "read_structures",
     "resolve_path",
 ]
+
+
+def available_formats() -> dict[str, str]:
+    """Reader name -> one-line description: the catalog's formats and those registered by plugins
+    imported so far (without importing the registry, i.e. torch, when none is)."""
+    formats = catalog.available_formats()
+    registry = sys.modules.get("frameavg.data.readers.registry")
+    if registry is not None:
+        formats |= {name: reader.description for name, reader in registry.READERS.items() if name not in formats}
+    return dict(sorted(formats.items()))
 
 
 def detect_format(path: str | Path) -> str:

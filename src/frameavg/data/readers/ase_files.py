@@ -44,7 +44,14 @@ def sniff_any(path: Path) -> bool:
 def iterate_ase(path: Path, options: ReadOptions, ase_format: str | None = None) -> Iterator[Data]:
     """Validated ``Data`` for every frame of an ASE-readable file (streamed)."""
     source = str(path)
-    ase_format = ase_format or EXTENSIONS.get(path.suffix.lower())
+    for index, atoms in iread_frames(source, ase_format or EXTENSIONS.get(path.suffix.lower())):
+        _bare_number_comment(atoms)
+        yield options.to_data(atoms, source=source, index=index)
+
+
+def iread_frames(source: str, ase_format: str | None) -> Iterator[tuple[int, object]]:
+    """(index, ``ase.Atoms``) of every frame of ``source``, streamed by ``ase.io.iread``; a parse
+    error is a ``DataError`` naming the frame, and a file without frames one too."""
     frames = ase.io.iread(source, index=":", format=ase_format)
     index = 0
     while True:
@@ -54,8 +61,7 @@ def iterate_ase(path: Path, options: ReadOptions, ase_format: str | None = None)
             break
         except Exception as exc:
             raise DataError(describe_parse_error(exc), source=source, index=index) from None
-        _bare_number_comment(atoms)
-        yield options.to_data(atoms, source=source, index=index)
+        yield index, atoms
         index += 1
     if index == 0:
         raise DataError("no structures found", source=source)

@@ -50,7 +50,7 @@ import ase.io
 import numpy as np
 from torch_geometric.data import Data
 
-from frameavg.data.readers.ase_files import describe_parse_error
+from frameavg.data.readers.ase_files import describe_parse_error, iread_frames
 from frameavg.data.readers.registry import ReadOptions, read_head, register
 from frameavg.errors import ConfigError, DataError
 
@@ -200,21 +200,10 @@ def iterate_csv(path: Path, options: ReadOptions, targets: tuple[str, ...]) -> I
 
 def iterate_extxyz(path: Path, options: ReadOptions, targets: tuple[str, ...]) -> Iterator[Data]:
     source = str(path)
-    frames = ase.io.iread(source, index=":", format="extxyz")
-    index = 0
-    while True:
-        try:
-            atoms = next(frames)
-        except StopIteration:
-            break
-        except Exception as exc:
-            raise DataError(describe_parse_error(exc), source=source, index=index) from None
+    for index, atoms in iread_frames(source, "extxyz"):
         raw = dict(atoms.info)
         atoms.info = {}
         yield _to_data(atoms, raw, raw.get("index"), options, targets, source, index)
-        index += 1
-    if index == 0:
-        raise DataError("no structures found", source=source)
 
 
 def _to_data(atoms, raw, qm9_index, options, targets, source, index) -> Data:

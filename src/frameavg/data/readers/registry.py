@@ -1,5 +1,7 @@
 """The shared reader registry: each reader module registers an iterator and a cheap sniff under a
 name of ``catalog.FORMATS`` (which holds the description, aliases, options and detection order).
+A reader of a format the catalog does not know (a plugin's, see docs/extending.md) passes its
+description, aliases, options and order to ``register`` itself.
 
 A reader turns one path (file or folder) into an iterator of validated ``Data`` objects (see
 ``frameavg.data.atomic_data``). Auto-detection asks each reader's ``sniff(path)`` in ascending
@@ -57,16 +59,45 @@ READERS: dict[str, Reader] = {}
 _ALIASES = {alias.lower(): info.name for info in FORMATS for alias in (info.name, *info.aliases)}
 
 
-def register(name: str, *, sniff):
-    """Decorator registering ``iterate(path, options) -> Iterator[Data]`` as reader ``name``
-    (described in ``catalog.FORMATS``)."""
-    info = BY_NAME[name]
+def register(name: str, *, sniff: Callable[[Path], bool], description: str | None = None,
+             aliases: tuple[str, ...] = (), options: tuple[str, ...] = (), order: int = 100,
+             replace: bool = False):
+    """Decorator registering ``iterate(path, options) -> Iterator[Data]`` as reader ``name``.
+
+    ``sniff(path) -> bool`` must be cheap (extension, a few bytes). A format of ``catalog.FORMATS``
+    takes its description, aliases, options and order from there; any other format gives
+    ``description`` (one line), ``aliases`` (other names for ``format=``), ``options`` (the
+    reader-specific options it reads from ``ReadOptions.extra``) and ``order`` (auto-detection asks
+    readers in ascending order: the built-in ones use 5..60, ASE's catch-all 1000). A name or alias
+    already taken is a ``ConfigError`` unless ``replace`` (the same function again is a no-op)."""
+    if name in BY_NAME:
+        if description is not None or aliases or options:
+            raise ConfigError(f"reader '{name}' is described in catalog.FORMATS; register it with sniff= only")
+        info = BY_NAME[name]
+        description, aliases, options, order = info.description, info.aliases, info.options, info.order
+    elif not description:
+        raise ConfigError(f"reader '{name}' is not in catalog.FORMATS: give register(..., description='one line')")
+    aliases, options = tuple(aliases), tuple(options)
+    taken = {alias.lower(): _ALIASES[alias.lower()] for alias in (name, *aliases) if alias.lower() in _ALIASES}
+    clash = sorted(alias for alias, owner in taken.items() if owner != name)
+    if clash and not replace:
+        raise ConfigError(f"reader '{name}': name(s) {', '.join(clash)} already taken by reader(s) "
+                          f"{', '.join(sorted({taken[a] for a in clash}))}; choose others or pass replace=True")
 
     def decorate(iterate):
-        READERS[name] = Reader(name, info.description, iterate, sniff, info.aliases, info.options, info.order)
+        old = READERS.get(name)
+        if old is not None and not replace and _qualified(old.iterate) != _qualified(iterate):
+            raise ConfigError(f"reader '{name}' is already registered ({_qualified(old.iterate)}); choose another "
+                              f"name or pass replace=True")
+        READERS[name] = Reader(name, description, iterate, sniff, aliases, options, order)
+        _ALIASES.update({alias.lower(): name for alias in (name, *aliases)})
         return iterate
 
     return decorate
+
+
+def _qualified(function) -> str:
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
 
 
 def load_readers() -> dict[str, Reader]:

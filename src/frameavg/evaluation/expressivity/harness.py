@@ -45,6 +45,7 @@ from frameavg.evaluation.expressivity.structures import (
 from frameavg.frames import FrameAveraging
 from frameavg.frames.linalg import random_orthogonal
 from frameavg.models import MODELS, FAENet
+from frameavg.outputs import ENERGY, FORCES
 
 TESTS = ("k-chains", "stars", "counterexamples")
 #: FAENet suite names: ``FrameAveraging`` options (3D frames; evaluation uses the same method).
@@ -197,8 +198,8 @@ class PairClassifier(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         out = self.model(batch)
         if self.probe is None:
-            return out["energy"].reshape(-1)
-        vectors = out["forces"].index_select(0, batch.ptr[:-1] + self.centre)
+            return out[ENERGY].reshape(-1)
+        vectors = out[FORCES].index_select(0, batch.ptr[:-1] + self.centre)
         return self.probe(vectors.to(self.probe.weight.dtype)).reshape(-1)
 
 

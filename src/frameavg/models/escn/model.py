@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from frameavg.errors import ConfigError, DataError
 from frameavg.models.base import EnergyModel, GraphInputs
+from frameavg.outputs import DIRECT_MODES
 from frameavg.models.blocks import GaussianSmearing, scatter_sum
 from frameavg.models.escn.so3 import (
     SphereGrid,
@@ -243,7 +244,8 @@ class ESCN(EnergyModel):
         num_interactions: number of layers (OCP ``num_layers``).
         cutoff: neighbour radius in Å (graph built when the batch has none; Gaussian basis range).
         max_neighbors: neighbours kept per atom when the model builds the graph.
-        regress_forces: ``"from_energy"`` (default), ``"direct"`` (l = 1 force head) or None.
+        regress_forces: ``"from_energy"`` (default), ``"direct"`` (l = 1 force head),
+            ``"direct_with_gradient_target"`` or None.
         max_z: largest atomic number embedded.
         lmax: largest degree l of the coefficients (OCP ``lmax_list[0]``).
         mmax: largest order |m| kept in the edge frame (OCP ``mmax_list[0]``), 1 <= mmax <= lmax.
@@ -323,11 +325,11 @@ class ESCN(EnergyModel):
         ])
         if nonlinearity == "grid":
             self.energy_head = GridReadout(channels, node_grid, degree=0)
-            self.force_head = GridReadout(channels, node_grid, degree=1) if regress_forces == "direct" else None
+            self.force_head = GridReadout(channels, node_grid, degree=1) if self.regress_forces in DIRECT_MODES else None
         else:
             self.energy_head = nn.Sequential(nn.Linear(channels, channels), nn.SiLU(), nn.Linear(channels, channels),
                                              nn.SiLU(), nn.Linear(channels, 1, bias=False))
-            self.force_head = nn.Linear(channels, 1, bias=False) if regress_forces == "direct" else None
+            self.force_head = nn.Linear(channels, 1, bias=False) if self.regress_forces in DIRECT_MODES else None
         # Unit-gain (LeCun normal) weights: with PyTorch's default (gain 1/sqrt(3) per layer) the
         # chain of bias-free maps leaves features ~1e-3 and geometry-dependent outputs ~1e-5 at
         # initialisation, and force training stalls for many steps.
