@@ -12,6 +12,8 @@ name               shape       meaning
 ``gradient_forces``[N,3]       eV/Å: −∂E/∂x when ``forces`` holds a direct head's prediction
 ``direct_forces``  [N,3]       eV/Å: a direct head's prediction when ``forces`` holds −∂E/∂x
 ``dipole``         [B,3]       e·Å (a per-graph vector)
+``denoising``      [N,3]       a denoising head's prediction (the added noise / σ, or the
+                               displacement to the relaxed structure, Å); training only
 ``stress``         [B,3,3]     eV/Å³, ASE's sign: (1/V) ∂E/∂ε (positive under tension)
 ``virial``         [B,3,3]     eV: −∂E/∂ε
 =================  ==========  =============================================================
@@ -40,6 +42,9 @@ STRESS = "stress"
 VIRIAL = "virial"
 DIRECT_FORCES = "direct_forces"
 DIPOLE = "dipole"
+DENOISING = "denoising"
+#: A per-atom scalar [N] whose −∂(Σ)/∂x is the denoising prediction of invariant models.
+DENOISING_POTENTIAL = "denoising_potential"
 
 FROM_ENERGY = "from_energy"
 DIRECT = "direct"
@@ -70,6 +75,6 @@ def force_mode(value, name: str = "regress_forces", allowed: tuple = FORCE_MODES
     return value
 
 #: Per-atom vector outputs, rotated back by FrameAveraging.
-VECTOR_OUTPUTS = (FORCES, GRADIENT_FORCES, DIRECT_FORCES, DIPOLE)
+VECTOR_OUTPUTS = (FORCES, GRADIENT_FORCES, DIRECT_FORCES, DIPOLE, DENOISING)
 #: Per-graph rank-2 tensor outputs, rotated back as U T Uᵀ.
 TENSOR_OUTPUTS = (STRESS, VIRIAL)

@@ -11,6 +11,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("frameavg.cli.data_cmd", "inspect and convert structure files"),
     "train": ("frameavg.cli.train_cmd", "train a model from a YAML config"),
+    "pretrain": ("frameavg.cli.train_cmd", "denoising pre-training on structures without labels (fine-tune with "
+                 "model.init_from)"),
+    "oversmoothing": ("frameavg.cli.train_cmd", "mean average distance of FAENet's atom states per layer "
+                      "(the oversmoothing measure of Noisy Nodes)"),
     "test": ("frameavg.cli.train_cmd", "evaluate a checkpoint on labelled data (OC20 metrics)"),
     "predict": ("frameavg.cli.train_cmd", "predict energies/forces with a checkpoint"),
     "convert-checkpoint": ("frameavg.cli.checkpoint_cmd", "convert FAENet weights of the original faenet package or the OCP fork"),

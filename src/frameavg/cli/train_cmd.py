@@ -20,6 +20,23 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
     p.set_defaults(func=run_train)
 
+    p = sub.add_parser("pretrain", help=command_help("pretrain"),
+                       description="Denoising pre-training (Noisy Nodes' noise target) on the structures of CONFIG's "
+                                   "data, labels ignored; fine-tune later with model.init_from=CHECKPOINT.")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="section.key=value or --section.key value")
+    p.add_argument("--resume", metavar="CKPT", help="resume from a checkpoint")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    p.set_defaults(func=run_train, pretrain=True)
+
+    p = sub.add_parser("oversmoothing", help=command_help("oversmoothing"),
+                       description="Mean average distance (cosine) of FAENet's atom states after the embedding "
+                                   "and after every interaction block, averaged over the structures of --data.")
+    _add_checkpoint_data_args(p)
+    p.add_argument("--limit", type=int, default=256, help="first N structures (default 256)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=run_oversmoothing)
+
     p = sub.add_parser("test", help=command_help("test"))
     _add_checkpoint_data_args(p, several_files=True)
     p.add_argument("--json", action="store_true")
@@ -49,8 +66,13 @@ def run_train(args) -> int:
     resume = flags.get("--resume", args.resume)
     as_json = args.json or "--json" in flags
     # with --json, stdout holds the one JSON document: Lightning's progress bar goes to stderr
+    config = load_config(args.config, overrides)
+    if getattr(args, "pretrain", False):
+        from frameavg.training.denoising import pretraining_config
+
+        config = pretraining_config(config)
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        result = train(load_config(args.config, overrides), resume=resume,
+        result = train(config, resume=resume,
                        report=lambda line: print(f"frameavg: {line}", file=sys.stderr))
     if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
@@ -128,6 +150,23 @@ def _report_failures(source, status: list[str]) -> None:
     for index, message in enumerate(status):
         if message != "ok":
             print(f"frameavg: warning: {source}, structure {index}: {message} (skipped)", file=sys.stderr)
+
+
+def run_oversmoothing(args) -> int:
+    from frameavg.cli.main import print_json
+    from frameavg.evaluation.oversmoothing import mad_per_layer
+
+    task, keys, precision = _load_model(args)
+    structures, failed = _read(args.data, args, task, keys, precision)
+    kept = [d for i, d in enumerate(structures) if i not in failed][: max(1, args.limit)]
+    mad = mad_per_layer(task.net, kept, batch_size=args.batch_size)
+    if args.json:
+        print_json({"mad_per_layer": mad, "structures": len(kept)})
+    else:
+        print("layer  MAD (mean cosine distance of atom states)")
+        for layer, value in enumerate(mad):
+            print(f"{'embed' if layer == 0 else layer:>5}  {value:.4f}")
+    return 0
 
 
 def run_test(args) -> int:

@@ -64,3 +64,24 @@ __all__ = [
     "BesselBasisLayer", "EmbeddingBlock", "Envelope", "InteractionPPBlock", "Jn", "Jn_zeros", "OutputPPBlock",
     "activation_resolver", "batch_increments", "batch_slices", "set_num_graphs",
 ]
+
+
+def replace_edges(batch: Batch, edge_index: torch.Tensor, cell_offsets: torch.Tensor, neighbors: torch.Tensor) -> Batch:
+    """A shallow copy of ``batch`` with a new neighbour list: ``edge_index`` [2, E] (batch-global
+    atom indices, grouped by graph), ``cell_offsets`` [E, 3] and ``neighbors`` [B] (edges per
+    graph), its bookkeeping updated so that per-edge fields still read as per edge.
+
+    Relies on: ``_slice_dict[key]`` holds the cumulative per-graph sizes [B + 1] of each field
+    (edges for ``edge_index``/``cell_offsets``), and ``_inc_dict`` the per-graph offsets, which a
+    new neighbour list on the same atoms does not change.
+    """
+    out = batch.__copy__()
+    out.edge_index, out.cell_offsets, out.neighbors = edge_index, cell_offsets, neighbors
+    slices = dict(batch_slices(batch))
+    if slices:
+        cumulative = torch.cat([neighbors.new_zeros(1), torch.cumsum(neighbors.to(torch.long), 0)]).cpu()
+        for key in ("edge_index", "cell_offsets"):
+            if key in slices:
+                slices[key] = cumulative.to(slices[key].dtype)
+        out._slice_dict = slices
+    return out

@@ -20,6 +20,8 @@ from frameavg.data.neighbors import edge_vectors, radius_graph_batch
 from frameavg.derivatives import conservative_forces, energy_gradients
 from frameavg.errors import ConfigError, DataError
 from frameavg.outputs import (
+    DENOISING,
+    DENOISING_POTENTIAL,
     DIRECT_MODES,
     DIRECT_WITH_GRADIENT_TARGET,
     ENERGY,
@@ -47,6 +49,7 @@ class GraphInputs:
         create_graph: whether the caller differentiates through ``-dE/dpos`` (training on
             conservative forces): a model with hand-written backward paths keeps them twice
             differentiable then.
+        denoising: whether the model's denoising head should predict (see ``EnergyModel``).
     """
 
     atomic_numbers: Tensor
@@ -58,6 +61,7 @@ class GraphInputs:
     cell: Tensor | None
     tags: Tensor | None = None
     create_graph: bool = False
+    denoising: bool = False
 
     def edge_vectors(self) -> Tensor:
         """[E, 3] Å: ``pos[j] - pos[i] + cell_offsets @ cell`` (differentiable in ``pos``)."""
@@ -135,8 +139,21 @@ class EnergyModel(nn.Module):
     #: Whether the model reads OC20 tags (then they are checked to be 0, 1 or 2).
     uses_tags = False
 
-    def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, Tensor | None]:
-        """Per-graph energy [B] and, when ``direct_forces``, per-atom forces [N, 3]."""
+    #: How the model's optional denoising head predicts per-atom vectors [N, 3]: ``"vector"`` (a
+    #: head on the model's own vector or coordinate features: FAENet, PaiNN; under frame averaging
+    #: rotated back like forces), ``"gradient"`` (−∂(Σ_i a_i)/∂x of an auxiliary per-atom scalar
+    #: a_i, equivariant for invariant models: SchNet) or None (no head).
+    denoising_kind: str | None = None
+
+    @property
+    def has_denoising_head(self) -> bool:
+        """Whether this instance was built with a denoising head (``denoising_head=True``)."""
+        return getattr(self, "denoising_head", None) is not None
+
+    def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple:
+        """Per-graph energy [B] and, when ``direct_forces``, per-atom forces [N, 3]; a model with a
+        denoising head adds, when ``inputs.denoising``, a third item ``{"denoising": [N, 3]}``
+        (``denoising_kind="vector"``) or ``{"denoising_potential": [N]}`` (``"gradient"``)."""
         raise NotImplementedError
 
     def graph_inputs(self, batch, pos: Tensor | None = None) -> GraphInputs:
@@ -171,12 +188,15 @@ class EnergyModel(nn.Module):
             tags=None if tags is None else tags.long(),
         )
 
-    def forward(self, batch, compute_gradient_forces: bool | None = None) -> dict[str, Tensor]:
+    def forward(self, batch, compute_gradient_forces: bool | None = None,
+                compute_denoising: bool | None = None) -> dict[str, Tensor]:
         """``{"energy": [B]}`` plus ``"forces": [N, 3]`` unless ``regress_forces`` is None.
 
         ``gradient_forces`` [N, 3] (-dE/dpos, detached) comes beside direct forces with
         ``direct_with_gradient_target`` in training mode, or when ``compute_gradient_forces``.
-        ``batch`` is never modified (positions are differentiated through a detached copy).
+        ``denoising`` [N, 3] comes from a denoising head in training mode, or when
+        ``compute_denoising``. ``batch`` is never modified (positions are differentiated through a
+        detached copy).
         """
         mode = self.regress_forces
         from_energy = mode == FROM_ENERGY
@@ -184,19 +204,33 @@ class EnergyModel(nn.Module):
         if compute_gradient_forces is None:
             compute_gradient_forces = self.training and mode == DIRECT_WITH_GRADIENT_TARGET
         gradient_wanted = direct and bool(compute_gradient_forces)
+        if compute_denoising is None:
+            compute_denoising = self.training
+        denoising = bool(compute_denoising) and self.has_denoising_head
+        denoising_by_gradient = denoising and self.denoising_kind == "gradient"
+        needs_pos_grad = from_energy or gradient_wanted or denoising_by_gradient
         outer_grad = torch.is_grad_enabled()
-        with torch.enable_grad() if from_energy or gradient_wanted else nullcontext():
+        with torch.enable_grad() if needs_pos_grad else nullcontext():
             pos = batch.pos
-            if (from_energy or gradient_wanted) and not pos.requires_grad:
+            if needs_pos_grad and not pos.requires_grad:
                 pos = pos.detach().requires_grad_(True)
             inputs = self.graph_inputs(batch, pos)
             # a caller whose positions require grad may train on -dE/dpos (double backward)
-            inputs.create_graph = outer_grad and (from_energy or batch.pos.requires_grad)
-            energy, direct_forces = self.energy(inputs, direct_forces=direct)
+            inputs.create_graph = outer_grad and (from_energy or denoising_by_gradient or batch.pos.requires_grad)
+            inputs.denoising = denoising
+            energy, direct_forces, *extra = self.energy(inputs, direct_forces=direct)
             energy = full(energy)  # a float32 energy (and gradient) also under autocast
+        extra = extra[0] if extra else {}
         out = {ENERGY: energy}
         if direct:
             out[FORCES] = full(direct_forces)
+        if denoising_by_gradient:
+            potential = full(extra[DENOISING_POTENTIAL]).sum()
+            # kept in the graph in training (the head learns through its gradient)
+            out[DENOISING] = energy_gradients(potential.reshape(1), pos, create_graph=outer_grad,
+                                              retain_graph=True)[0]
+        elif denoising:
+            out[DENOISING] = full(extra[DENOISING])
         if from_energy:
             out[FORCES] = conservative_forces(energy, pos, create_graph=outer_grad)
         elif gradient_wanted:

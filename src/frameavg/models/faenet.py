@@ -31,7 +31,7 @@ from frameavg.models.blocks import (
 )
 from frameavg.models.edge_filter import EdgePass, EdgeWorkspace, edge_pairs, filtered_message_sum
 from frameavg.models.elements import MAX_ATOMIC_NUMBER, NORMALISATION_MAX_Z, element_table
-from frameavg.outputs import DIRECT_MODES
+from frameavg.outputs import DENOISING, DIRECT_MODES
 from frameavg.precision import full
 
 MP_TYPES = ("simple", "updownscale", "updownscale_base", "base", "updown_local_env")
@@ -509,6 +509,9 @@ class FAENet(EnergyModel):
             flat or nested under the decoder type as in the original.
         max_atomic_number: rows of the learned Z embedding (84 as the original; up to 100). Heavier
             elements share one learned row and differ by period, group and physical properties.
+        denoising_head: add a denoising head (not in the original): an MLP of the final atom
+            states to [N, 3] in the input coordinates; under frame averaging it is rotated back
+            like forces, so its prediction is equivariant through the frames (Noisy Nodes).
 
     ``forward(batch, compute_gradient_forces=None)`` (``EnergyModel.forward``) returns
     ``{"energy": [B], "forces": [N, 3] (when forces are regressed), "gradient_forces": [N, 3]}``;
@@ -517,6 +520,7 @@ class FAENet(EnergyModel):
     """
 
     has_direct_forces = True
+    denoising_kind = "vector"
     #: Edge vectors in the input coordinates: rotations and reflections come from frame averaging.
     invariances = ("translation",)
 
@@ -547,6 +551,7 @@ class FAENet(EnergyModel):
         max_atomic_number: int = ORIGINAL_MAX_ATOMIC_NUMBER,
         *,
         max_num_neighbors: int | None = None,
+        denoising_head: bool = False,
     ):
         if max_num_neighbors is not None:
             if max_neighbors not in (40, max_num_neighbors):
@@ -610,6 +615,8 @@ class FAENet(EnergyModel):
                 force_decoder_type, force_decoder_model_config
             )
             self.decoder = ForceDecoder(force_decoder_type, hidden_channels, decoder_hidden, decoder_norm, self.act)
+        self.denoising_head = (ForceDecoder("mlp", hidden_channels, hidden_channels, None, self.act)
+                               if denoising_head else None)
         if skip_co == "concat":
             self.mlp_skip_co = Linear(num_interactions + 1, 1)
         elif skip_co == "concat_atom":
@@ -628,7 +635,10 @@ class FAENet(EnergyModel):
                              workspace=None if torch.is_grad_enabled() else EdgeWorkspace())
         energy, h = self.energy_and_states(inputs.atomic_numbers, inputs.tags, inputs.pos, inputs.edge_index,
                                            inputs.cell_offsets, inputs.cell, graph, edge_pass)
-        return energy, (self.decoder(h) if direct_forces else None)
+        forces = self.decoder(h) if direct_forces else None
+        if inputs.denoising and self.denoising_head is not None:
+            return energy, forces, {DENOISING: self.denoising_head(h)}
+        return energy, forces
 
     def energy_and_states(
         self,

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from frameavg.errors import ConfigError, DataError
 from frameavg.models.base import EnergyModel, GraphInputs
-from frameavg.outputs import DIRECT_MODES
+from frameavg.outputs import DENOISING, DIRECT_MODES
 from frameavg.models.blocks import GaussianSmearing, scatter_sum
 
 #: OCP's OC20 S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml), 83 elements, Gaussian RBF,
@@ -201,13 +201,17 @@ class PaiNN(EnergyModel):
         rbf: ``"sinc"`` (paper) or ``"gaussian"`` (OCP: Gaussians on d/cutoff).
         envelope: ``"cosine"`` (paper) or ``"polynomial"`` (OCP).
         envelope_exponent: degree p of the polynomial envelope.
+        denoising_head: add a denoising head: gated equivariant blocks on the final scalar and
+            vector features, as the force head, predicting [N, 3] (Noisy Nodes).
     """
 
     has_direct_forces = True
+    denoising_kind = "vector"
 
     def __init__(self, hidden_channels: int = 128, num_interactions: int = 4, num_rbf: int = 20, cutoff: float = 6.0,
                  max_neighbors: int | None = None, regress_forces: str | None = "from_energy", max_z: int = 100,
-                 rbf: str = "sinc", envelope: str = "cosine", envelope_exponent: int = 5):
+                 rbf: str = "sinc", envelope: str = "cosine", envelope_exponent: int = 5,
+                 denoising_head: bool = False):
         super().__init__(cutoff, max_neighbors, regress_forces, max_z)
         if hidden_channels < 2 or num_interactions < 1 or num_rbf < 1:
             raise ConfigError(f"PaiNN needs hidden_channels >= 2, num_interactions >= 1 and num_rbf >= 1, got "
@@ -238,6 +242,11 @@ class PaiNN(EnergyModel):
             nn.ModuleList([GatedEquivariantBlock(hidden_channels, hidden_channels // 2),
                            GatedEquivariantBlock(hidden_channels // 2, 1)])
             if self.regress_forces in DIRECT_MODES else None
+        )
+        self.denoising_head = (
+            nn.ModuleList([GatedEquivariantBlock(hidden_channels, hidden_channels // 2),
+                           GatedEquivariantBlock(hidden_channels // 2, 1)])
+            if denoising_head else None
         )
         self.inv_sqrt_2 = 1.0 / math.sqrt(2.0)
 
@@ -279,13 +288,21 @@ class PaiNN(EnergyModel):
             v = v + dv
         atom_energy = self.energy_head(s).squeeze(-1)
         energy = scatter_sum(atom_energy, inputs.batch, inputs.num_graphs)
-        if not direct_forces:
-            return energy, None
-        if self.force_head is None:
+        forces = self._vector_head(self.force_head, s, v) if direct_forces else None
+        if direct_forces and forces is None:
             raise ConfigError("this PaiNN was built without a force head (regress_forces='direct' at construction)")
-        for block in self.force_head:
+        if inputs.denoising and self.denoising_head is not None:
+            return energy, forces, {DENOISING: self._vector_head(self.denoising_head, s, v)}
+        return energy, forces
+
+    @staticmethod
+    def _vector_head(head: nn.ModuleList | None, s: Tensor, v: Tensor) -> Tensor | None:
+        """[N, 3] of gated equivariant blocks on scalars s [N, H] and vectors v [N, 3, H]."""
+        if head is None:
+            return None
+        for block in head:
             s, v = block(s, v)
-        return energy, v.squeeze(-1)
+        return v.squeeze(-1)
 
     def extra_repr(self) -> str:
         return (f"hidden_channels={self.hidden_channels}, num_interactions={self.num_interactions}, "

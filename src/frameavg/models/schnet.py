@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn import Embedding
+from torch.nn import Embedding, Linear, Sequential, SiLU
 from torch_geometric.nn.models import SchNet as PygSchNet
 
 from frameavg.errors import ConfigError
 from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.models.blocks import GraphIndex
+from frameavg.outputs import DENOISING_POTENTIAL
 
 #: PyG's SchNet embeds Z = 0..99 (row 0 is padding).
 PYG_MAX_Z = 99
@@ -50,11 +51,17 @@ class SchNet(EnergyModel):
         regress_forces: ``"from_energy"`` (default) or None.
         max_z: largest atomic number; PyG's table (99) unless larger, then a bigger table is
             initialised as PyG does.
+        denoising_head: add a denoising head: an auxiliary per-atom scalar a_i (an MLP of the
+            final atom states) whose −∂(Σ a_i)/∂x is the [N, 3] prediction, equivariant because
+            SchNet is invariant (Noisy Nodes).
     """
+
+    denoising_kind = "gradient"
 
     def __init__(self, hidden_channels: int = 128, num_filters: int = 128, num_interactions: int = 6,
                  num_gaussians: int = 50, cutoff: float = 6.0, max_neighbors: int | None = None,
-                 readout: str = "add", regress_forces: str | None = "from_energy", max_z: int = PYG_MAX_Z):
+                 readout: str = "add", regress_forces: str | None = "from_energy", max_z: int = PYG_MAX_Z,
+                 denoising_head: bool = False):
         super().__init__(cutoff=cutoff, max_neighbors=max_neighbors, regress_forces=regress_forces, max_z=max_z)
         if readout not in READOUTS:
             raise ConfigError(f"SchNet readout must be one of {READOUTS}, got {readout!r}")
@@ -64,6 +71,8 @@ class SchNet(EnergyModel):
                              cutoff=cutoff, readout=self.readout)
         if self.max_z != PYG_MAX_Z:
             self.pyg.embedding = Embedding(self.max_z + 1, hidden_channels, padding_idx=0)
+        self.denoising_head = (Sequential(Linear(hidden_channels, hidden_channels // 2), SiLU(),
+                                          Linear(hidden_channels // 2, 1)) if denoising_head else None)
 
     def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, None]:
         net = self.pyg
@@ -79,4 +88,6 @@ class SchNet(EnergyModel):
         atom_energy = net.lin2(net.act(net.lin1(h)))
         graphs = GraphIndex.from_batch(inputs.batch, atom_energy.shape[0], inputs.num_graphs, like=atom_energy)
         energy = graphs.mean(atom_energy) if self.readout == "mean" else graphs.sum(atom_energy)
+        if inputs.denoising and self.denoising_head is not None:
+            return energy.squeeze(-1), None, {DENOISING_POTENTIAL: self.denoising_head(h).squeeze(-1)}
         return energy.squeeze(-1), None

@@ -52,6 +52,18 @@ DEFAULTS: dict[str, Any] = {
         "max_edges_per_atom": 2000,  # memory guard of the neighbour lists (see data.neighbors)
     },
     "targets": {"energy": True, "forces": False, "stress": False},
+    # auxiliary denoising (Noisy Nodes, Godwin et al. 2022), training batches only; see docs/denoising.md
+    "denoise": {
+        "mode": "none",  # none | noisy_nodes
+        "sigma": 0.1,  # Å, std of the Gaussian noise on the positions
+        "prob": 1.0,  # fraction of training batches that are noised
+        "corrupt_ratio": 1.0,  # fraction of the free (non-fixed) atoms of a noised batch that move
+        "weight": 0.1,  # loss weight at the start ...
+        "weight_final": None,  # ... decayed linearly to this at the end of the schedule (None: constant)
+        "target": "noise",  # noise: predict eps / sigma | relaxed: predict pos_relaxed - noised pos (Å)
+        "energy_on_noised": "original",  # original: energy loss against the clean label | skip
+        "seed": None,  # seed of the noise generator (None: the run's seed)
+    },
     "loss": {
         "energy": "mae",  # mae | mse
         "forces": "l2mae",  # l2mae | mae | mse
@@ -152,6 +164,11 @@ SCHEMA: dict[str, tuple] = {
     "trainer.num_nodes": _int(1), "trainer.precision": _choice(*PRECISION_NAMES),
     "trainer.log_every_n_steps": _int(1), "trainer.enable_progress_bar": _BOOL,
     "trainer.checkpoint_every_n_steps": _int(1, none=True), "trainer.threads": _int(1, none=True),
+    "denoise.mode": _choice("none", "noisy_nodes"), "denoise.sigma": _float(0.0, open_low=True),
+    "denoise.prob": _float(0.0, 1.0, open_low=True), "denoise.corrupt_ratio": _float(0.0, 1.0, open_low=True),
+    "denoise.weight": _float(0.0), "denoise.weight_final": _float(0.0, none=True),
+    "denoise.target": _choice("noise", "relaxed"), "denoise.energy_on_noised": _choice("original", "skip"),
+    "denoise.seed": _int(none=True),
 }
 
 
@@ -263,6 +280,11 @@ def validate_model_section(config: dict, where: str = "config") -> None:
         raise ConfigError(f"{where}: unknown model '{model.get('name')}'{hint} (available: {', '.join(sorted(MODELS))})")
     if model.get("init_from") is not None and not Path(str(model["init_from"])).is_file():
         raise ConfigError(f"{where}: model.init_from: checkpoint not found: {model['init_from']}")
+    denoising = (config.get("denoise") or {}).get("mode", "none") != "none"
+    if denoising and getattr(MODELS[name], "denoising_kind", None) is None:
+        supported = sorted(key for key, cls in MODELS.items() if getattr(cls, "denoising_kind", None))
+        raise ConfigError(f"{where}: denoise.mode: model '{name}' has no denoising head "
+                          f"(models with one: {', '.join(supported)})")
     parameters = inspect.signature(MODELS[name].__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return

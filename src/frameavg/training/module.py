@@ -15,7 +15,8 @@ import torch
 
 from frameavg.derivatives import differentiable_inputs, voigt_to_matrix
 from frameavg.errors import ConfigError, TrainingError
-from frameavg.outputs import ENERGY, FORCES, GRADIENT_FORCES, STRESS
+from frameavg.outputs import DENOISING, ENERGY, FORCES, GRADIENT_FORCES, STRESS
+from frameavg.training.denoising import DenoiseSettings, denoising_loss, new_generator, noised_batch
 from frameavg.training.losses import energy_loss, forces_loss
 from frameavg.training.metrics import oc20_metrics
 from frameavg.training.normalization import EnergyNormalizer
@@ -28,6 +29,8 @@ def build_network(config: dict) -> torch.nn.Module:
     model_cfg = dict(config["model"])
     name = model_cfg.pop("name")
     model_cfg.pop("init_from", None)  # weights to start from: applied by training.run.init_weights
+    if DenoiseSettings.from_config(config).enabled:
+        model_cfg["denoising_head"] = True
     model = build_model(name, **model_cfg)
     frames = config["frames"]
     if str(frames["dims"]).lower() in ("none", "false", "null"):
@@ -58,6 +61,11 @@ class AtomisticTask(L.LightningModule):
         self.threads: int | None = None
         #: weights the run started from (training.run.init_weights: path, loaded/skipped/new names)
         self.init_record: dict | None = None
+        #: Noisy Nodes settings and the noise's own seeded stream (saved in checkpoints)
+        self.denoise = DenoiseSettings.from_config(config)
+        self.noise_generator = new_generator(self.denoise)
+        #: optimiser steps of the whole schedule without a time budget (set by configure_optimizers)
+        self.schedule_steps: int | None = None
 
     # ---- prediction -------------------------------------------------------------------------
     def normalized_outputs(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
@@ -102,13 +110,15 @@ class AtomisticTask(L.LightningModule):
         return pred
 
     # ---- losses ------------------------------------------------------------------------------
-    def compute_loss(self, batch, out: dict) -> dict:
+    def compute_loss(self, batch, out: dict, *, energy: bool = True, forces: bool = True) -> dict:
+        """Weighted losses of the targets (``energy``/``forces`` False: leave those out) and their
+        sum ``loss``."""
         cfg = self.loss_cfg
         losses = {}
-        if self.config["targets"]["energy"]:
+        if self.config["targets"]["energy"] and energy:
             target = self.normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
             losses["energy"] = cfg["energy_weight"] * energy_loss(cfg["energy"], out[ENERGY], target.to(out[ENERGY].dtype))
-        if self.predict_forces:
+        if self.predict_forces and forces:
             mask = ~batch.fixed if cfg["train_on_free_atoms"] and "fixed" in batch else None
             target = self.normalizer.normalize_forces(batch.forces).to(out[FORCES].dtype)
             losses["forces"] = cfg["forces_weight"] * forces_loss(cfg["forces"], out[FORCES], target, mask)
@@ -122,11 +132,28 @@ class AtomisticTask(L.LightningModule):
         if self.predict_stress:
             target = self.normalizer.normalize_forces(voigt_to_matrix(batch.stress)).to(out[STRESS].dtype)
             losses["stress"] = cfg["stress_weight"] * energy_loss(cfg["stress"], out[STRESS], target)
-        losses["loss"] = sum(losses.values())
+        losses["loss"] = sum(losses.values()) if losses else out[ENERGY].sum() * 0.0
         return losses
 
     def training_step(self, batch, batch_idx):
-        losses = self.compute_loss(batch, self.normalized_outputs(batch))
+        noised = None
+        if self.denoise.enabled:
+            data = self.config["data"]
+            noised = noised_batch(batch, self.denoise, self.noise_generator, cutoff=data["cutoff"],
+                                  max_neighbors=data["max_neighbors"], max_edges_per_atom=data["max_edges_per_atom"])
+        if noised is None:
+            losses = self.compute_loss(batch, self.normalized_outputs(batch))
+        else:
+            # forces at displaced positions are unknown: a noised batch trains the energy (against
+            # the clean label, or not at all) and the denoising head
+            out = self.normalized_outputs(noised.batch, forces=False)
+            losses = self.compute_loss(noised.batch, out, energy=self.denoise.energy_on_noised == "original",
+                                       forces=False)
+            if DENOISING not in out:
+                raise TrainingError("denoise.mode is set but the network returned no denoising prediction")
+            weight = self.denoise.weight_at(self.schedule_progress(self.global_step))
+            losses["denoising"] = weight * denoising_loss(out[DENOISING], noised)
+            losses["loss"] = losses["loss"] + losses["denoising"]
         if not torch.isfinite(losses["loss"]):
             raise TrainingError(
                 f"non-finite training loss at step {self.global_step} ({ {k: v.item() for k, v in losses.items()} }); "
@@ -167,26 +194,29 @@ class AtomisticTask(L.LightningModule):
                     "lr_scheduler": {"scheduler": scheduler, "monitor": cfg["monitor"], "interval": "epoch"}}
         if kind not in ("cosine", "constant"):
             raise ConfigError(f"unknown optim.scheduler '{kind}' (choose cosine, plateau or constant)")
-        total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup, floor = int(cfg["warmup_steps"]), float(cfg["min_lr_ratio"])
-        budget_s = 60.0 * cfg["max_time_minutes"] if cfg["max_time_minutes"] else None
-
-        def progress(step: int) -> float:
-            """Fraction of the schedule done: of the time budget when there is one (the clock
-            that stops the run, kept across resumes), else of the steps of max_epochs."""
-            if budget_s is not None:
-                return min(1.0, self.training_seconds() / budget_s)
-            return min(1.0, (step - warmup) / max(1, total - warmup))
+        self.schedule_steps = max(1, int(self.trainer.estimated_stepping_batches))
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
             if kind == "constant":
                 return 1.0
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress(step)))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * self.schedule_progress(step)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def schedule_progress(self, step: int) -> float:
+        """Fraction (0..1) of the schedule done after ``step`` optimiser steps: of the time budget
+        when there is one (the clock that stops the run, kept across resumes), else of the steps of
+        ``max_epochs`` after the warm-up. The learning rate and the denoising weight follow it."""
+        cfg = self.config["optim"]
+        if cfg["max_time_minutes"]:
+            return min(1.0, self.training_seconds() / (60.0 * cfg["max_time_minutes"]))
+        warmup = int(cfg["warmup_steps"])
+        total = self.schedule_steps or max(1, int(self.trainer.estimated_stepping_batches))
+        return min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
 
     def training_seconds(self) -> float:
         """Seconds of training so far, on the clock of Lightning's ``Timer`` (``optim.max_time_minutes``:
@@ -202,6 +232,8 @@ class AtomisticTask(L.LightningModule):
         checkpoint["frameavg"] = {"version": frameavg.__version__, "torch": "%s" % torch.__version__,  # plain str: TorchVersion is not weights_only-safe
                                   "training_elements": self.training_elements, "precision": self.precision_record,
                                   "threads": self.threads, "init_from": self.init_record}
+        if self.denoise.enabled:  # the noise stream, so that a resumed run draws the same noise
+            checkpoint["noise_generator_state"] = self.noise_generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.training_elements = (checkpoint.get("frameavg") or {}).get("training_elements")
@@ -209,6 +241,8 @@ class AtomisticTask(L.LightningModule):
         self.precision_record = self.precision_record or (checkpoint.get("frameavg") or {}).get("precision")
         # checkpoints of earlier releases kept the frame generator's stream beside the weights;
         # it is now the extra state of the FrameAveraging module (net._extra_state)
+        if "noise_generator_state" in checkpoint:
+            self.noise_generator.set_state(checkpoint["noise_generator_state"])
         legacy_stream = checkpoint.pop("frame_generator_state", None)
         weights = checkpoint.get("state_dict")
         if legacy_stream is not None and weights is not None:

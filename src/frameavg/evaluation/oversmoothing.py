@@ -1,0 +1,78 @@
+"""Oversmoothing: the mean average distance (MAD) of node embeddings after every layer.
+
+MAD (Chen et al., 2020; the measure of Godwin et al., 2022) of one graph is the mean over its
+ordered pairs of distinct atoms of the cosine distance ``1 − h_i·h_j / (|h_i| |h_j|)`` of their
+states; MAD of a layer is its mean over the graphs. A value falling towards 0 with depth means the
+atom states become alike (oversmoothing). Measured on FAENet's atom states h [N, H]: after the
+embedding (layer 0) and after each interaction block (``h + block(h)``), under frame averaging on
+the canonical copies (the cosine distance of two atoms does not depend on the frame).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+
+from frameavg.errors import ConfigError, DataError
+
+
+def graph_mad(h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """MAD [B] of atom states h [N, H] per graph (``batch`` [N]); NaN for one-atom graphs."""
+    unit = torch.nn.functional.normalize(h.double(), dim=-1)
+    out = torch.full((num_graphs,), float("nan"), dtype=torch.float64, device=h.device)
+    for g in range(num_graphs):
+        states = unit[batch == g]
+        n = states.shape[0]
+        if n > 1:
+            distance = 1.0 - states @ states.T
+            out[g] = (distance.sum() - distance.diagonal().sum()) / (n * (n - 1))
+    return out
+
+
+def _faenet_of(model: nn.Module):
+    from frameavg.models.faenet import FAENet
+
+    found = [m for m in model.modules() if isinstance(m, FAENet)]
+    if not found:
+        raise ConfigError(f"MAD per layer is measured on FAENet's atom states; {type(model).__name__} has no FAENet")
+    return found[0]
+
+
+@torch.no_grad()
+def mad_per_layer(model: nn.Module, structures: list, *, batch_size: int = 32) -> list[float]:
+    """MAD of every layer [num_interactions + 1] (0: the embedding) averaged over the graphs of
+    ``structures`` (``Data`` with neighbour lists), with ``model`` (a FAENet, possibly inside
+    ``FrameAveraging`` or a training task) in eval mode."""
+    if not structures:
+        raise DataError("no structures to measure")
+    faenet = _faenet_of(model)
+    per_layer: list[list[Tensor]] = [[] for _ in range(len(faenet.interaction_blocks) + 1)]
+    graphs: dict[str, object] = {}
+
+    def remember_graphs(module, args):  # the atoms' graphs of the (frame-expanded) batch FAENet sees
+        inputs = args[0]
+        graphs["batch"], graphs["count"] = inputs.batch, int(inputs.num_graphs)
+
+    def after_block(index):
+        def record(module, inputs, output):
+            h = inputs[0]
+            if index == 1:  # the first block's input: the embedding
+                per_layer[0].append(graph_mad(h, graphs["batch"], graphs["count"]))
+            per_layer[index].append(graph_mad(h + output, graphs["batch"], graphs["count"]))
+        return record
+
+    handles = [faenet.register_forward_pre_hook(remember_graphs)]
+    for index, block in enumerate(faenet.interaction_blocks, start=1):
+        handles.append(block.register_forward_hook(after_block(index)))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(structures), batch_size):
+            batch = Batch.from_data_list(structures[start:start + batch_size])
+            model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [float(torch.cat(values).nanmean()) for values in per_layer]
