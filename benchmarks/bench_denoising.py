@@ -22,20 +22,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_small_data import append, final_validation, read  # noqa: E402
+from bench_small_data import append, read, train_for  # noqa: E402
 
 from frameavg.data import read_structures  # noqa: E402
 from frameavg.evaluation.oversmoothing import mad_per_layer  # noqa: E402
-from frameavg.training.config import load_config  # noqa: E402
 from frameavg.training.data_module import graph_transform  # noqa: E402
-from frameavg.training.run import load_task, train  # noqa: E402
+from frameavg.training.run import load_task  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 NOISY_NODES = {
@@ -44,32 +42,23 @@ NOISY_NODES = {
 }
 
 
+def mad_of_run(result: dict) -> dict:
+    """FAENet's MAD per layer on the first 256 test structures of a finished run."""
+    task = load_task(result["checkpoint"])
+    data = task.config["data"]
+    structures = read_structures(data["test"] or data["train"], keys=data["keys"] or None,
+                                 **(data["options"] or {}))[:256]
+    transform = graph_transform(data)
+    return {"mad_per_layer": mad_per_layer(task.net, [transform(d) for d in structures])}
+
+
 def run_one(dataset: str, variant: str, depth: int | None, seed: int, minutes: float, threads: int) -> dict:
     config = yaml.safe_load((CONFIGS / f"faenet_{dataset}_small.yaml").read_text())
-    config["seed"] = seed
     if depth is not None:
         config["model"]["num_interactions"] = depth
     if variant == "noisy_nodes":
         config["denoise"] = dict(NOISY_NODES[dataset])
-    config["optim"] |= {"max_epochs": 100_000, "max_time_minutes": minutes}
-    config["trainer"] = (config.get("trainer") or {}) | {"enable_progress_bar": False, "threads": threads}
-    config["data"]["split_seed"] = 0
-    with tempfile.TemporaryDirectory() as run_dir:
-        config["run_dir"] = run_dir
-        path = Path(run_dir) / "input.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        result = train(load_config(path))
-        val = final_validation(Path(result["run_dir"]))
-        task = load_task(result["checkpoint"])
-        data = task.config["data"]
-        test = data["test"] or data["train"]
-        structures = read_structures(test, keys=data["keys"] or None, **(data["options"] or {}))[:256]
-        transform = graph_transform(data)
-        mad = mad_per_layer(task.net, [transform(d) for d in structures])
-    test = result["test"]
-    return {"epochs": result["epochs"], "val": val, "test_energy_mae_meV": 1e3 * test["energy_mae"],
-            "test_forces_mae_meV_per_A": 1e3 * test["forces_mae"] if "forces_mae" in test else None,
-            "mad_per_layer": mad}
+    return train_for(config, minutes, seed, threads, measure=mad_of_run)
 
 
 def run(args) -> None:

@@ -126,7 +126,10 @@ def score(dataset: str, val: dict) -> float:
     return 1e3 * val["energy_mae"] + (1e3 * val["forces_mae"] if dataset == "ethanol" else 0.0)
 
 
-def train_for(config: dict, minutes: float, seed: int, threads: int) -> dict:
+def train_for(config: dict, minutes: float, seed: int, threads: int, measure=None) -> dict:
+    """Train ``config`` for ``minutes`` (1 thread: ``threads``) and return epochs, the final
+    validation and test MAE; ``measure(result)``, called while the run folder exists, adds its
+    dict of further fields (e.g. measurements on the checkpoint)."""
     config = copy.deepcopy(config)
     config["seed"] = seed
     config["optim"] |= {"max_epochs": 100_000, "max_time_minutes": minutes}
@@ -138,9 +141,10 @@ def train_for(config: dict, minutes: float, seed: int, threads: int) -> dict:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         result = train(load_config(path))
         val = final_validation(Path(result["run_dir"]))
+        extra = measure(result) if measure is not None else {}
     test = result["test"]
     return {"epochs": result["epochs"], "val": val, "test_energy_mae_meV": 1e3 * test["energy_mae"],
-            "test_forces_mae_meV_per_A": 1e3 * test["forces_mae"] if "forces_mae" in test else None}
+            "test_forces_mae_meV_per_A": 1e3 * test["forces_mae"] if "forces_mae" in test else None, **extra}
 
 
 def append(out: Path, name: str, record: dict) -> None:

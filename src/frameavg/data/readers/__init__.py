@@ -99,18 +99,9 @@ def iter_structures(
     return reader.iterate(path, read_options)
 
 
-def read_structures(
-    path: str | Path,
-    format: str | None = None,
-    *,
-    keys: Mapping[str, str] | None = None,
-    required=(),
-    trusted: bool = False,
-    dtype: "torch.dtype | None" = None,
-    tags: str = "auto",
-    **options,
-) -> "list[Data]":
-    """All structures of a file or folder as validated ``Data`` objects.
+def read_structures(path: str | Path, format: str | None = None, **arguments) -> "list[Data]":
+    """All structures of a file or folder as validated ``Data`` objects (the arguments of
+    ``iter_structures``, keyword-only after ``format``).
 
     Args:
         path: a file or folder; the format is detected unless ``format`` is given.
@@ -128,5 +119,4 @@ def read_structures(
     Raises:
         DataError naming the file and the structure for unreadable or invalid input.
     """
-    return list(iter_structures(path, format, keys=keys, required=required, trusted=trusted, dtype=dtype,
-                                tags=tags, **options))
+    return list(iter_structures(path, format, **arguments))
