@@ -169,7 +169,7 @@ def test_pretrain_command_and_mad_per_layer(tmp_path, capsys):
     from frameavg.cli.main import main
 
     config = load_config(None, TINY_MODEL + ETHANOL + [f"run_dir={tmp_path}", "data.max_train=24", "optim.max_epochs=1",
-                                                        "model.num_interactions=3"])
+                                                        "model.num_interactions=3", "data.keys={energy: energy}"])
     path = tmp_path / "pre.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["pretrain", str(path), "--json", "name=pre"]) == 0
@@ -178,7 +178,7 @@ def test_pretrain_command_and_mad_per_layer(tmp_path, capsys):
     from frameavg.training.run import load_task
 
     task = load_task(result["checkpoint"])
-    assert task.denoise.enabled and not any(task.config["targets"].values())
+    assert task.denoise.enabled and not any(task.config["targets"].values()) and task.config["data"]["keys"] == {}
     assert main(["oversmoothing", "--checkpoint", result["checkpoint"], "--data", "shipped:rmd17_ethanol/test",
                  "--limit", "8", "--json"]) == 0
     mad = json.loads(capsys.readouterr().out)["mad_per_layer"]

@@ -157,7 +157,8 @@ def run_oversmoothing(args) -> int:
     from frameavg.evaluation.oversmoothing import mad_per_layer
 
     task, keys, precision = _load_model(args)
-    structures, failed = _read(args.data, args, task, keys, precision)
+    # no labels are needed: the training run's label names apply only when given with --keys
+    structures, failed = _read(args.data, args, task, keys if args.keys else {}, precision)
     kept = [d for i, d in enumerate(structures) if i not in failed][: max(1, args.limit)]
     mad = mad_per_layer(task.net, kept, batch_size=args.batch_size)
     if args.json:

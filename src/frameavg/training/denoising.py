@@ -118,12 +118,14 @@ def denoising_loss(prediction: Tensor, noised: NoisedBatch) -> Tensor:
 
 def pretraining_config(config: dict) -> dict:
     """``config`` for denoising pre-training on structures without labels (``frameavg
-    pretrain``): no energy, force or stress targets and no test set; Noisy Nodes with the ``noise``
+    pretrain``): no energy, force or stress targets, no label mapping and no test set; Noisy Nodes
+    with the ``noise``
     target on (its sigma, prob, corrupt ratio and weights as the config gives them). A copy."""
     out = copy.deepcopy(config)
     out["targets"] = {key: False for key in out["targets"]}
     out["normalize"]["energy"] = False
     out["data"]["test"] = None
+    out["data"]["keys"] = {}  # label names: labels are ignored
     out["data"]["test_fraction"] = 0.0
     denoise = out["denoise"]
     if denoise["mode"] == "none":
