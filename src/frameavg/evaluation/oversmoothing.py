@@ -18,16 +18,16 @@ from frameavg.errors import ConfigError, DataError
 
 
 def graph_mad(h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-    """MAD [B] of atom states h [N, H] per graph (``batch`` [N]); NaN for one-atom graphs."""
+    """MAD [B] of atom states h [N, H] per graph (``batch`` [N]); NaN for one-atom graphs.
+
+    With unit vectors uᵢ, Σ_{i≠j} uᵢ·uⱼ = |Σᵢ uᵢ|² − Σᵢ |uᵢ|², so MAD needs only per-graph sums."""
     unit = torch.nn.functional.normalize(h.double(), dim=-1)
-    out = torch.full((num_graphs,), float("nan"), dtype=torch.float64, device=h.device)
-    for g in range(num_graphs):
-        states = unit[batch == g]
-        n = states.shape[0]
-        if n > 1:
-            distance = 1.0 - states @ states.T
-            out[g] = (distance.sum() - distance.diagonal().sum()) / (n * (n - 1))
-    return out
+    sums = unit.new_zeros(num_graphs, unit.shape[1]).index_add_(0, batch, unit)
+    norms = unit.new_zeros(num_graphs).index_add_(0, batch, unit.pow(2).sum(-1))
+    count = torch.bincount(batch, minlength=num_graphs).to(unit.dtype)
+    pairs = count * (count - 1)
+    similarity = (sums.pow(2).sum(-1) - norms) / torch.where(pairs > 0, pairs, torch.ones_like(pairs))
+    return torch.where(pairs > 0, 1.0 - similarity, torch.full_like(pairs, float("nan")))
 
 
 def _faenet_of(model: nn.Module):
