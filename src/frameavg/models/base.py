@@ -122,7 +122,7 @@ class EnergyModel(nn.Module):
         regress_forces = force_mode(regress_forces, "regress_forces")
         if regress_forces in DIRECT_MODES and not self.has_direct_forces:
             raise ConfigError(f"{type(self).__name__} has no direct force head; use regress_forces='from_energy'")
-        if cutoff <= 0:
+        if not cutoff > 0:  # NaN too
             raise ConfigError(f"cutoff must be positive, got {cutoff}")
         self.cutoff = float(cutoff)
         self.max_neighbors = max_neighbors

@@ -216,8 +216,6 @@ class PaiNN(EnergyModel):
         if hidden_channels < 2 or num_interactions < 1 or num_rbf < 1:
             raise ConfigError(f"PaiNN needs hidden_channels >= 2, num_interactions >= 1 and num_rbf >= 1, got "
                               f"{hidden_channels}, {num_interactions}, {num_rbf}")
-        if not cutoff > 0:
-            raise ConfigError(f"cutoff must be positive, got {cutoff}")
         if rbf not in RADIAL_BASES:
             raise ConfigError(f"rbf must be one of {RADIAL_BASES}, got {rbf!r}")
         if envelope not in ENVELOPES:
