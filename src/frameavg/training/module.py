@@ -166,8 +166,10 @@ class AtomisticTask(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         out = self.normalized_outputs(batch)
         losses = self.compute_loss(batch, {k: v.detach() for k, v in out.items()})
-        pred = {ENERGY: self.normalizer.denormalize_energy(out[ENERGY].detach(), batch.atomic_numbers, batch.batch)}
-        target = {ENERGY: batch.energy}
+        pred, target = {}, {}
+        if self.config["targets"]["energy"]:  # pre-training has no labels to measure
+            pred[ENERGY] = self.normalizer.denormalize_energy(out[ENERGY].detach(), batch.atomic_numbers, batch.batch)
+            target[ENERGY] = batch.energy
         if self.predict_forces:
             pred[FORCES] = self.normalizer.denormalize_forces(out[FORCES].detach())
             target[FORCES] = batch.forces
