@@ -70,6 +70,10 @@ class FrameAveraging(nn.Module):
         max_frames: cap on a graph's frame set.
         seed: seed of the generator used by ``stochastic`` and ``DA``; its state is part of
             ``state_dict()``, so a resumed run continues the same random stream.
+        canonicalizer: options of the ``LearnedCanonicalizer`` (``channels``, ``num_layers``,
+            ``num_rbf``; its cutoff is ``cutoff``) built when ``method`` or ``eval_method`` is
+            ``learned``/``se3-learned``. It is a submodule (``self.canonicalizer``): trained with
+            the model, saved in ``state_dict()``.
 
     ``forward(batch, return_frames=True)`` also returns the ``Frames`` used (degeneracy flags,
     frame counts); ``frames_of(batch)`` computes them without running the model.
@@ -90,6 +94,7 @@ class FrameAveraging(nn.Module):
         tol: float = DEFAULT_TOL,
         max_frames: int = DEFAULT_MAX_FRAMES,
         seed: int = 0,
+        canonicalizer: dict | None = None,
     ):
         super().__init__()
         forces = force_mode(forces, "forces", FORCE_MODES, legacy=True)
@@ -105,6 +110,15 @@ class FrameAveraging(nn.Module):
         self.max_frames = max_frames
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        self.canonicalizer = None
+        if "learned" in (self.train_spec.kind, self.eval_spec.kind):
+            from frameavg.frames.learned import LearnedCanonicalizer
+
+            options = dict(canonicalizer or {})
+            try:
+                self.canonicalizer = LearnedCanonicalizer(cutoff=cutoff, **options)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"frames.canonicalizer: {error}") from None
         self.register_load_state_dict_pre_hook(_keep_generator_without_saved_state)
 
     @property
@@ -117,6 +131,9 @@ class FrameAveraging(nn.Module):
         ``all`` for exact averages, ``stochastic`` for one frame), other settings unchanged."""
         other = copy.copy(self)
         other.eval_spec = FrameMethod.parse(method, self.eval_spec.dim)
+        if other.eval_spec.kind == "learned" and self.canonicalizer is None:
+            raise ConfigError("eval method 'learned' needs a canonicaliser trained with the model; this "
+                              "model was built without one (train with frames.train: learned)")
         other.generator = torch.Generator().manual_seed(self.seed)
         return other
 
@@ -140,6 +157,11 @@ class FrameAveraging(nn.Module):
                                 torch.Generator().manual_seed(self.seed))
 
     def _frames(self, batch, pos, graph_of_atom, num_graphs, generator) -> Frames:
+        if self.spec.kind == "learned":
+            from frameavg.frames.learned import learned_frames
+
+            return learned_frames(self.canonicalizer, batch, pos, graph_of_atom, num_graphs, self.spec,
+                                  cutoff=self.cutoff, tol=self.tol, max_frames=self.max_frames)
         return compute_frames(
             pos,
             graph_of_atom,

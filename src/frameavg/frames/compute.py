@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from frameavg.errors import DataError
+from frameavg.errors import ConfigError, DataError
 from frameavg.frames.cloud import CLOUD_LEVELS, MAX_CLOUD_LEVEL, FrameCloud, frame_cloud
 from frameavg.frames.linalg import random_orthogonal, random_z_rotations, symmetric_eigh
 from frameavg.frames.methods import FrameMethod
@@ -103,6 +103,9 @@ class Frames:
         harmonic_order [B]: p used inside a degenerate plane (0 if none).
         truncated [B] bool: frame set cut at ``max_frames`` (averaging is then approximate).
         method: the FrameMethod used.
+        cloud_level, periodic: see ``frames.cloud`` (None for ``DA``).
+        fallback [B] bool or None: ``learned`` frames only: graphs whose learned vectors were
+            degenerate and that use the PCA frame set instead (``frames.learned``).
     """
 
     pos: torch.Tensor
@@ -124,6 +127,7 @@ class Frames:
     method: FrameMethod
     cloud_level: torch.Tensor | None = None
     periodic: torch.Tensor | None = None
+    fallback: torch.Tensor | None = None
 
     @property
     def num_graphs(self) -> int:
@@ -181,6 +185,9 @@ def compute_frames(
     if num_graphs is None:
         num_graphs = int(batch.max()) + 1 if batch.numel() else 0
     counts = _validate(pos, batch, num_graphs, cell, pbc)
+    if spec.kind == "learned":
+        raise ConfigError("learned frames come from a trained canonicaliser: use FrameAveraging(model, "
+                          "method='learned'), which holds one")
 
     if spec.kind == "DA":
         translation = torch.zeros(num_graphs, 3, dtype=torch.float64, device=pos.device).index_add(

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from frameavg.errors import ConfigError
 
 FRAME_DIMS = ("3D", "2D")
-METHODS = ("all", "stochastic", "det", "DA", "se3-all", "se3-stochastic", "se3-det", "se3-DA")
-_KINDS = ("all", "stochastic", "det", "DA")
+METHODS = ("all", "stochastic", "det", "DA", "learned", "se3-all", "se3-stochastic", "se3-det", "se3-DA",
+           "se3-learned")
+_KINDS = ("all", "stochastic", "det", "DA", "learned")
 #: ``k`` random frames per graph: the names "2" .. "8" (and "se3-2" ...).
 SAMPLE_COUNTS = tuple(range(2, 9))
 SAMPLED = tuple(str(k) for k in SAMPLE_COUNTS) + tuple(f"se3-{k}" for k in SAMPLE_COUNTS)
@@ -21,7 +22,8 @@ class FrameMethod:
     kind: ``all`` (average over the whole frame set, exact), ``stochastic`` (one frame of the set
         per graph per call), ``det`` (the smallest subset that rotation-invariant rules single
         out; one frame for a generic structure) or ``DA`` (a uniformly random rotation per graph;
-        data augmentation, no PCA) or ``sample`` (``samples`` = k distinct frames of the set per
+        data augmentation, no PCA) or ``learned`` (one frame per graph from a trained equivariant
+        canonicaliser, ``frames.learned``; the PCA set where it is degenerate) or ``sample`` (``samples`` = k distinct frames of the set per
         graph per call, uniformly; all of them when the set is smaller; method names "2" .. "8").
     proper: keep only frames with det=+1 (SE(3)/SO(3) variants, prefix ``se3-``): outputs are then
         invariant to rotations but not to reflections.
