@@ -71,7 +71,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=nonnegative_int, default=300, help="ML relaxations: maximum optimiser steps")
     p.add_argument("--max-systems", type=positive_int, default=None, help="evaluate the first N systems of each split")
     add_precision_args(p, default_precision="32-true")
-    p.add_argument("--frames", default="all", help="evaluation frame method of frame-averaged models (default all)")
+    p.add_argument("--frames", default="auto", help="evaluation frame method of frame-averaged models (default auto: all, or learned for models trained with learned frames)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     p.set_defaults(func=run_adsorbml_command)
 
@@ -112,7 +112,7 @@ def run_adsorbml_command(args) -> int:
 def _add_model_args(p) -> None:
     add_checkpoint_args(p)
     add_precision_args(p, default_precision="64-true")
-    p.add_argument("--frames", default="all", help="evaluation frame method of frame-averaged models (default all: exact)")
+    p.add_argument("--frames", default="auto", help="evaluation frame method of frame-averaged models (default auto: all, exact; learned for models trained with learned frames)")
     p.add_argument("--skin", type=float, default=0.5, help="Verlet skin of the neighbour lists, Å")
     p.add_argument("--direct-forces", action="store_true",
                    help="use the model's force head instead of -dE/dx (not conservative)")

@@ -39,7 +39,8 @@ class FrameavgCalculator(Calculator):
             model's) and ``max_neighbors``; or
         potential: a ready ``Potential``.
         device: ``cpu`` or ``cuda``. dtype: ``float64`` (default) or ``float32``.
-        frames: evaluation frame method of frame-averaged models (default ``all``: exact).
+        frames: evaluation frame method of frame-averaged models (default ``auto``: ``all``, exact, or
+            ``learned`` for models trained with learned frames).
         direct_forces: use the model's force head instead of −∂E/∂x (not conservative).
         skin: Verlet skin of the neighbour list, Å (0: rebuild at every call).
     """
@@ -48,7 +49,7 @@ class FrameavgCalculator(Calculator):
 
     def __init__(self, checkpoint=None, *, model=None, normalizer=None, potential: Potential | None = None,
                  cutoff: float | None = None, max_neighbors: int | None = None, device: str = "cpu",
-                 dtype: str | torch.dtype = "float64", precision: str | None = None, frames: str | None = "all",
+                 dtype: str | torch.dtype = "float64", precision: str | None = None, frames: str | None = "auto",
                  direct_forces: bool = False, skin: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         options = dict(device=device, dtype=dtype, precision=precision, frames=frames, direct_forces=direct_forces)

@@ -37,7 +37,9 @@ class Potential:
         normalizer: the ``EnergyNormalizer`` that maps its outputs to eV (identity if None).
         cutoff, max_neighbors, max_edges_per_atom: the neighbour list the model expects (ties at
             ``max_neighbors`` kept, as in training).
-        frames: evaluation frame method of a frame-averaged net (default ``all``: exact).
+        frames: evaluation frame method of a frame-averaged net. ``auto`` (default): ``all`` (exact),
+            or ``learned`` for a net evaluated with learned frames (its canonicaliser was trained
+            with it; PCA frames would show it inputs it never saw).
         direct_forces: use the model's own force head (if any) instead of −∂E/∂x.
         device, dtype: where and in which precision the model runs (default cpu, float64).
         precision: instead of ``dtype``, a precision name (``64-true``, ``32-true``, ``bf16-mixed``,
@@ -48,7 +50,7 @@ class Potential:
     """
 
     def __init__(self, net: nn.Module, normalizer=None, *, cutoff: float, max_neighbors: int | None = None,
-                 max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM, frames: str | None = "all",
+                 max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM, frames: str | None = "auto",
                  direct_forces: bool = False, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float64, precision: str | None = None, training_elements=None):
         from frameavg.frames.averaging import FrameAveraging
@@ -62,6 +64,8 @@ class Potential:
         self.dtype = self.precision.dtype
         self.device = torch.device(device)
         if isinstance(net, FrameAveraging) and frames is not None:
+            if frames == "auto":
+                frames = net.eval_spec.name if net.eval_spec.kind == "learned" else "all"
             net = net.with_eval_method(frames)
         self.net = net.to(device=self.device, dtype=self.dtype).eval()
         if normalizer is not None:

@@ -124,7 +124,7 @@ class AseProvider:
         return results
 
 
-def as_provider(force_provider, *, device="cpu", dtype="float64", frames="all", skin=0.5, precision=None):
+def as_provider(force_provider, *, device="cpu", dtype="float64", frames="auto", skin=0.5, precision=None):
     """A provider from a checkpoint path, a ``Potential``, a training task or an ASE calculator."""
     from ase.calculators.calculator import BaseCalculator
 

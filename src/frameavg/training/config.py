@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
         "dims": "3D",  # 3D | 2D | none (no frame averaging)
         "train": "stochastic",  # frame method in training: all | stochastic | det | DA | se3-... variants
         "eval": "all",  # frame method in validation/test/predict
+        # learned frames (train/eval: learned | se3-learned): options of the canonicaliser
+        # (channels, num_layers, num_rbf), see frameavg.frames.learned
+        "canonicalizer": {},
     },
     "data": {
         "train": None,  # path (or shipped:NAME) of the training structures
@@ -436,7 +439,7 @@ def merge(base: dict, update: dict, *, where: str, prefix: str = "") -> None:
             close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"{where}: unknown config key '{full}'{hint}")
-        if isinstance(base.get(key), dict) and key not in ("keys", "options"):
+        if isinstance(base.get(key), dict) and key not in ("keys", "options", "canonicalizer"):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: '{full}' must be a mapping, got {value!r}")
             merge(base[key], value, where=where, prefix=f"{full}.")

@@ -38,7 +38,8 @@ def build_network(config: dict) -> torch.nn.Module:
     from frameavg.frames.averaging import FrameAveraging
 
     return FrameAveraging(model, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"],
-                          seed=config["seed"])
+                          seed=config["seed"],
+                          canonicalizer=frames.get("canonicalizer"))
 
 
 class AtomisticTask(L.LightningModule):
