@@ -96,7 +96,8 @@ def test_unknown_names_are_one_line_errors(capsys):
 def test_accuracy_mode_trains_through_the_workflow(tmp_path, capsys):
     assert set(ACCURACY_DATASETS) == {"ethanol", "qm9"}
     config = accuracy_config("faenet", "qm9", 0.1, str(tmp_path))
-    assert config["frames"] == {"dims": "3D", "train": "stochastic", "eval": "all"}
+    assert {key: config["frames"][key] for key in ("dims", "train", "eval")} == {
+        "dims": "3D", "train": "stochastic", "eval": "all"}
     assert config["model"]["hidden_channels"] == 128 and config["optim"]["scheduler"] == "plateau"
     code = main(["bench", "--accuracy", "--models", "faenet", "--datasets", "qm9", "--minutes", "0.1",
                  "--run-dir", str(tmp_path), "--json"])

@@ -157,3 +157,15 @@ def test_compute_frames_refuses_learned_and_eval_learned_needs_a_canonicaliser(s
         FrameAveraging(raw_model(), "3D", "all").with_eval_method("learned")
     with pytest.raises(ConfigError, match="canonicalizer"):
         FrameAveraging(raw_model(), "3D", "learned", canonicalizer={"widht": 3})
+
+
+def test_symmetry_command_reports_learned_frames(shared_data, capsys):
+    import json
+
+    from frameavg.cli.main import main
+
+    code = main(["symmetry", "--data", str(shared_data / "rmd17_ethanol" / "train.xyz"), "--limit", "4",
+                 "--method", "learned", "--checks", "rotation,reflection", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["meta"]["method"] == "learned"
+    assert all(check["holds"] and check["energy_abs_max"] < 1e-10 for check in report["checks"])

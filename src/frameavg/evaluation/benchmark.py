@@ -184,7 +184,8 @@ def _prepare(case: BenchCase) -> _Prepared:
     net = build_model(name, **kwargs)
     params = sum(p.numel() for p in net.parameters())
     if frames is not None:
-        net = FrameAveraging(net, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"], seed=0)
+        net = FrameAveraging(net, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"], seed=0,
+                             canonicalizer=frames.get("canonicalizer"))
     net = net.to(case.device)
 
     def predict():  # force models differentiate inside, without keeping a graph for a backward pass

@@ -45,7 +45,7 @@ MAX_Z = 118
 #: Relative size (|v| / scale) below which learned vectors are degenerate, per dtype of the
 #: positions: rounding leaves about eps·scale, and a vector of relative size r gives the frame an
 #: error of about eps/r.
-DEGENERATE_TOL = {torch.float64: 1e-5, torch.float32: 1e-3}
+DEGENERATE_TOL = {torch.float64: 1e-5, torch.float32: 1e-4}
 
 
 class _ScaledSiLU(nn.Module):
