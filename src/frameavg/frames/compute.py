@@ -184,7 +184,7 @@ def compute_frames(
         batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
     if num_graphs is None:
         num_graphs = int(batch.max()) + 1 if batch.numel() else 0
-    counts = _validate(pos, batch, num_graphs, cell, pbc)
+    counts = validate_graphs(pos, batch, num_graphs, cell, pbc)
     if spec.kind == "learned":
         raise ConfigError("learned frames come from a trained canonicaliser: use FrameAveraging(model, "
                           "method='learned'), which holds one")
@@ -197,7 +197,7 @@ def compute_frames(
         rotation = sampler(num_graphs, proper=spec.proper, generator=generator, device=pos.device)
         graph = torch.arange(num_graphs, device=pos.device)
         zeros = torch.zeros(num_graphs, dtype=torch.long, device=pos.device)
-        info = _SetInfo(None, zeros, zeros, torch.zeros(num_graphs, dtype=torch.bool, device=pos.device))
+        info = FrameSetInfo(None, zeros, zeros, torch.zeros(num_graphs, dtype=torch.bool, device=pos.device))
         set_size = torch.ones(num_graphs, dtype=torch.long, device=pos.device)
     else:
         noise = LINEAR_NOISE * torch.finfo(pos.dtype).eps
@@ -221,7 +221,7 @@ def compute_frames(
         elif spec.kind == "sample":
             rotation, graph = _pick_k(rotation, graph, set_size, spec.samples, generator)
 
-    return _expand(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info)
+    return expand_frames(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info)
 
 
 def frames_for_batch(batch, method: str | FrameMethod = "all", dim: str = "3D", **kwargs) -> Frames:
@@ -248,7 +248,8 @@ def frames_for_batch(batch, method: str | FrameMethod = "all", dim: str = "3D", 
 # validation
 
 
-def _validate(pos, batch, num_graphs, cell, pbc) -> torch.Tensor:
+def validate_graphs(pos, batch, num_graphs, cell, pbc) -> torch.Tensor:
+    """Atoms per graph [B]; ``DataError`` for malformed positions, batch vectors or cells."""
     if pos.dim() != 2 or pos.shape[-1] != 3:
         raise DataError(f"positions must have shape [N,3], got {tuple(pos.shape)}")
     if not pos.is_floating_point():
@@ -292,7 +293,9 @@ def _check_extent(extent: torch.Tensor, counts: torch.Tensor, periodic: torch.Te
 
 
 @dataclass
-class _SetInfo:
+class FrameSetInfo:
+    """What ``expand_frames`` records about each graph's frame set ([B] tensors; see ``Frames``)."""
+
     eigenvalues: torch.Tensor | None
     degeneracy: torch.Tensor
     harmonic_order: torch.Tensor
@@ -307,7 +310,7 @@ class _SetInfo:
 
 def frame_sets(
     cloud: FrameCloud, num_graphs: int, spec: FrameMethod, *, tol: float, max_frames: int, noise: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor, _SetInfo]:
+) -> tuple[torch.Tensor, torch.Tensor, FrameSetInfo]:
     """The frame set of every graph: rotations [K,3,3] float64 and their graph [K] (sorted).
 
     ``noise``: relative extent across the axis below which a ``linear`` cloud is exactly linear
@@ -341,7 +344,7 @@ def frame_sets(
     any_unresolved = any_point or (any_linear and bool(exactly_linear.any()))
     harmonic = torch.zeros(num_graphs, dtype=torch.long, device=device)
     truncated = torch.zeros(num_graphs, dtype=torch.bool, device=device)
-    info = _SetInfo(lam, degeneracy, harmonic, truncated, extent, unresolved, any_unresolved)
+    info = FrameSetInfo(lam, degeneracy, harmonic, truncated, extent, unresolved, any_unresolved)
 
     simple = (degeneracy == NONE) | (degeneracy == POINT)
     rotation, owner = _sign_frames(v, w, g, vectors, degeneracy, simple, spec, tol, num_graphs)
@@ -623,7 +626,9 @@ def _pick_k(rotation, graph, set_size, k, generator):
     return rotation[keep], graph[keep]
 
 
-def _expand(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info) -> Frames:
+def expand_frames(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info) -> Frames:
+    """``Frames`` from the chosen rotations [K,3,3] of graphs ``graph`` [K] (sorted): canonical
+    copies ``(pos − translation) @ U`` and the bookkeeping of the expanded batch."""
     device = pos.device
     num_frames = torch.bincount(graph, minlength=counts.shape[0])
     frame_index = torch.arange(graph.shape[0], device=device) - (torch.cumsum(num_frames, 0) - num_frames).index_select(0, graph)

@@ -165,10 +165,10 @@ def learned_frames(canonicalizer: LearnedCanonicalizer, batch, pos: Tensor, grap
     """``Frames`` of a batch from the canonicaliser: one learned frame per graph, the exact PCA
     frame set for degenerate graphs (``Frames.fallback``). Differentiable in ``pos`` and in the
     canonicaliser's parameters."""
-    from frameavg.frames.compute import NONE, _expand, _SetInfo, _validate, compute_frames
+    from frameavg.frames.compute import NONE, FrameSetInfo, compute_frames, expand_frames, validate_graphs
 
     cell, pbc = getattr(batch, "cell", None), getattr(batch, "pbc", None)
-    counts = _validate(pos, graph_of_atom, num_graphs, cell, pbc)
+    counts = validate_graphs(pos, graph_of_atom, num_graphs, cell, pbc)
     edge_index = getattr(batch, "edge_index", None)
     cell_offsets = getattr(batch, "cell_offsets", None)
     if edge_index is None:
@@ -183,7 +183,7 @@ def learned_frames(canonicalizer: LearnedCanonicalizer, batch, pos: Tensor, grap
     translation = torch.zeros(num_graphs, 3, dtype=torch.float64, device=device).index_add(
         0, graph_of_atom, pos.to(torch.float64)) / counts.clamp(min=1).unsqueeze(-1).to(torch.float64)
     zeros = torch.zeros(num_graphs, dtype=torch.long, device=device)
-    info = _SetInfo(None, zeros + NONE, zeros, torch.zeros(num_graphs, dtype=torch.bool, device=device))
+    info = FrameSetInfo(None, zeros + NONE, zeros, torch.zeros(num_graphs, dtype=torch.bool, device=device))
     set_size = torch.ones(num_graphs, dtype=torch.long, device=device)
     if bool(degenerate.any()):
         pca = compute_frames(pos, graph_of_atom, num_graphs, method=FrameMethod("all", spec.proper, spec.dim),
@@ -195,11 +195,11 @@ def learned_frames(canonicalizer: LearnedCanonicalizer, batch, pos: Tensor, grap
         order = torch.sort(graph, stable=True).indices
         rotation, graph = rotation[order], graph[order]
         translation = torch.where(degenerate.unsqueeze(-1), pca.translation, translation)
-        info = _SetInfo(None, torch.where(degenerate, pca.degeneracy, info.degeneracy),
+        info = FrameSetInfo(None, torch.where(degenerate, pca.degeneracy, info.degeneracy),
                         torch.where(degenerate, pca.harmonic_order, zeros),
                         degenerate & pca.truncated, cloud_level=pca.cloud_level, periodic=pca.periodic)
         set_size = torch.where(degenerate, pca.set_size, set_size)
-    frames = _expand(pos, graph_of_atom, counts, translation, rotation, graph, cell, spec, set_size, info)
+    frames = expand_frames(pos, graph_of_atom, counts, translation, rotation, graph, cell, spec, set_size, info)
     frames.fallback = degenerate
     return frames
 
