@@ -164,7 +164,8 @@ def learned_frames(canonicalizer: LearnedCanonicalizer, batch, pos: Tensor, grap
                    spec: FrameMethod, *, cutoff: float, tol: float, max_frames: int):
     """``Frames`` of a batch from the canonicaliser: one learned frame per graph, the exact PCA
     frame set for degenerate graphs (``Frames.fallback``). Differentiable in ``pos`` and in the
-    canonicaliser's parameters."""
+    canonicaliser's parameters. Degeneracy of the learned vectors is judged with ``DEGENERATE_TOL``
+    (per dtype); ``tol``, ``cutoff`` and ``max_frames`` are those of the PCA fallback."""
     from frameavg.frames.compute import NONE, FrameSetInfo, compute_frames, expand_frames, validate_graphs
 
     cell, pbc = getattr(batch, "cell", None), getattr(batch, "pbc", None)
