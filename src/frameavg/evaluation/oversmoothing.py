@@ -47,6 +47,9 @@ def mad_per_layer(model: nn.Module, structures: list, *, batch_size: int = 32) -
     if not structures:
         raise DataError("no structures to measure")
     faenet = _faenet_of(model)
+    if faenet.ewald is not None:
+        raise ConfigError("MAD per layer reads FAENet's updates h + interaction; a FAENet with Ewald blocks "
+                          "updates h differently and is not measured")
     per_layer: list[list[Tensor]] = [[] for _ in range(len(faenet.interaction_blocks) + 1)]
     graphs: dict[str, object] = {}
 

@@ -30,6 +30,7 @@ from frameavg.models.blocks import (
     scatter_sum,
 )
 from frameavg.models.edge_filter import EdgePass, EdgeWorkspace, edge_pairs, filtered_message_sum
+from frameavg.models.ewald import INV_SQRT_3, KSpace, build_ewald
 from frameavg.models.elements import MAX_ATOMIC_NUMBER, NORMALISATION_MAX_Z, element_table
 from frameavg.outputs import DENOISING, DIRECT_MODES
 from frameavg.precision import full
@@ -512,6 +513,9 @@ class FAENet(EnergyModel):
         denoising_head: add a denoising head (not in the original): an MLP of the final atom
             states to [N, 3] in the input coordinates; under frame averaging it is rotated back
             like forces, so its prediction is equivariant through the frames (Noisy Nodes).
+        ewald: Ewald message passing (not in the original; ``frameavg.models.ewald``): None, or the
+            settings of ``EwaldSettings`` (``{}``: defaults). One Ewald block per interaction, with
+            a shared down-projection; the update becomes (h + interaction + ewald) / √3.
 
     ``forward(batch, compute_gradient_forces=None)`` (``EnergyModel.forward``) returns
     ``{"energy": [B], "forces": [N, 3] (when forces are regressed), "gradient_forces": [N, 3]}``;
@@ -552,6 +556,7 @@ class FAENet(EnergyModel):
         *,
         max_num_neighbors: int | None = None,
         denoising_head: bool = False,
+        ewald: Mapping | None = None,
     ):
         if max_num_neighbors is not None:
             if max_neighbors not in (40, max_num_neighbors):
@@ -606,6 +611,7 @@ class FAENet(EnergyModel):
             InteractionBlock(hidden_channels, num_filters, self.act, mp_type, complex_mp, graph_norm)
             for _ in range(num_interactions)
         )
+        self.ewald = build_ewald(ewald, hidden_channels, num_interactions, self.act)
         self.output_block = OutputBlock(energy_head, hidden_channels, self.act)
         if energy_head == "weighted-av-initial-embeds":
             self.w_lin = Linear(hidden_channels, 1)
@@ -633,8 +639,10 @@ class FAENet(EnergyModel):
                                       like=inputs.pos)
         edge_pass = EdgePass(double_backward=inputs.create_graph,
                              workspace=None if torch.is_grad_enabled() else EdgeWorkspace())
+        kspace = (None if self.ewald is None
+                  else self.ewald.kspace(inputs.pos, inputs.batch, inputs.num_graphs, inputs.cell))
         energy, h = self.energy_and_states(inputs.atomic_numbers, inputs.tags, inputs.pos, inputs.edge_index,
-                                           inputs.cell_offsets, inputs.cell, graph, edge_pass)
+                                           inputs.cell_offsets, inputs.cell, graph, edge_pass, kspace)
         forces = self.decoder(h) if direct_forces else None
         if inputs.denoising and self.denoising_head is not None:
             return energy, forces, {DENOISING: self.denoising_head(h)}
@@ -650,8 +658,10 @@ class FAENet(EnergyModel):
         cell: Tensor | None,
         graph: GraphIndex,
         edge_pass: EdgePass | None = None,
+        kspace: KSpace | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Energy [B] and final atom states [N, H] (the input of the force decoder)."""
+        """Energy [B] and final atom states [N, H] (the input of the force decoder); ``kspace``:
+        the Ewald blocks' k-space quantities (``self.ewald.kspace``) when the model has them."""
         rel_pos = edge_vectors(pos, edge_index, cell_offsets, cell, graph.batch)
         embed = self.embed_block
         h = embed.node_states(z, tags)
@@ -666,12 +676,16 @@ class FAENet(EnergyModel):
         alpha = self.w_lin(h) if self.energy_head == "weighted-av-initial-embeds" else None
 
         skip = []
-        for block in self.interaction_blocks:
+        for index, block in enumerate(self.interaction_blocks):
             if self.skip_co == "concat_atom":
                 skip.append(h)
             elif self.skip_co:
                 skip.append(self.output_block(h, graph, alpha))
-            h = h + block(h, e, source, target, graph, local_env, edge_pass)
+            if kspace is None:
+                h = h + block(h, e, source, target, graph, local_env, edge_pass)
+            else:
+                h = (h + block(h, e, source, target, graph, local_env, edge_pass)
+                     + self.ewald[index](h, kspace)) * INV_SQRT_3
         if self.skip_co == "concat_atom":
             skip.append(h)
             h = self.act(self.mlp_skip_co(torch.cat(skip, dim=1)))

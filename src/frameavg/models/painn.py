@@ -49,6 +49,7 @@ from frameavg.errors import ConfigError, DataError
 from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.outputs import DENOISING, DIRECT_MODES
 from frameavg.models.blocks import GaussianSmearing, scatter_sum
+from frameavg.models.ewald import INV_SQRT_3, build_ewald
 
 #: OCP's OC20 S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml), 83 elements, Gaussian RBF,
 #: polynomial envelope and direct forces as there. 20,073,475 parameters (OCP's ``num_params``:
@@ -203,6 +204,10 @@ class PaiNN(EnergyModel):
         envelope_exponent: degree p of the polynomial envelope.
         denoising_head: add a denoising head: gated equivariant blocks on the final scalar and
             vector features, as the force head, predicting [N, 3] (Noisy Nodes).
+        ewald: Ewald message passing on the scalar features (``frameavg.models.ewald``): None or
+            ``EwaldSettings`` settings; the message step becomes s ← (s + Δs + ewald(s)) / √3.
+            The periodic variant keeps PaiNN equivariant (k rotates with the cell); the aperiodic
+            one (``variant`` auto or aperiodic, on molecules) needs frame averaging for rotations.
     """
 
     has_direct_forces = True
@@ -211,7 +216,7 @@ class PaiNN(EnergyModel):
     def __init__(self, hidden_channels: int = 128, num_interactions: int = 4, num_rbf: int = 20, cutoff: float = 6.0,
                  max_neighbors: int | None = None, regress_forces: str | None = "from_energy", max_z: int = 100,
                  rbf: str = "sinc", envelope: str = "cosine", envelope_exponent: int = 5,
-                 denoising_head: bool = False):
+                 denoising_head: bool = False, ewald: dict | None = None):
         super().__init__(cutoff, max_neighbors, regress_forces, max_z)
         if hidden_channels < 2 or num_interactions < 1 or num_rbf < 1:
             raise ConfigError(f"PaiNN needs hidden_channels >= 2, num_interactions >= 1 and num_rbf >= 1, got "
@@ -247,6 +252,9 @@ class PaiNN(EnergyModel):
             if denoising_head else None
         )
         self.inv_sqrt_2 = 1.0 / math.sqrt(2.0)
+        self.ewald = build_ewald(ewald, hidden_channels, num_interactions, scaled_silu)
+        if self.ewald is not None and self.ewald.settings.variant != "periodic":
+            self.invariances = ("translation",)
 
     def edge_envelope(self, dist: Tensor) -> Tensor:
         if self.envelope == "cosine":
@@ -277,9 +285,14 @@ class PaiNN(EnergyModel):
         source, target = inputs.edge_index
         s = self.embedding(inputs.atomic_numbers - 1)
         v = None
-        for message, update in zip(self.messages, self.updates):
+        kspace = (None if self.ewald is None
+                  else self.ewald.kspace(inputs.pos, inputs.batch, inputs.num_graphs, inputs.cell))
+        for index, (message, update) in enumerate(zip(self.messages, self.updates)):
             ds, dv = message(s, v, source, target, edge_basis, unit)
-            s = (s + ds) * self.inv_sqrt_2
+            if kspace is None:
+                s = (s + ds) * self.inv_sqrt_2
+            else:
+                s = (s + ds + self.ewald[index](s, kspace)) * INV_SQRT_3
             v = dv if v is None else v + dv
             ds, dv = update(s, v)
             s = s + ds

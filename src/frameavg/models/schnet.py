@@ -18,6 +18,7 @@ from torch_geometric.nn.models import SchNet as PygSchNet
 from frameavg.errors import ConfigError
 from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.models.blocks import GraphIndex
+from frameavg.models.ewald import INV_SQRT_3, build_ewald
 from frameavg.outputs import DENOISING_POTENTIAL
 
 #: PyG's SchNet embeds Z = 0..99 (row 0 is padding).
@@ -54,6 +55,10 @@ class SchNet(EnergyModel):
         denoising_head: add a denoising head: an auxiliary per-atom scalar a_i (an MLP of the
             final atom states) whose −∂(Σ a_i)/∂x is the [N, 3] prediction, equivariant because
             SchNet is invariant (Noisy Nodes).
+        ewald: Ewald message passing (``frameavg.models.ewald``): None or ``EwaldSettings``
+            settings; one block per interaction, update (h + interaction + ewald) / √3. The
+            aperiodic variant sees orientations, so a SchNet with it (``variant`` auto or
+            aperiodic) is rotation invariant on molecules only under frame averaging.
     """
 
     denoising_kind = "gradient"
@@ -61,7 +66,7 @@ class SchNet(EnergyModel):
     def __init__(self, hidden_channels: int = 128, num_filters: int = 128, num_interactions: int = 6,
                  num_gaussians: int = 50, cutoff: float = 6.0, max_neighbors: int | None = None,
                  readout: str = "add", regress_forces: str | None = "from_energy", max_z: int = PYG_MAX_Z,
-                 denoising_head: bool = False):
+                 denoising_head: bool = False, ewald: dict | None = None):
         super().__init__(cutoff=cutoff, max_neighbors=max_neighbors, regress_forces=regress_forces, max_z=max_z)
         if readout not in READOUTS:
             raise ConfigError(f"SchNet readout must be one of {READOUTS}, got {readout!r}")
@@ -73,6 +78,9 @@ class SchNet(EnergyModel):
             self.pyg.embedding = Embedding(self.max_z + 1, hidden_channels, padding_idx=0)
         self.denoising_head = (Sequential(Linear(hidden_channels, hidden_channels // 2), SiLU(),
                                           Linear(hidden_channels // 2, 1)) if denoising_head else None)
+        self.ewald = build_ewald(ewald, hidden_channels, num_interactions, torch.nn.functional.silu)
+        if self.ewald is not None and self.ewald.settings.variant != "periodic":
+            self.invariances = ("translation",)
 
     def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, None]:
         net = self.pyg
@@ -83,8 +91,13 @@ class SchNet(EnergyModel):
             edge_index, dist = edge_index[:, within], dist[within]
         h = net.embedding(inputs.atomic_numbers)
         edge_attr = net.distance_expansion(dist)
-        for interaction in net.interactions:
-            h = h + interaction(h, edge_index, dist, edge_attr)
+        kspace = (None if self.ewald is None
+                  else self.ewald.kspace(inputs.pos, inputs.batch, inputs.num_graphs, inputs.cell))
+        for index, interaction in enumerate(net.interactions):
+            if kspace is None:
+                h = h + interaction(h, edge_index, dist, edge_attr)
+            else:
+                h = (h + interaction(h, edge_index, dist, edge_attr) + self.ewald[index](h, kspace)) * INV_SQRT_3
         atom_energy = net.lin2(net.act(net.lin1(h)))
         graphs = GraphIndex.from_batch(inputs.batch, atom_energy.shape[0], inputs.num_graphs, like=atom_energy)
         energy = graphs.mean(atom_energy) if self.readout == "mean" else graphs.sum(atom_energy)
