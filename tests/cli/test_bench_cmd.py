@@ -117,3 +117,21 @@ def test_a_failing_case_becomes_an_error_record():
     record = _run_isolated(BenchCase("no-such-model", "paper", "oc20"))
     assert record["graphs_per_s"] is None and "unknown model 'no-such-model'" in record["error"]
     assert "failed: ConfigError" in format_table([record])
+
+
+def test_extension_models_bench_beside_faenet(capsys):
+    """Ewald and learned-frame variants run in the same interleaved rounds as FAENet (paper batch:
+    periodic Ewald on the OC20 slabs) and carry their extension in the model they build."""
+    code = main(["bench", "--models", "faenet,faenet-ewald,faenet-learned", "--configs", "paper", "--min-seconds",
+                 "0", "--max-steps", "1", "--rounds", "1", "--threads", "1", "--inference-only", "--no-memory",
+                 "--json"])
+    assert code == 0
+    records = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(records) == {"faenet", "faenet-ewald", "faenet-learned"}
+    assert records["faenet-ewald"]["params"] > records["faenet"]["params"]  # the Ewald blocks
+    assert records["faenet-learned"]["params"] > records["faenet"]["params"]  # the canonicaliser
+    assert all(r["graphs_per_s"] > 0 and r["ratio_to_faenet"] > 0 for r in records.values())
+    _, kwargs, frames = model_setup("schnet-ewald", "equal-width")
+    assert kwargs["ewald"] == {} and frames is None
+    _, _, frames = model_setup("faenet-learned", "equal-width")
+    assert (frames["train"], frames["eval"]) == ("learned", "learned")

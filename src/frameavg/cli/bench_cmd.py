@@ -8,7 +8,7 @@ from frameavg.cli.commands import command_help
 
 
 def register(sub) -> None:
-    from frameavg.evaluation.benchmark import ACCURACY_DATASETS, BENCH_MODELS, COMPARISONS
+    from frameavg.evaluation.benchmark import ACCURACY_DATASETS, BENCH_MODELS, COMPARISONS, EXTENSION_MODELS
 
     parser = sub.add_parser(
         "bench",
@@ -19,7 +19,8 @@ def register(sub) -> None:
                     "wall-clock budget on rMD17 ethanol and the QM9 subset, test MAE.",
     )
     parser.add_argument("--models", default=",".join(BENCH_MODELS),
-                        help=f"comma-separated subset of {','.join(BENCH_MODELS)} (or any registered model)")
+                        help=f"comma-separated subset of {','.join(BENCH_MODELS)}, the extensions "
+                             f"{','.join(EXTENSION_MODELS)}, or any registered model")
     parser.add_argument("--configs", default=",".join(COMPARISONS), help=f"comma-separated subset of {','.join(COMPARISONS)}")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")

@@ -52,6 +52,11 @@ COMPARISONS = {"paper": ("oc20",), "equal-width": ("qm9", "ethanol")}
 #: Models of the comparisons in report order; ``faenet-fa`` is FAENet with all frames at inference.
 BENCH_MODELS = ("faenet", "faenet-fa", "schnet", "dimenetpp", "painn", "escn")
 
+#: The study's extensions as further bench models (not in the default set): ``<model>-ewald`` adds
+#: Ewald blocks with default settings (``models.ewald``; periodic on OC20, aperiodic on molecules),
+#: ``faenet-learned`` trains and evaluates on learned frames (``frames.learned``).
+EXTENSION_MODELS = ("faenet-ewald", "faenet-learned", "schnet-ewald", "painn-ewald")
+
 EQUAL_WIDTH = dict(hidden_channels=128, num_interactions=4, cutoff=6.0)
 
 #: FAENet at equal width: 128 channels and filters, 4 interactions, 6 Å, atom + period/group embeddings.
@@ -88,6 +93,14 @@ def model_setup(model: str, config: str) -> tuple[str, dict, dict | None]:
 
     if config not in COMPARISONS:
         raise ConfigError(f"unknown bench configuration {config!r}; choose from {', '.join(COMPARISONS)}")
+    if model in EXTENSION_MODELS:
+        base, extension = model.rsplit("-", 1)
+        name, kwargs, frames = model_setup(base, config)
+        if extension == "ewald":
+            kwargs["ewald"] = {}
+        else:
+            frames = dict(frames, train="learned", eval="learned")
+        return name, kwargs, frames
     if model in ("faenet", "faenet-fa"):
         from frameavg.models.faenet import PAPER_CONFIGS
 
@@ -182,10 +195,10 @@ def _prepare(case: BenchCase) -> _Prepared:
     cutoff, max_neighbors = _neighbor_settings(kwargs)
     batch = load_batch(case.dataset, cutoff, max_neighbors, case.device)
     net = build_model(name, **kwargs)
-    params = sum(p.numel() for p in net.parameters())
     if frames is not None:
         net = FrameAveraging(net, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"], seed=0,
                              canonicalizer=frames.get("canonicalizer"))
+    params = sum(p.numel() for p in net.parameters())  # a learned-frames canonicaliser included
     net = net.to(case.device)
 
     def predict():  # force models differentiate inside, without keeping a graph for a backward pass
@@ -332,8 +345,8 @@ def run_benchmark(models=BENCH_MODELS, configs=tuple(COMPARISONS), device: str =
     from frameavg.precision import normalize_name
 
     for model in models:
-        if model not in BENCH_MODELS and model not in MODELS:
-            raise ConfigError(f"unknown model {model!r}; choose from {', '.join(BENCH_MODELS)}")
+        if model not in BENCH_MODELS + EXTENSION_MODELS and model not in MODELS:
+            raise ConfigError(f"unknown model {model!r}; choose from {', '.join(BENCH_MODELS + EXTENSION_MODELS)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
     precisions = [normalize_name(p) for p in precisions]
