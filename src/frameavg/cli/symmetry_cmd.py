@@ -129,7 +129,15 @@ def build_symmetry_model(args, dtype):
         frames = args.frames or (net.eval_spec.dim if isinstance(net, FrameAveraging) else "none")
         method = args.method or (net.eval_spec.name if isinstance(net, FrameAveraging) else None)
         if frames != "none":
-            task.net = FrameAveraging(inner, frames=frames, method=method or "all", seed=args.seed)
+            if isinstance(net, FrameAveraging) and frames == net.eval_spec.dim:
+                # the same wrapper, so learned frames keep the checkpoint's trained canonicaliser
+                task.net = net.with_eval_method(method or "all")
+                task.net.reset_generator(args.seed)
+            elif (method or "").removeprefix("se3-") == "learned":
+                raise ConfigError(f"--frames {frames}: learned frames need the canonicaliser trained with the "
+                                  "checkpoint's own frames; leave --frames out")
+            else:
+                task.net = FrameAveraging(inner, frames=frames, method=method or "all", seed=args.seed)
         else:
             task.net = inner
             method = None
