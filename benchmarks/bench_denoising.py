@@ -1,10 +1,11 @@
 """Noisy Nodes ablations: FAENet with and without the denoising auxiliary loss, same CPU budget.
 
 * ``run``: for each data set (``ethanol``: rMD17 ethanol energies + forces; ``qm9``: the QM9 subset,
-  U0), depth (``--depths``; default: the shipped small config's), variant (``plain``,
-  ``noisy_nodes``) and seed, train ``configs/faenet_<dataset>_small.yaml`` for ``--minutes`` on
-  ``--threads`` threads; append the test MAE and, for each run, FAENet's MAD per layer on the
-  first 256 test structures to ``OUT/denoising.jsonl`` (resumable: finished runs are skipped).
+  U0; ``emt_dense``: the dense EMT set's S2EF frames, energies + forces, with the ``relaxed``
+  target), depth (``--depths``; default: the config's), variant (``plain``, ``noisy_nodes``) and
+  seed, train the data set's config (``CONFIG_FILES``) for ``--minutes`` on ``--threads``
+  threads; append the test MAE and, for each run, FAENet's MAD per layer on the first 256 test
+  structures to ``OUT/denoising.jsonl`` (resumable: finished runs are skipped).
 * ``table``: mean ± std per cell, as in docs/denoising.md.
 
 The Noisy Nodes settings are fixed before any run (see ``NOISY_NODES``) and never tuned on the
@@ -41,7 +42,13 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 NOISY_NODES = {
     "qm9": {"mode": "noisy_nodes", "sigma": 0.005, "prob": 1.0, "weight": 0.1},
     "ethanol": {"mode": "noisy_nodes", "sigma": 0.05, "prob": 0.5, "weight": 0.1},
+    # Equiformer's OC20 auxiliary task: half of the batches, N(0, 0.3 Å), target pos_relaxed - pos,
+    # weight 15 decayed linearly to 1
+    "emt_dense": {"mode": "noisy_nodes", "sigma": 0.3, "prob": 0.5, "weight": 15.0, "weight_final": 1.0,
+                  "target": "relaxed"},
 }
+#: The config of each data set: the shipped small configs, and the dense EMT S2EF set's own.
+CONFIG_FILES = {"qm9": "faenet_qm9_small.yaml", "ethanol": "faenet_ethanol_small.yaml", "emt_dense": "emt_dense.yaml"}
 
 
 def mad_of_run(result: dict) -> dict:
@@ -55,7 +62,7 @@ def mad_of_run(result: dict) -> dict:
 
 
 def run_one(dataset: str, variant: str, depth: int | None, seed: int, minutes: float, threads: int) -> dict:
-    config = yaml.safe_load((CONFIGS / f"faenet_{dataset}_small.yaml").read_text())
+    config = yaml.safe_load((CONFIGS / CONFIG_FILES[dataset]).read_text())
     if depth is not None:
         config["model"]["num_interactions"] = depth
     if variant == "noisy_nodes":

@@ -152,3 +152,21 @@ def test_generate_and_info_from_the_cli(tmp_path):
     bad = _cli("data", "generate-adsorption", "--out", str(tmp_path / "bad"), "--adsorbates", "O,S")
     assert bad.returncode != 0 and "EMT cannot model S" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_s2ef_frames_carry_their_trajectory_s_relaxed_positions(tmp_path):
+    """Each trajectory frame stores the relaxed positions of its placement (``pos_relaxed``, the
+    IS2RS target of Noisy Nodes' ``relaxed`` mode), in generated folders and the shipped one."""
+    generated = tmp_path / "gen"
+    generate_adsorption(generated, SMALL)
+    for folder in (generated, shipped_path("emt_dense")):
+        for dense_file in sorted((folder / "dense").glob("*.lmdb")):
+            relaxed = {(int(d.system_index), int(d.placement)): d.pos_relaxed for d in read_structures(dense_file)}
+            frames = read_structures(folder / "s2ef" / dense_file.name)
+            assert frames
+            for frame in frames:
+                target = relaxed[(int(frame.system_index), int(frame.placement))]
+                torch.testing.assert_close(frame.pos_relaxed.double(), target.double(), atol=1e-5, rtol=0)
+            # the frames of a trajectory move towards the relaxed positions they carry
+            first = [f for f in frames if int(f.frame) == 0][0]
+            assert float((first.pos_relaxed - first.pos).abs().max()) > 1e-3

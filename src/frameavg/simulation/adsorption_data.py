@@ -21,7 +21,7 @@ one metal, ``ood_both`` both; the rest is in-domain, ``id_fraction`` of it evalu
 and the remainder ``train``. The output folder::
 
     manifest.json            settings, references, systems, placements, splits (no timings)
-    s2ef/<split>.lmdb        trajectory frames: energy (eV), forces (eV/Å), tags, fixed
+    s2ef/<split>.lmdb        trajectory frames: energy (eV), forces (eV/Å), tags, fixed, pos_relaxed
     dense/<split>.lmdb       initial placements: pos_relaxed, energy_relaxed, adsorption_energy
     slabs.extxyz             the relaxed clean slabs (``info['system']``: metal-facet)
 
@@ -494,6 +494,7 @@ def _records(system_index: int, s: SystemResult, references: dict) -> tuple[list
         for step, frame in enumerate(trajectory):
             atoms = frame.copy()
             atoms.info = {"system_index": system_index, "placement": p, "frame": step}
+            atoms.arrays["pos_relaxed"] = np.array(final.positions)  # IS2RS target of the frame (Noisy Nodes)
             atoms.calc = frame.calc
             frames.append(atoms_to_data(atoms, required=("energy", "forces"), source=s.name, index=p))
     return dense, frames
