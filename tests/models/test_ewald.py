@@ -208,3 +208,26 @@ def test_training_step_updates_ewald_weights(periodic_structures):
     optimizer.step()
     changed = [k for k, v in model.ewald.named_parameters() if not torch.equal(v, before[k])]
     assert len(changed) == len(before)
+
+
+@pytest.mark.parametrize("which", ["molecules", "periodic_structures"])
+def test_bf16_autocast_runs_and_stays_close_to_float32(which, request):
+    """Mixed precision: the k-space phases stay float32; bf16 products keep energies within 3 %
+    and direct forces within 10 % (measured 0.2-0.6 % and 2-4 % on these batches)."""
+    structures = [d.clone() for d in request.getfixturevalue(which)]
+    for d in structures:
+        d.pos, d.cell = d.pos.float(), d.cell.float()
+    torch.manual_seed(0)
+    faenet = build_model("faenet", ewald={}, regress_forces="direct", **SMALL["faenet"])
+    model = FrameAveraging(faenet, frames="3D", method="stochastic", eval_method="all")
+    batch = _batch(structures)
+    reference = model.eval()(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(batch)
+    for key, tol in (("energy", 0.03), ("forces", 0.1)):
+        assert low[key].dtype == torch.float32 and torch.isfinite(low[key]).all()
+        assert float((low[key] - reference[key]).norm() / reference[key].norm()) < tol
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.train()(batch)
+    (out["energy"].sum() + out["forces"].square().sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in faenet.ewald.parameters())

@@ -252,11 +252,11 @@ class EwaldStack(nn.Module):
         """K-space quantities of a batch: positions [N, 3] Å, graph index [N], cells [B, 3, 3] Å
         (or None: molecules). Differentiable in ``pos`` and ``cell`` (forces, stress)."""
         settings = self.settings
+        if bool((batch[1:] < batch[:-1]).any()):
+            raise DataError("Ewald blocks need the atoms of each graph to be contiguous (as in PyG batches)")
         counts = torch.bincount(batch, minlength=num_graphs)
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.arange(batch.shape[0], device=batch.device) - starts[batch]
-        if bool((slot < 0).any()):
-            raise DataError("Ewald blocks need the atoms of each graph to be contiguous (as in PyG batches)")
         n_max = int(counts.max())
         periodic = self._periodic_graphs(cell, num_graphs, pos)
         if settings.variant == "periodic" and not bool(periodic.all()):
