@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from frameavg.errors import ConfigError, DataError
 from frameavg.models.blocks import GaussianSmearing
+from frameavg.precision import full_precision
 
 VARIANTS = ("auto", "periodic", "aperiodic")
 #: Scale of the reciprocal-space sum, as in the reference (keeps the update small at initialisation).
@@ -250,7 +251,12 @@ class EwaldStack(nn.Module):
 
     def kspace(self, pos: Tensor, batch: Tensor, num_graphs: int, cell: Tensor | None) -> KSpace:
         """K-space quantities of a batch: positions [N, 3] Å, graph index [N], cells [B, 3, 3] Å
-        (or None: molecules). Differentiable in ``pos`` and ``cell`` (forces, stress)."""
+        (or None: molecules). Differentiable in ``pos`` and ``cell`` (forces, stress). Computed
+        without autocast: phases k·x of tens of radians need more than bf16's 8 bits."""
+        with full_precision():
+            return self._kspace(pos, batch, num_graphs, cell)
+
+    def _kspace(self, pos: Tensor, batch: Tensor, num_graphs: int, cell: Tensor | None) -> KSpace:
         settings = self.settings
         if bool((batch[1:] < batch[:-1]).any()):
             raise DataError("Ewald blocks need the atoms of each graph to be contiguous (as in PyG batches)")
