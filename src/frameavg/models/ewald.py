@@ -246,6 +246,12 @@ class EwaldStack(nn.Module):
     def __len__(self) -> int:
         return len(self.blocks)
 
+    @property
+    def sees_orientation(self) -> bool:
+        """Whether molecules may get the aperiodic variant, whose grid has axes (the model is then
+        rotation invariant only through frame averaging)."""
+        return self.settings.variant != "periodic"
+
     def __getitem__(self, index: int) -> EwaldBlock:
         return self.blocks[index]
 
@@ -352,6 +358,11 @@ class EwaldStack(nn.Module):
             )
 
 
+def ewald_kspace(stack: EwaldStack | None, inputs) -> KSpace | None:
+    """The k-space of a model's ``GraphInputs`` for its Ewald blocks (None: the model has none)."""
+    return None if stack is None else stack.kspace(inputs.pos, inputs.batch, inputs.num_graphs, inputs.cell)
+
+
 def build_ewald(config, hidden_channels: int, num_blocks: int, act: Callable[[Tensor], Tensor]) -> EwaldStack | None:
     """The Ewald blocks of a model from its ``ewald`` argument (None: no Ewald)."""
     settings = EwaldSettings.from_config(config)
@@ -363,4 +374,4 @@ def build_ewald(config, hidden_channels: int, num_blocks: int, act: Callable[[Te
 #: (h + interaction + ewald) / √3: the reference's update with an Ewald block.
 INV_SQRT_3 = 1.0 / math.sqrt(3.0)
 
-__all__ = ["EwaldBlock", "EwaldSettings", "EwaldStack", "INV_SQRT_3", "KSpace", "build_ewald"]
+__all__ = ["EwaldBlock", "EwaldSettings", "EwaldStack", "INV_SQRT_3", "KSpace", "build_ewald", "ewald_kspace"]

@@ -30,7 +30,7 @@ from frameavg.models.blocks import (
     scatter_sum,
 )
 from frameavg.models.edge_filter import EdgePass, EdgeWorkspace, edge_pairs, filtered_message_sum
-from frameavg.models.ewald import INV_SQRT_3, KSpace, build_ewald
+from frameavg.models.ewald import INV_SQRT_3, KSpace, build_ewald, ewald_kspace
 from frameavg.models.elements import MAX_ATOMIC_NUMBER, NORMALISATION_MAX_Z, element_table
 from frameavg.outputs import DENOISING, DIRECT_MODES
 from frameavg.precision import full
@@ -639,8 +639,7 @@ class FAENet(EnergyModel):
                                       like=inputs.pos)
         edge_pass = EdgePass(double_backward=inputs.create_graph,
                              workspace=None if torch.is_grad_enabled() else EdgeWorkspace())
-        kspace = (None if self.ewald is None
-                  else self.ewald.kspace(inputs.pos, inputs.batch, inputs.num_graphs, inputs.cell))
+        kspace = ewald_kspace(self.ewald, inputs)
         energy, h = self.energy_and_states(inputs.atomic_numbers, inputs.tags, inputs.pos, inputs.edge_index,
                                            inputs.cell_offsets, inputs.cell, graph, edge_pass, kspace)
         forces = self.decoder(h) if direct_forces else None

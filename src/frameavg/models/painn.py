@@ -49,7 +49,7 @@ from frameavg.errors import ConfigError, DataError
 from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.outputs import DENOISING, DIRECT_MODES
 from frameavg.models.blocks import GaussianSmearing, scatter_sum
-from frameavg.models.ewald import INV_SQRT_3, build_ewald
+from frameavg.models.ewald import INV_SQRT_3, build_ewald, ewald_kspace
 
 #: OCP's OC20 S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml), 83 elements, Gaussian RBF,
 #: polynomial envelope and direct forces as there. 20,073,475 parameters (OCP's ``num_params``:
@@ -253,7 +253,7 @@ class PaiNN(EnergyModel):
         )
         self.inv_sqrt_2 = 1.0 / math.sqrt(2.0)
         self.ewald = build_ewald(ewald, hidden_channels, num_interactions, scaled_silu)
-        if self.ewald is not None and self.ewald.settings.variant != "periodic":
+        if self.ewald is not None and self.ewald.sees_orientation:
             self.invariances = ("translation",)
 
     def edge_envelope(self, dist: Tensor) -> Tensor:
@@ -285,8 +285,7 @@ class PaiNN(EnergyModel):
         source, target = inputs.edge_index
         s = self.embedding(inputs.atomic_numbers - 1)
         v = None
-        kspace = (None if self.ewald is None
-                  else self.ewald.kspace(inputs.pos, inputs.batch, inputs.num_graphs, inputs.cell))
+        kspace = ewald_kspace(self.ewald, inputs)
         for index, (message, update) in enumerate(zip(self.messages, self.updates)):
             ds, dv = message(s, v, source, target, edge_basis, unit)
             if kspace is None:

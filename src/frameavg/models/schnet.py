@@ -18,7 +18,7 @@ from torch_geometric.nn.models import SchNet as PygSchNet
 from frameavg.errors import ConfigError
 from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.models.blocks import GraphIndex
-from frameavg.models.ewald import INV_SQRT_3, build_ewald
+from frameavg.models.ewald import INV_SQRT_3, build_ewald, ewald_kspace
 from frameavg.outputs import DENOISING_POTENTIAL
 
 #: PyG's SchNet embeds Z = 0..99 (row 0 is padding).
@@ -79,7 +79,7 @@ class SchNet(EnergyModel):
         self.denoising_head = (Sequential(Linear(hidden_channels, hidden_channels // 2), SiLU(),
                                           Linear(hidden_channels // 2, 1)) if denoising_head else None)
         self.ewald = build_ewald(ewald, hidden_channels, num_interactions, torch.nn.functional.silu)
-        if self.ewald is not None and self.ewald.settings.variant != "periodic":
+        if self.ewald is not None and self.ewald.sees_orientation:
             self.invariances = ("translation",)
 
     def energy(self, inputs: GraphInputs, direct_forces: bool) -> tuple[Tensor, None]:
@@ -91,8 +91,7 @@ class SchNet(EnergyModel):
             edge_index, dist = edge_index[:, within], dist[within]
         h = net.embedding(inputs.atomic_numbers)
         edge_attr = net.distance_expansion(dist)
-        kspace = (None if self.ewald is None
-                  else self.ewald.kspace(inputs.pos, inputs.batch, inputs.num_graphs, inputs.cell))
+        kspace = ewald_kspace(self.ewald, inputs)
         for index, interaction in enumerate(net.interactions):
             if kspace is None:
                 h = h + interaction(h, edge_index, dist, edge_attr)
