@@ -189,7 +189,7 @@ def test_k_sets_match_the_reference_sizes():
     """The aperiodic grid of the reference's settings, and about as many lattice vectors as the
     reference's (1, 1, 3) box (31) for an OC20-like slab cell."""
     grid = aperiodic_grid(0.4, 0.2)
-    assert grid.shape[0] == 16  # half of the 33 grid points with 0 < |k| <= 0.4, spacing 0.2
+    assert grid.shape[0] == 16  # half of the 32 non-zero grid points with |k| <= 0.4, spacing 0.2
     assert bool((grid.norm(dim=-1) <= 0.4 + 1e-12).all())
     cell = torch.tensor([[[11.0, 0.0, 0.0], [5.5, 9.5, 0.0], [0.0, 0.0, 30.0]]], dtype=torch.float64)
     k_max = periodic_k_max(cell, (1, 1, 3))

@@ -154,7 +154,7 @@ def test_generate_and_info_from_the_cli(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
 
 
-def test_s2ef_frames_carry_their_trajectory_s_relaxed_positions(tmp_path):
+def test_s2ef_frames_carry_their_placements_relaxed_positions(tmp_path):
     """Each trajectory frame stores the relaxed positions of its placement (``pos_relaxed``, the
     IS2RS target of Noisy Nodes' ``relaxed`` mode), in generated folders and the shipped one."""
     generated = tmp_path / "gen"

@@ -57,6 +57,8 @@ from frameavg.precision import full_precision
 VARIANTS = ("auto", "periodic", "aperiodic")
 #: Scale of the reciprocal-space sum, as in the reference (keeps the update small at initialisation).
 EWALD_SCALE = 0.01
+#: (h + interaction + ewald) / √3: the reference's update with an Ewald block.
+INV_SQRT_3 = 1.0 / math.sqrt(3.0)
 #: A cell is periodic for the Ewald block when |det(cell)| exceeds this (Å³); molecules have zeros.
 MIN_CELL_VOLUME = 1e-6
 
@@ -370,8 +372,5 @@ def build_ewald(config, hidden_channels: int, num_blocks: int, act: Callable[[Te
         return None
     return EwaldStack(settings, hidden_channels, num_blocks, act)
 
-
-#: (h + interaction + ewald) / √3: the reference's update with an Ewald block.
-INV_SQRT_3 = 1.0 / math.sqrt(3.0)
 
 __all__ = ["EwaldBlock", "EwaldSettings", "EwaldStack", "INV_SQRT_3", "KSpace", "build_ewald", "ewald_kspace"]
