@@ -1,6 +1,7 @@
-"""Budget-aware schedules and isolated-atom energy references: with optim.max_time_minutes the warm-up + cosine schedule follows the
-elapsed fraction of the budget (Lightning's Timer clock), so a run ends at its final learning rate
-within the budget; trainer.threads is applied and recorded."""
+"""Budget-aware schedules and isolated-atom energy references: with optim.max_time_minutes the
+warm-up (optim.warmup_fraction) and the cosine follow the elapsed fraction of the budget
+(Lightning's Timer clock), so a run ends at its final learning rate within the budget;
+trainer.threads is applied and recorded."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_a_half_minute_budget_ends_at_the_final_learning_rate(tmp_path):
     lr, floor = 2e-3, 0.01
     config = load_config(None, TINY_MODEL + ETHANOL + [
         "data.max_train=64", "data.val_fraction=0.05", "data.batch_size=8", "optim.max_epochs=100000",
-        f"optim.max_time_minutes={BUDGET_MINUTES}", "optim.scheduler=cosine", "optim.warmup_steps=4",
+        f"optim.max_time_minutes={BUDGET_MINUTES}", "optim.scheduler=cosine", "optim.warmup_fraction=0.1",
         f"optim.lr={lr}", f"optim.min_lr_ratio={floor}", "trainer.log_every_n_steps=1",
         f"run_dir={tmp_path}", "name=budget"])
     result = train(config)
@@ -32,10 +33,24 @@ def test_a_half_minute_budget_ends_at_the_final_learning_rate(tmp_path):
         rows = [row for row in csv.DictReader(handle) if row.get("lr-AdamW")]
     rates = [float(row["lr-AdamW"]) for row in rows]
     assert len(rates) > 20 and max(rates) <= lr * (1 + 1e-9)
+    assert rates[0] < 0.1 * lr  # the warm-up starts from zero ...
+    peak = rates.index(max(rates)) / len(rates)
+    assert max(rates) > 0.95 * lr and 0.03 < peak < 0.25, peak  # ... and ends near 10 % of the budget
     assert rates[-1] < lr * (floor + 0.02), rates[-5:]  # the cosine has reached its floor
     middle = rates[len(rates) // 2]
     assert lr * 0.2 < middle < lr * 0.8  # half-way through the budget, half-way down the cosine
     assert checkpoint["frameavg"]["threads"] == 1 and result["threads"] == 1
+
+
+def test_warmup_in_steps_or_as_a_fraction_not_both():
+    import pytest
+
+    from frameavg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="one of 'optim.warmup_steps' and 'optim.warmup_fraction'"):
+        load_config(None, ["optim.warmup_steps=10", "optim.warmup_fraction=0.1"])
+    with pytest.raises(ConfigError, match="warmup_fraction"):
+        load_config(None, ["optim.warmup_fraction=1.5"])
 
 
 def test_default_threads_are_the_free_cores():

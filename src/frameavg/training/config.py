@@ -85,6 +85,8 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.0,
         "scheduler": "cosine",  # cosine | plateau | constant
         "warmup_steps": 0,
+        # or the warm-up as a fraction of the schedule: of the time budget when there is one
+        "warmup_fraction": 0.0,
         "min_lr_ratio": 0.01,
         "plateau_patience": 5,
         "plateau_factor": 0.5,
@@ -158,6 +160,7 @@ SCHEMA: dict[str, tuple] = {
     "normalize.std": _float(0.0, none=True, open_low=True),
     "optim.lr": _float(0.0, open_low=True), "optim.weight_decay": _float(0.0),
     "optim.scheduler": _choice("cosine", "plateau", "constant"), "optim.warmup_steps": _int(0),
+    "optim.warmup_fraction": _float(0.0, 1.0),
     "optim.min_lr_ratio": _float(0.0, 1.0), "optim.plateau_patience": _int(0),
     "optim.plateau_factor": _float(0.0, 1.0, open_low=True), "optim.clip_grad": _float(0.0, none=True),
     "optim.ema_decay": _float(0.0, 1.0, none=True, open_low=True), "optim.max_epochs": _int(1),
@@ -185,6 +188,9 @@ def validate_config(config: dict, where: str = "config") -> None:
             node = node[part]
         if key in node:
             node[key] = _checked(node[key], rule, f"{where}: '{dotted}'")
+    optim = config.get("optim", {})
+    if optim.get("warmup_steps") and optim.get("warmup_fraction"):
+        raise ConfigError(f"{where}: set one of 'optim.warmup_steps' and 'optim.warmup_fraction', not both")
     devices = config.get("trainer", {}).get("devices", 1)
     if not (isinstance(devices, (str, list)) or (isinstance(devices, int) and not isinstance(devices, bool) and devices != 0)):
         raise ConfigError(f"{where}: 'trainer.devices' must be a positive integer, -1, 'auto' or a list, got {devices!r}")

@@ -198,14 +198,20 @@ class AtomisticTask(L.LightningModule):
         if kind not in ("cosine", "constant"):
             raise ConfigError(f"unknown optim.scheduler '{kind}' (choose cosine, plateau or constant)")
         warmup, floor = int(cfg["warmup_steps"]), float(cfg["min_lr_ratio"])
+        warmup_fraction = float(cfg["warmup_fraction"])
         self.schedule_steps = max(1, int(self.trainer.estimated_stepping_batches))
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
+            progress = self.schedule_progress(step)
+            if progress < warmup_fraction:  # linear from 0, over this fraction of the budget (or steps)
+                return progress / warmup_fraction
             if kind == "constant":
                 return 1.0
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * self.schedule_progress(step)))
+            # the cosine over what the fraction warm-up leaves: 1 where it ends, the floor at the end
+            progress = (progress - warmup_fraction) / (1.0 - warmup_fraction) if warmup_fraction < 1 else 1.0
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
