@@ -111,15 +111,16 @@ def apply_trial(config: dict, model: str, params: dict) -> dict:
     return config
 
 
-def final_validation(run_dir: Path) -> dict:
-    """The last validation MAE in metrics.csv (eV, eV/Å)."""
-    last = {}
+def validation_curve(run_dir: Path) -> list[dict]:
+    """Every validation pass in metrics.csv: epoch and MAE (eV, eV/Å)."""
+    curve = []
     with (run_dir / "logs" / "metrics.csv").open() as handle:
         for row in csv.DictReader(handle):
             if row.get("val/energy_mae"):
-                last = {"energy_mae": float(row["val/energy_mae"]),
-                        "forces_mae": float(row["val/forces_mae"]) if row.get("val/forces_mae") else None}
-    return last
+                curve.append({"epoch": int(float(row["epoch"])) if row.get("epoch") else None,
+                              "energy_mae": float(row["val/energy_mae"]),
+                              "forces_mae": float(row["val/forces_mae"]) if row.get("val/forces_mae") else None})
+    return curve
 
 
 def score(dataset: str, val: dict) -> float:
@@ -140,10 +141,11 @@ def train_for(config: dict, minutes: float, seed: int, threads: int, measure=Non
         path = Path(run_dir) / "input.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         result = train(load_config(path))
-        val = final_validation(Path(result["run_dir"]))
+        curve = validation_curve(Path(result["run_dir"]))
+        val = {key: curve[-1][key] for key in ("energy_mae", "forces_mae")} if curve else {}
         extra = measure(result) if measure is not None else {}
     test = result["test"]
-    return {"epochs": result["epochs"], "val": val, "test_energy_mae_meV": 1e3 * test["energy_mae"],
+    return {"epochs": result["epochs"], "val": val, "val_curve": curve, "test_energy_mae_meV": 1e3 * test["energy_mae"],
             "test_forces_mae_meV_per_A": 1e3 * test["forces_mae"] if "forces_mae" in test else None, **extra}
 
 
