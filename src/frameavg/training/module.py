@@ -198,7 +198,7 @@ class AtomisticTask(L.LightningModule):
         if kind not in ("cosine", "constant"):
             raise ConfigError(f"unknown optim.scheduler '{kind}' (choose cosine, plateau or constant)")
         warmup, floor = int(cfg["warmup_steps"]), float(cfg["min_lr_ratio"])
-        warmup_fraction = float(cfg.get("warmup_fraction", 0.0))  # absent from configs saved before it existed
+        warmup_fraction = float(cfg["warmup_fraction"])
         self.schedule_steps = max(1, int(self.trainer.estimated_stepping_batches))
 
         def factor(step: int) -> float:
