@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from frameavg.precision import cpu_flags
 from frameavg.training.config import load_config
 from frameavg.training.run import train
 
@@ -146,7 +147,8 @@ def train_for(config: dict, minutes: float, seed: int, threads: int, measure=Non
         extra = measure(result) if measure is not None else {}
     test = result["test"]
     return {"epochs": result["epochs"], "val": val, "val_curve": curve, "test_energy_mae_meV": 1e3 * test["energy_mae"],
-            "test_forces_mae_meV_per_A": 1e3 * test["forces_mae"] if "forces_mae" in test else None, **extra}
+            "test_forces_mae_meV_per_A": 1e3 * test["forces_mae"] if "forces_mae" in test else None,
+            "cpu": cpu_flags()["model"], **extra}
 
 
 def append(out: Path, name: str, record: dict) -> None:
