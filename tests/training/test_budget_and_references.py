@@ -42,6 +42,21 @@ def test_a_half_minute_budget_ends_at_the_final_learning_rate(tmp_path):
     assert checkpoint["frameavg"]["threads"] == 1 and result["threads"] == 1
 
 
+def test_max_epochs_reached_before_the_budget_still_ends_at_the_final_learning_rate(tmp_path):
+    # the shipped *_small configs set both limits; on a fast CPU max_epochs comes first
+    lr, floor = 2e-3, 0.01
+    config = load_config(None, TINY_MODEL + ETHANOL + [
+        "data.max_train=32", "data.val_fraction=0.05", "data.batch_size=8", "optim.max_epochs=6",
+        "optim.max_time_minutes=30", "optim.scheduler=cosine", f"optim.lr={lr}", f"optim.min_lr_ratio={floor}",
+        "trainer.log_every_n_steps=1", f"run_dir={tmp_path}", "name=epochs_first"])
+    result = train(config)
+    assert result["epochs"] == 6
+    with open(tmp_path / "epochs_first" / "logs" / "metrics.csv") as handle:
+        rates = [float(row["lr-AdamW"]) for row in csv.DictReader(handle) if row.get("lr-AdamW")]
+    assert len(rates) >= 20 and rates[0] > 0.95 * lr
+    assert rates[-1] < lr * (floor + 0.05), rates[-5:]
+
+
 def test_warmup_in_steps_or_as_a_fraction_not_both():
     import pytest
 

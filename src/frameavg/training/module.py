@@ -217,15 +217,18 @@ class AtomisticTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def schedule_progress(self, step: int) -> float:
-        """Fraction (0..1) of the schedule done after ``step`` optimiser steps: of the time budget
-        when there is one (the clock that stops the run, kept across resumes), else of the steps of
-        ``max_epochs`` after the warm-up. The learning rate and the denoising weight follow it."""
+        """Fraction (0..1) of the schedule done after ``step`` optimiser steps: of the steps of
+        ``max_epochs`` after the warm-up, or of the time budget (the clock that stops the run, kept
+        across resumes) when there is one and it is further along: the run stops at whichever limit
+        it reaches first, and ends at its final learning rate either way. The learning rate and the
+        denoising weight follow it."""
         cfg = self.config["optim"]
-        if cfg["max_time_minutes"]:
-            return min(1.0, self.training_seconds() / (60.0 * cfg["max_time_minutes"]))
         warmup = int(cfg["warmup_steps"])
         total = self.schedule_steps or max(1, int(self.trainer.estimated_stepping_batches))
-        return min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
+        steps_done = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
+        if cfg["max_time_minutes"]:
+            return max(steps_done, min(1.0, self.training_seconds() / (60.0 * cfg["max_time_minutes"])))
+        return steps_done
 
     def training_seconds(self) -> float:
         """Seconds of training so far, on the clock of Lightning's ``Timer`` (``optim.max_time_minutes``:
