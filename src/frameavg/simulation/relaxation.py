@@ -263,8 +263,9 @@ def relax(
     done = len(structures) - len(queue)
     keep_frames = bool(trajectory)
     while queue or active:
-        added = []
-        while queue and (not active or sum(i.rows for i in active) + queue[0].rows <= budget):
+        added, load = [], sum(i.rows for i in active)
+        while queue and (not (active or added) or load + queue[0].rows <= budget):
+            load += queue[0].rows
             added.append(queue.pop(0))
         if added:
             width = max(i.rows for i in active + added)

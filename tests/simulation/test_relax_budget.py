@@ -1,0 +1,64 @@
+"""The relaxation engine's atom budget, observed on the batches the model is actually called with
+(real OC20 IS2RE slabs, a small random FAENet)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from frameavg.data import iter_structures
+from frameavg.data.atomic_data import data_to_atoms
+from frameavg.frames import FrameAveraging
+from frameavg.models import FAENet
+from frameavg.simulation import Potential, relax
+from frameavg.simulation.relaxation import CPU_ATOMS_PER_BATCH
+
+
+class RecordingPotential(Potential):
+    """A ``Potential`` that records the atoms and structures of every batch it evaluates."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[int, int]] = []  # (atoms, structures) per model call
+
+    def __call__(self, batch, **kwargs):
+        self.calls.append((int(batch.num_nodes), int(batch.num_graphs)))
+        return super().__call__(batch, **kwargs)
+
+
+def recording_potential() -> RecordingPotential:
+    torch.manual_seed(0)
+    model = FAENet(cutoff=5.0, hidden_channels=16, num_filters=16, num_interactions=1, num_gaussians=8,
+                   tag_hidden_channels=4, pg_hidden_channels=4, phys_embeds=False, regress_forces=None)
+    return RecordingPotential(FrameAveraging(model, frames="2D", method="all", cutoff=5.0), cutoff=5.0,
+                              dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def oc20_slabs(shared_data):
+    """The 8 OC20 IS2RE sample slabs: 65, 172, 24, 49, 52, 54, 78, 93 atoms (587 in all)."""
+    path = shared_data / "oc20_is2re_samples" / "is2re_bs8.extxyz"
+    return [data_to_atoms(d) for d in iter_structures(path, dtype=torch.float64)]
+
+
+@pytest.mark.parametrize("budget", [150, 100])
+def test_no_batch_exceeds_the_atom_budget(oc20_slabs, budget):
+    """Every model call holds at most ``budget`` atoms, unless one structure alone exceeds it
+    (the 172-atom slab); every slab is still relaxed for its steps."""
+    potential = recording_potential()
+    results = relax(oc20_slabs, potential, optimizer="fire", fmax=1e-9, steps=3, max_atoms_per_batch=budget)
+    sizes = sorted(len(a) for a in oc20_slabs)
+    assert potential.calls and all(atoms <= budget or structures == 1 for atoms, structures in potential.calls), \
+        potential.calls
+    assert max(structures for _, structures in potential.calls) < len(oc20_slabs)
+    assert sum(structures for _, structures in potential.calls) == len(oc20_slabs) * 4  # 3 steps + final forces
+    assert all(r.info["steps"] == 3 for r in results)
+    assert sizes[-1] > budget  # the case of a structure alone over the budget is exercised
+
+
+def test_cpu_default_budget(oc20_slabs):
+    """Without ``max_atoms_per_batch`` a CPU model is called on at most CPU_ATOMS_PER_BATCH atoms."""
+    potential = recording_potential()
+    relax(oc20_slabs, potential, optimizer="lbfgs", fmax=1e-9, steps=2)
+    assert sum(len(a) for a in oc20_slabs) > CPU_ATOMS_PER_BATCH
+    assert max(atoms for atoms, _ in potential.calls) <= CPU_ATOMS_PER_BATCH, potential.calls
