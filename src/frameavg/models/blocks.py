@@ -1,5 +1,5 @@
-"""Small building blocks shared by the models: activations, radial bases, per-graph scatters and
-GraphNorm.
+"""Small building blocks shared by the models: activations, radial bases, cutoff envelopes,
+per-graph scatters and GraphNorm.
 
 Scatters use ``torch.Tensor.index_add_`` (no torch_scatter). Every per-graph operation takes the
 graph index explicitly, so a graph's result never depends on the other graphs of its batch.
@@ -7,6 +7,7 @@ graph index explicitly, so a graph's result never depends on the other graphs of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,6 +86,38 @@ class GaussianSmearing(nn.Module):
         exponent = diff.square().mul_(self.coeff)
         values = exponent.clamp(min=self.EXPONENT_FLOOR).exp()
         return values.masked_fill(exponent <= self.EXPONENT_FLOOR, 0.0)
+
+
+#: Cutoff envelopes of edge contributions (``edge_envelope``); "none" multiplies by nothing.
+ENVELOPES = ("polynomial", "cosine", "none")
+
+
+def cosine_cutoff(dist: Tensor, cutoff: float) -> Tensor:
+    """SchNet's envelope ½(cos(πd/cutoff) + 1) for d < cutoff, else 0: distances [E] (Å) -> [E]."""
+    value = 0.5 * (torch.cos(dist.clamp(max=cutoff) * (math.pi / cutoff)) + 1.0)
+    return torch.where(dist < cutoff, value, torch.zeros_like(value))
+
+
+def polynomial_envelope(dist: Tensor, cutoff: float, exponent: int = 5) -> Tensor:
+    """DimeNet/GemNet/MACE envelope 1 − (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) − p(p+1)/2 x^(p+2),
+    x = d/cutoff < 1, else 0: distances [E] (Å) -> [E]. Value, first and second derivative are 0 at
+    the cutoff."""
+    p = exponent
+    x = (dist / cutoff).clamp(max=1.0)
+    xp = x.pow(p)
+    value = 1.0 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
+    return torch.where(dist < cutoff, value, torch.zeros_like(value))
+
+
+def edge_envelope(dist: Tensor, cutoff: float, kind: str, exponent: int = 5) -> Tensor | None:
+    """The ``kind`` envelope (``ENVELOPES``) of distances [E] (Å): [E], or None for ``"none"``."""
+    if kind == "none":
+        return None
+    if kind == "cosine":
+        return cosine_cutoff(dist, cutoff)
+    if kind == "polynomial":
+        return polynomial_envelope(dist, cutoff, exponent)
+    raise ConfigError(f"unknown envelope {kind!r}; choose one of {ENVELOPES}")
 
 
 def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:

@@ -2,11 +2,14 @@
 
     agg[i] = sum over edges (j -> i) of value[j] * act(p_source[j] + p_target[i]
                                                        [+ pair_term[pair(j, i)]] + e_ij @ w_edge.T)
+                                        [* edge_weight[ij]]
 
 ``p_source`` / ``p_target`` are per-atom products (the filter's h_j / h_i terms plus bias), so
 the per-edge work is one [E, Fe] x [Fe, C] product instead of [E, Fe + 2H] x [Fe + 2H, C].
 ``pair_term`` (optional) is a term shared by the two directions of an edge (the distance part
-of the edge state), computed once per atom pair (see :func:`edge_pairs`).
+of the edge state), computed once per atom pair (see :func:`edge_pairs`). ``edge_weight``
+(optional, [E]) scales each edge's message: FAENet's cutoff envelope, so that an edge enters and
+leaves the sum at 0; its gradient (through the distances) is exact on every path.
 
 For swish (SiLU) a custom autograd function computes forward and backward with a few reused
 buffers and recomputes cheap intermediates instead of storing them: it saves only the
@@ -99,18 +102,21 @@ def filtered_message_sum(
     workspace: EdgeWorkspace | None = None,
     pair_term: Tensor | None = None,
     pair_index: Tensor | None = None,
+    edge_weight: Tensor | None = None,
 ) -> Tensor:
     """agg [N, C] (see module docstring). p_source, p_target, value: [N, C]; e: [E, Fe];
-    w_edge: [C, Fe]; source, target: [E] (j, i); pair_term [P, C] with pair_index [E], or None.
+    w_edge: [C, Fe]; source, target: [E] (j, i); pair_term [P, C] with pair_index [E], or None;
+    edge_weight [E] (multiplies each message) or None.
     ``double_backward``: the result will be differentiated twice (use the plain autograd path).
     ``workspace``: reusable [E, C] buffers for the no-autograd path."""
     low = autocast_dtype(e)
     if low is not None:  # autocast: every operand in its dtype, the fused kernels run as they are
         with full_precision():
-            cast = [t.to(low) if t is not None else None for t in (p_source, p_target, value, e, w_edge, pair_term)]
+            cast = [t.to(low) if t is not None else None
+                    for t in (p_source, p_target, value, e, w_edge, pair_term, edge_weight)]
             return filtered_message_sum(*cast[:5], source, target, act, double_backward, workspace,
-                                        cast[5], pair_index)
-    tensors = (p_source, p_target, value, e, w_edge) + ((pair_term,) if pair_term is not None else ())
+                                        cast[5], pair_index, cast[6])
+    tensors = tuple(t for t in (p_source, p_target, value, e, w_edge, pair_term, edge_weight) if t is not None)
     needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     num_nodes = p_target.shape[0]
     if not needs_graph:
@@ -122,18 +128,22 @@ def filtered_message_sum(
             pre += torch.index_select(pair_term, 0, pair_index, out=scratch)
         pre.addmm_(e, w_edge.t())
         message = inplace_activation(act)(pre).mul_(torch.index_select(value, 0, source, out=scratch))
+        if edge_weight is not None:
+            message.mul_(edge_weight.unsqueeze(1))
         return scatter_sum(message, target, num_nodes)
     if act in (swish, F.silu) and not double_backward:
         if pair_term is None:
             pair_term, pair_index = p_target.new_zeros(1, p_target.shape[1]), None
         return _FilteredSiluMessageSum.apply(
-            p_source, p_target, value, e, w_edge, pair_term, source, target, pair_index
+            p_source, p_target, value, e, w_edge, pair_term, edge_weight, source, target, pair_index
         )
     pre = p_target.index_select(0, target) + p_source.index_select(0, source)
     if pair_term is not None:
         pre = pre + pair_term.index_select(0, pair_index)
     pre = torch.addmm(pre, e, w_edge.t())
     message = act(pre) * value.index_select(0, source)
+    if edge_weight is not None:
+        message = message * edge_weight.unsqueeze(1)
     return scatter_sum(message, target, num_nodes)
 
 
@@ -141,7 +151,7 @@ class _FilteredSiluMessageSum(torch.autograd.Function):
     """Fused forward/backward of the swish case (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, p_source, p_target, value, e, w_edge, pair_term, source, target, pair_index):
+    def forward(ctx, p_source, p_target, value, e, w_edge, pair_term, edge_weight, source, target, pair_index):
         num_nodes = p_target.shape[0]
         pre = p_target.index_select(0, target)
         scratch = p_source.index_select(0, source)
@@ -153,22 +163,31 @@ class _FilteredSiluMessageSum(torch.autograd.Function):
         gate = torch.sigmoid(pre)
         scratch.mul_(gate.mul_(pre))  # value[j] * silu(pre)
         del gate
+        if edge_weight is not None:
+            scratch.mul_(edge_weight.unsqueeze(1))
         out = scatter_sum(scratch, target, num_nodes)
         ctx.num_pairs = pair_term.shape[0]
-        ctx.save_for_backward(pre, p_source, p_target, value, e, w_edge, pair_term, source, target, pair_index)
+        ctx.save_for_backward(pre, p_source, p_target, value, e, w_edge, pair_term, edge_weight, source, target,
+                              pair_index)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             return _recorded_backward(ctx, grad_out)
-        pre, _, _, value, e, w_edge, _, source, target, pair_index = ctx.saved_tensors
+        pre, _, _, value, e, w_edge, _, edge_weight, source, target, pair_index = ctx.saved_tensors
         num_nodes = value.shape[0]
-        need_source, need_target, need_value, need_e, need_w, need_pair = _needed_gradients(ctx, 6)
+        need_source, need_target, need_value, need_e, need_w, need_pair, need_weight = _needed_gradients(ctx, 7)
         grad_message = grad_out.index_select(0, target)  # [E, C]
         derivative = torch.sigmoid(pre)  # s, turned into d silu / d pre = s + silu - silu s
         silu = pre * derivative
         scratch = torch.mul(grad_message, silu)
+        grad_weight = None
+        if edge_weight is not None:  # message = weight * value[j] * silu(pre)
+            if need_weight:
+                grad_weight = (scratch * value.index_select(0, source)).sum(dim=1)
+            grad_message.mul_(edge_weight.unsqueeze(1))
+            scratch.mul_(edge_weight.unsqueeze(1))
         grad_value = scatter_sum(scratch, source, num_nodes) if need_value else None
         torch.mul(silu, derivative, out=scratch)
         derivative.add_(silu).sub_(scratch)
@@ -181,21 +200,24 @@ class _FilteredSiluMessageSum(torch.autograd.Function):
             grad_pair = scatter_sum(grad_pre, pair_index, ctx.num_pairs)
         grad_e = grad_pre @ w_edge if need_e else None
         grad_w = grad_pre.t() @ e if need_w else None
-        return grad_p_source, grad_p_target, grad_value, grad_e, grad_w, grad_pair, None, None, None
+        return grad_p_source, grad_p_target, grad_value, grad_e, grad_w, grad_pair, grad_weight, None, None, None
 
 
 def _recorded_backward(ctx, grad_out):
     """Backward of the fused function as autograd ops on its saved inputs (for create_graph)."""
-    _, p_source, p_target, value, e, w_edge, pair_term, source, target, pair_index = ctx.saved_tensors
-    inputs = (p_source, p_target, value, e, w_edge, pair_term)
-    wanted = [k for k, need in enumerate(_needed_gradients(ctx, 6)) if need]
+    _, p_source, p_target, value, e, w_edge, pair_term, edge_weight, source, target, pair_index = ctx.saved_tensors
+    inputs = (p_source, p_target, value, e, w_edge, pair_term, edge_weight)
+    wanted = [k for k, need in enumerate(_needed_gradients(ctx, 7)) if need and inputs[k] is not None]
     pre = p_target.index_select(0, target) + p_source.index_select(0, source)
     if pair_index is not None:
         pre = pre + pair_term.index_select(0, pair_index)
     pre = torch.addmm(pre, e, w_edge.t())
-    out = scatter_sum(F.silu(pre) * value.index_select(0, source), target, p_target.shape[0])
+    message = F.silu(pre) * value.index_select(0, source)
+    if edge_weight is not None:
+        message = message * edge_weight.unsqueeze(1)
+    out = scatter_sum(message, target, p_target.shape[0])
     grads = torch.autograd.grad(out, [inputs[k] for k in wanted], grad_out, create_graph=True, allow_unused=True)
-    result = [None] * 9
+    result = [None] * 10
     for k, grad in zip(wanted, grads):
         result[k] = grad
     return tuple(result)

@@ -21,10 +21,12 @@ from frameavg.data.neighbors import edge_vectors
 from frameavg.errors import ConfigError
 from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.models.blocks import (
+    ENVELOPES,
     Activation,
     GaussianSmearing,
     GraphIndex,
     GraphNorm,
+    edge_envelope,
     get_activation,
     inplace_activation,
     scatter_sum,
@@ -71,6 +73,11 @@ NUM_TAGS = 3
 def _xavier(linear: Linear) -> None:
     nn.init.xavier_uniform_(linear.weight)
     linear.bias.data.fill_(0)
+
+
+def _enveloped(weight: Tensor, envelope: Tensor | None) -> Tensor:
+    """Per-edge rows [E, C] times the envelope [E] (a new tensor), or ``weight`` itself for None."""
+    return weight if envelope is None else weight * envelope.unsqueeze(1)
 
 
 def _no_grad_path(*tensors: Tensor) -> bool:
@@ -313,25 +320,27 @@ class InteractionBlock(nn.Module):
         graph: GraphIndex,
         local_env: Tensor | None = None,
         edge_pass: EdgePass | None = None,
+        envelope: Tensor | None = None,
     ) -> Tensor:
         """Update of h [N, H] from edge states e ([E, F] or EdgeStates); source/target [E] (j, i);
         returns [N, H].
 
         ``local_env`` [N, F] is the sum of e over each atom's incoming edges (updown_local_env);
-        ``edge_pass``: per-forward settings (double backward, scratch buffers).
+        ``edge_pass``: per-forward settings (double backward, scratch buffers); ``envelope`` [E]
+        (or None): the cutoff envelope, multiplying every edge's message.
         """
         act, mp_type = self.act, self.mp_type
         edges = e if isinstance(e, EdgeStates) else EdgeStates(dense=e)
         if mp_type not in ("base", "updownscale_base"):
             e = edges.full()
         if mp_type in ("base", "updownscale_base"):
-            agg = self._filtered_sum(h, edges, source, target, edge_pass or EdgePass())
+            agg = self._filtered_sum(h, edges, source, target, edge_pass or EdgePass(), envelope)
         elif mp_type == "simple":
-            agg = self._message_sum(h, e, source, target)
+            agg = self._message_sum(h, _enveloped(e, envelope), source, target)
         elif mp_type == "updownscale":
-            agg = self._message_sum(act(self.lin_down(h)), act(self.lin_geom(e)), source, target)
+            agg = self._message_sum(act(self.lin_down(h)), _enveloped(act(self.lin_geom(e)), envelope), source, target)
         else:  # updown_local_env
-            agg = self._message_sum(act(self.lin_down(h)), self.lin_geom(e), source, target)
+            agg = self._message_sum(act(self.lin_down(h)), _enveloped(self.lin_geom(e), envelope), source, target)
         if self.graph_norm is not None:
             agg = act(self.graph_norm(agg, graph))
         if mp_type == "updown_local_env":
@@ -354,7 +363,7 @@ class InteractionBlock(nn.Module):
         return scatter_sum(message, target, x.shape[0])
 
     def _filtered_sum(self, h: Tensor, edges: EdgeStates, source: Tensor, target: Tensor,
-                      edge_pass: EdgePass) -> Tensor:
+                      edge_pass: EdgePass, envelope: Tensor | None = None) -> Tensor:
         """sum_j x[j] * act(W [e_ij, h_j, h_i] + b), x = act(lin_down(h)) or h (base): [N, C]."""
         hidden, edge_width = self.hidden_channels, self.num_filters
         weight = self.lin_geom.weight  # [C, F + 2H], input order [e, h_j, h_i]
@@ -386,7 +395,7 @@ class InteractionBlock(nn.Module):
                 pair_term = nn.functional.linear(edges.distance, w_pair)
         return filtered_message_sum(
             p_source, p_target, value, e, w_edge, source, target, self.act,
-            edge_pass.double_backward, edge_pass.workspace, pair_term, edges.pair_index,
+            edge_pass.double_backward, edge_pass.workspace, pair_term, edges.pair_index, envelope,
         )
 
 
@@ -513,6 +522,12 @@ class FAENet(EnergyModel):
         denoising_head: add a denoising head (not in the original): an MLP of the final atom
             states to [N, 3] in the input coordinates; under frame averaging it is rotated back
             like forces, so its prediction is equivariant through the frames (Noisy Nodes).
+        envelope: cutoff envelope (not in the original): ``"none"`` (the original), ``"polynomial"``
+            (DimeNet/MACE, exponent ``envelope_exponent``: value, slope and curvature 0 at the cutoff)
+            or ``"cosine"`` (SchNet). It multiplies every edge's message in every interaction block
+            (and the local-environment sum of ``updown_local_env``), so an edge entering or leaving
+            the cutoff changes nothing and the energy is smooth in the positions.
+        envelope_exponent: p of the polynomial envelope.
         ewald: Ewald message passing (not in the original; ``frameavg.models.ewald``): None, or the
             settings of ``EwaldSettings`` (``{}``: defaults). One Ewald block per interaction, with
             a shared down-projection; the update becomes (h + interaction + ewald) / √3.
@@ -557,6 +572,8 @@ class FAENet(EnergyModel):
         max_num_neighbors: int | None = None,
         denoising_head: bool = False,
         ewald: Mapping | None = None,
+        envelope: str = "none",
+        envelope_exponent: int = 5,
     ):
         if max_num_neighbors is not None:
             if max_neighbors not in (40, max_num_neighbors):
@@ -576,11 +593,14 @@ class FAENet(EnergyModel):
             ("mp_type", mp_type, MP_TYPES),
             ("skip_co", skip_co, SKIP_CO),
             ("energy_head", energy_head, ENERGY_HEADS),
+            ("envelope", envelope, ENVELOPES),
         ):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {allowed}")
         if num_interactions < 1:
             raise ConfigError(f"num_interactions must be >= 1, got {num_interactions}")
+        if isinstance(envelope_exponent, bool) or not isinstance(envelope_exponent, int) or envelope_exponent < 1:
+            raise ConfigError(f"envelope_exponent must be an integer >= 1, got {envelope_exponent!r}")
         if not ORIGINAL_MAX_ATOMIC_NUMBER <= max_atomic_number <= MAX_ATOMIC_NUMBER:
             raise ConfigError(
                 f"max_atomic_number must be in {ORIGINAL_MAX_ATOMIC_NUMBER}..{MAX_ATOMIC_NUMBER}, got {max_atomic_number}"
@@ -594,6 +614,8 @@ class FAENet(EnergyModel):
         self.mp_type = mp_type
         self.skip_co = skip_co
         self.energy_head = energy_head
+        self.envelope = envelope
+        self.envelope_exponent = envelope_exponent
         self.uses_tags = tag_hidden_channels > 0
         self.force_decoder_type = force_decoder_type
         self.max_atomic_number = max_atomic_number
@@ -671,7 +693,10 @@ class FAENet(EnergyModel):
         else:
             e = embed.edge_states(rel_pos, self.distance_expansion(rel_pos.norm(dim=-1)))
         source, target = edge_index[0], edge_index[1]
-        local_env = scatter_sum(e, target, h.shape[0]) if self.mp_type == "updown_local_env" else None
+        envelope = edge_envelope(rel_pos.norm(dim=-1), self.cutoff, self.envelope, self.envelope_exponent)
+        local_env = None  # updown_local_env has dense edge states e [E, F]
+        if self.mp_type == "updown_local_env":
+            local_env = scatter_sum(_enveloped(e, envelope), target, h.shape[0])
         alpha = self.w_lin(h) if self.energy_head == "weighted-av-initial-embeds" else None
 
         skip = []
@@ -681,9 +706,9 @@ class FAENet(EnergyModel):
             elif self.skip_co:
                 skip.append(self.output_block(h, graph, alpha))
             if kspace is None:
-                h = h + block(h, e, source, target, graph, local_env, edge_pass)
+                h = h + block(h, e, source, target, graph, local_env, edge_pass, envelope)
             else:
-                h = (h + block(h, e, source, target, graph, local_env, edge_pass)
+                h = (h + block(h, e, source, target, graph, local_env, edge_pass, envelope)
                      + self.ewald[index](h, kspace)) * INV_SQRT_3
         if self.skip_co == "concat_atom":
             skip.append(h)

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from frameavg.errors import ConfigError, DataError
 from frameavg.models.base import EnergyModel, GraphInputs
 from frameavg.outputs import DENOISING, DIRECT_MODES
-from frameavg.models.blocks import GaussianSmearing, scatter_sum
+from frameavg.models.blocks import GaussianSmearing, cosine_cutoff, polynomial_envelope, scatter_sum
 from frameavg.models.ewald import INV_SQRT_3, build_ewald, ewald_kspace
 
 #: OCP's OC20 S2EF-All PaiNN (configs/s2ef/all/painn/painn_h512.yml), 83 elements, Gaussian RBF,
@@ -65,7 +65,7 @@ PAPER_CONFIG = dict(S2EF_CONFIG, hidden_channels=1024, regress_forces=None)
 EQUAL_WIDTH_CONFIG = dict(hidden_channels=128, num_interactions=4, cutoff=6.0)
 
 RADIAL_BASES = ("sinc", "gaussian")
-ENVELOPES = ("cosine", "polynomial")
+ENVELOPES = ("cosine", "polynomial")  # PaiNN always has one (blocks.ENVELOPES adds "none")
 #: Edges shorter than this (Å) mean overlapping atoms: no direction, and a meaningless structure.
 MIN_DISTANCE = 1e-4
 
@@ -104,21 +104,6 @@ class SincBasis(nn.Module):
     def forward(self, dist: Tensor) -> Tensor:
         d = dist.unsqueeze(-1)
         return torch.sin(d * self.frequencies.to(dist.dtype)) / d
-
-
-def cosine_cutoff(dist: Tensor, cutoff: float) -> Tensor:
-    """½(cos(πd/cutoff) + 1) for d < cutoff, else 0: [E] -> [E]."""
-    value = 0.5 * (torch.cos(dist.clamp(max=cutoff) * (math.pi / cutoff)) + 1.0)
-    return torch.where(dist < cutoff, value, torch.zeros_like(value))
-
-
-def polynomial_envelope(dist: Tensor, cutoff: float, exponent: int = 5) -> Tensor:
-    """GemNet/OCP envelope 1 − (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) − p(p+1)/2 x^(p+2), x = d/cutoff < 1."""
-    p = exponent
-    x = (dist / cutoff).clamp(max=1.0)
-    xp = x.pow(p)
-    value = 1.0 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
-    return torch.where(dist < cutoff, value, torch.zeros_like(value))
 
 
 class PaiNNMessage(nn.Module):
