@@ -171,12 +171,20 @@ class GraphIndex:
         return per_graph.index_select(0, self.batch)
 
 
+#: FAENet's normalisations after aggregation (``norm``): the original GraphNorm (per graph) or a
+#: LayerNorm per atom (well-conditioned on crystals; docs/faenet.md).
+NORMS = ("graph", "layer")
+
+
 class GraphNorm(nn.Module):
     """GraphNorm (Cai et al. 2021), normalising each graph separately.
 
     out = weight * (x - mean_scale * mean_g(x)) / sqrt(var_g + eps) + bias, with mean and variance
     taken over the atoms of each graph g. Same parameters and result as
     ``torch_geometric.nn.norm.GraphNorm`` called *with* the batch vector.
+
+    Ill-conditioned on crystals: their atoms are (nearly) equivalent, so var_g is ~0 and
+    1/sqrt(var_g + eps) amplifies every perturbation up to 1/sqrt(eps) ≈ 300x per block.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5):
@@ -193,6 +201,7 @@ class GraphNorm(nn.Module):
         nn.init.ones_(self.mean_scale)
 
     def forward(self, x: Tensor, graph: GraphIndex) -> Tensor:
+        """x [N, C] -> [N, C]."""
         centred = x - graph.expand(graph.mean(x)) * self.mean_scale
         var = graph.mean(centred * centred)
         inv_std = torch.rsqrt(var + self.eps)
@@ -200,3 +209,20 @@ class GraphNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.channels}"
+
+
+class AtomLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each atom, called like GraphNorm: ``forward(x [N, C], graph)``.
+    Independent of the other atoms, so equivalent atoms (crystals) do not make it ill-conditioned."""
+
+    def forward(self, x: Tensor, graph: GraphIndex | None = None) -> Tensor:
+        return super().forward(x)
+
+
+def build_norm(kind: str, channels: int) -> nn.Module:
+    """The ``kind`` normalisation (``NORMS``) of ``channels`` features [N, C]."""
+    if kind == "graph":
+        return GraphNorm(channels)
+    if kind == "layer":
+        return AtomLayerNorm(channels)
+    raise ConfigError(f"unknown norm {kind!r}; choose one of {NORMS}")

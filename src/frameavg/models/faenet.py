@@ -25,7 +25,8 @@ from frameavg.models.blocks import (
     Activation,
     GaussianSmearing,
     GraphIndex,
-    GraphNorm,
+    NORMS,
+    build_norm,
     edge_envelope,
     get_activation,
     inplace_activation,
@@ -265,6 +266,7 @@ class InteractionBlock(nn.Module):
         mp_type: str,
         complex_mp: bool,
         graph_norm: bool,
+        norm: str = "graph",
     ):
         super().__init__()
         self.act = act
@@ -273,7 +275,7 @@ class InteractionBlock(nn.Module):
         self.num_filters = num_filters
         self.complex_mp = complex_mp
         self.graph_norm = (
-            GraphNorm(hidden_channels if "updown" not in mp_type else num_filters) if graph_norm else None
+            build_norm(norm, hidden_channels if "updown" not in mp_type else num_filters) if graph_norm else None
         )
         if mp_type == "simple":
             self.lin_h = Linear(hidden_channels, hidden_channels)
@@ -508,7 +510,7 @@ class FAENet(EnergyModel):
         phys_embeds: include the 14 physical properties of each element.
         num_interactions: interaction blocks.
         mp_type: ``simple``, ``updownscale``, ``updownscale_base``, ``base``, ``updown_local_env``.
-        graph_norm: GraphNorm (per graph) after aggregation.
+        graph_norm: normalise after aggregation (the kind: ``norm``).
         second_layer_MLP: second Linear + act in the atom and edge embeddings.
         skip_co: ``False``, ``"add"``, ``"concat"`` or ``"concat_atom"``.
         energy_head: None, ``"weighted-av-initial-embeds"`` or ``"weighted-av-final-embeds"``.
@@ -528,6 +530,9 @@ class FAENet(EnergyModel):
             (and the local-environment sum of ``updown_local_env``), so an edge entering or leaving
             the cutoff changes nothing and the energy is smooth in the positions.
         envelope_exponent: p of the polynomial envelope.
+        norm: the normalisation of ``graph_norm`` (``blocks.NORMS``; not in the original): ``"graph"``
+            (the original's GraphNorm, per graph: ill-conditioned on crystals, whose equivalent atoms
+            have ~0 feature spread) or ``"layer"`` (LayerNorm per atom, well-conditioned).
         ewald: Ewald message passing (not in the original; ``frameavg.models.ewald``): None, or the
             settings of ``EwaldSettings`` (``{}``: defaults). One Ewald block per interaction, with
             a shared down-projection; the update becomes (h + interaction + ewald) / √3.
@@ -574,6 +579,7 @@ class FAENet(EnergyModel):
         ewald: Mapping | None = None,
         envelope: str = "none",
         envelope_exponent: int = 5,
+        norm: str = "graph",
     ):
         if max_num_neighbors is not None:
             if max_neighbors not in (40, max_num_neighbors):
@@ -594,6 +600,7 @@ class FAENet(EnergyModel):
             ("skip_co", skip_co, SKIP_CO),
             ("energy_head", energy_head, ENERGY_HEADS),
             ("envelope", envelope, ENVELOPES),
+            ("norm", norm, NORMS),
         ):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {allowed}")
@@ -630,7 +637,7 @@ class FAENet(EnergyModel):
             phys_hidden_channels, phys_embeds, self.act, second_layer_MLP, max_atomic_number,
         )
         self.interaction_blocks = nn.ModuleList(
-            InteractionBlock(hidden_channels, num_filters, self.act, mp_type, complex_mp, graph_norm)
+            InteractionBlock(hidden_channels, num_filters, self.act, mp_type, complex_mp, graph_norm, norm)
             for _ in range(num_interactions)
         )
         self.ewald = build_ewald(ewald, hidden_channels, num_interactions, self.act)
