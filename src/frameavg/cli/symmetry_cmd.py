@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from frameavg.cli.commands import add_plugins_arg, command_help, nonnegative_int
+from frameavg.cli.commands import add_plugins_arg, command_help, nonnegative_int, positive_int
 from frameavg.errors import ConfigError
 
 _CLAIMS_ALL = {"rotation": True, "reflection": True, "translation": True, "permutation": True,
@@ -27,7 +27,8 @@ def register(sub) -> None:
     )
     parser.add_argument("--data", required=True, help="structures (any format `frameavg data formats` lists)")
     parser.add_argument("--format", default=None, help="reader name (default: detected)")
-    parser.add_argument("--limit", type=nonnegative_int, default=64, help="use the first N structures (default 64; 0 = all)")
+    parser.add_argument("--limit", type=nonnegative_int, default=None,
+                        help="use the first N structures (default 64, with --continuity 1; 0 = all)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", default=None,
                        help="model name from the registry, randomly initialised (default raw-mpnn: a raw-coordinate "
@@ -55,6 +56,17 @@ def register(sub) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when a claimed symmetry is measured above the tolerance")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    path = parser.add_argument_group("continuity (--continuity)")
+    path.add_argument("--continuity", action="store_true",
+                      help="instead of the symmetry checks: the energy along a seeded random straight path from each "
+                           "structure (neighbour list rebuilt at every step, cell fixed); reports the largest and "
+                           "median |dE| step, the jumps (steps above --factor x the local smooth change) and how "
+                           "often the frame set changes. --strict: exit 1 on a jump")
+    path.add_argument("--steps", type=positive_int, default=300, help="steps of the path (default 300)")
+    path.add_argument("--step", type=float, default=0.002,
+                      help="RMS displacement per atom per step, Å (default 0.002)")
+    path.add_argument("--factor", type=float, default=10.0,
+                      help="a jump: a step above FACTOR x the median |dE| of the 5 steps either side (default 10)")
     parser.set_defaults(func=run)
 
 
@@ -66,8 +78,12 @@ def run(args) -> int:
     dtype = getattr(torch, args.dtype)
     checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
     model, frames, method, cutoff, max_neighbors, name = build_symmetry_model(args, dtype)
+    limit = args.limit if args.limit is not None else (1 if args.continuity else 64)
     stream = iter_structures(args.data, args.format, dtype=dtype)
-    structures = list(itertools.islice(stream, args.limit) if args.limit else stream)
+    structures = list(itertools.islice(stream, limit) if limit else stream)
+    if args.continuity:
+        return run_continuity(args, model, structures, frames=frames, method=method, cutoff=cutoff,
+                              max_neighbors=max_neighbors, name=name)
     report = symmetry_report(
         model, structures, checks=checks, dim=frames if frames != "none" else "3D", cutoff=cutoff,
         max_neighbors=max_neighbors, strict_neighbors=args.strict_neighbors, trials=args.trials, batch_size=args.batch_size, seed=args.seed,
@@ -85,6 +101,46 @@ def run(args) -> int:
         worst = ", ".join(f"{r.check} (|dE| {r.energy_abs_max:.2e}, |dF| "
                           f"{r.forces_abs_max if r.forces_abs_max is not None else float('nan'):.2e})" for r in broken)
         print(f"frameavg: warning: claimed symmetries measured above the tolerance: {worst}", file=sys.stderr)
+        if args.strict:
+            return 1
+    return 0
+
+
+def run_continuity(args, model, structures, *, frames, method, cutoff, max_neighbors, name) -> int:
+    """``--continuity``: ``continuity_check`` on each structure; one JSON document with ``--json``."""
+    from frameavg.cli.main import print_json
+    from frameavg.errors import DataError
+    from frameavg.evaluation.continuity import continuity_check
+
+    if not structures:
+        raise DataError("no structures to evaluate", source=str(args.data))
+    if args.step <= 0 or args.factor <= 0:
+        raise ConfigError(f"--step and --factor must be positive, got {args.step} and {args.factor}")
+    rows = []
+    for index, data in enumerate(structures):
+        result = continuity_check(model, data, steps=args.steps, step=args.step, seed=args.seed, factor=args.factor,
+                                  cutoff=cutoff, max_neighbors=max_neighbors, strict_neighbors=args.strict_neighbors,
+                                  batch_size=args.batch_size)
+        rows.append({"index": index, **result.to_dict()})
+    jumps = sum(row["jumps"] for row in rows)
+    report = {"meta": {"data": str(args.data), "model": name, "frames": frames, "method": method,
+                       "dtype": args.dtype, "cutoff": cutoff, "max_neighbors": max_neighbors, "seed": args.seed,
+                       "steps": args.steps, "step_A": args.step, "factor": args.factor},
+              "jumps": jumps, "structures": rows}
+    if args.json:
+        print_json(report)
+    else:
+        print(f"model {name} | frames {frames} | method {method} | {args.dtype} | cutoff {cutoff} Å | "
+              f"{args.steps} steps of {args.step} Å RMS per atom, seed {args.seed}")
+        for row in rows:
+            changes = "" if row["frame_changes"] is None else \
+                f"; frame set changed {row['frame_changes']} times (sizes {row['frame_set_sizes']})"
+            print(f"structure {row['index']} ({row['atoms']} atoms): largest |dE| step "
+                  f"{1000 * row['max_abs_step_eV']:.4g} meV (step {row['largest_step']}), median "
+                  f"{1000 * row['median_abs_step_eV']:.4g} meV, ratio {row['max_over_median']:.3g}; "
+                  f"{row['jumps']} jump(s) above {args.factor:g}x the local change{changes}")
+    if jumps:
+        print(f"frameavg: warning: the energy jumped {jumps} time(s) along the path", file=sys.stderr)
         if args.strict:
             return 1
     return 0
