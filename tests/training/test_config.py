@@ -8,7 +8,8 @@ def test_yaml_and_overrides_merge(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {name: faenet, hidden_channels: 64}\noptim: {lr: 0.01}\ndata: {keys: {energy: U0}}\n")
     config = load_config(path, ["optim.lr=2e-3", "--trainer.strategy", "ddp", "data.batch_size=8"])
-    assert config["model"] == {"name": "faenet", "hidden_channels": 64}
+    # FAENet's new-run defaults (training.config.NEW_RUN_MODEL_DEFAULTS) join the given keys
+    assert config["model"] == {"name": "faenet", "hidden_channels": 64, "envelope": "polynomial", "norm": "layer"}
     assert config["optim"]["lr"] == pytest.approx(2e-3)
     assert config["trainer"]["strategy"] == "ddp"
     assert config["data"]["batch_size"] == 8 and config["data"]["keys"] == {"energy": "U0"}
@@ -94,3 +95,38 @@ def test_plugins_is_a_list_of_module_names():
     for bad in ("plugins=[json, '']", "plugins=[1]", "plugins={a: b}"):
         with pytest.raises(ConfigError, match="'plugins' must be a list of module names"):
             load_config(None, [bad])
+
+
+def test_data_paths_in_a_config_file_are_relative_to_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    path = folder / "c.yaml"
+    absolute = tmp_path / "elsewhere.xyz"
+    path.write_text(f"data: {{train: ../data/train.xyz, val: {absolute}, test: shipped:rmd17_ethanol/test}}\n")
+    monkeypatch.chdir(tmp_path)
+    data = load_config(path)["data"]
+    assert data["train"] == str(tmp_path / "project" / "data" / "train.xyz")
+    assert data["val"] == str(absolute) and data["test"] == "shipped:rmd17_ethanol/test"
+    path.write_text("data: {train: qm9pack}\n")
+    assert load_config(path)["data"]["train"] == "qm9pack"  # a name, not a path
+    # an override is the user's command line: relative to the working directory, as written
+    assert load_config(path, ["data.train=mine.xyz"])["data"]["train"] == "mine.xyz"
+
+
+def test_faenet_envelope_and_norm_defaults_for_new_runs_and_saved_configs(tmp_path):
+    """New runs get the smooth envelope and LayerNorm; a saved config without the keys (an earlier
+    release's checkpoint) rebuilds the model it was trained with; bad values suggest a spelling."""
+    from frameavg.training.config import checkpoint_config, validate_model_section
+
+    assert load_config(None, ["model.envelope=cosine"])["model"]["envelope"] == "cosine"
+    assert load_config(None, ["model.name=painn"])["model"] == {"name": "painn"}
+    saved = checkpoint_config({"model": {"name": "faenet", "hidden_channels": 64}})
+    assert saved["model"]["envelope"] == "none" and saved["model"]["norm"] == "graph"
+    kept = checkpoint_config({"model": {"name": "faenet", "envelope": "polynomial", "norm": "layer"}})
+    assert kept["model"]["envelope"] == "polynomial" and kept["model"]["norm"] == "layer"
+    with pytest.raises(ConfigError, match="did you mean 'polynomial'"):
+        validate_model_section(load_config(None, ["model.envelope=polynomal"]))
+    with pytest.raises(ConfigError, match="did you mean 'layer'"):
+        validate_model_section(load_config(None, ["model.norm=layr"]))
+    with pytest.raises(ConfigError, match="envelope_exponent"):
+        validate_model_section(load_config(None, ["model.envelope_exponent=0"]))

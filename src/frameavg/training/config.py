@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,20 @@ FRAME_METHODS = (*_FA_METHODS, *_FA_SAMPLED)  # frameavg.frames.methods: the one
 #: Keys of earlier releases -> their names now (dotted). Read with a ``FutureWarning``; giving
 #: both spellings with different values is a ``ConfigError``.
 RENAMED: dict[str, str] = {"frames.frames": "frames.dims"}
+
+#: Model arguments whose default for new runs (``load_config``) is not the constructor's (which
+#: reproduces the original package): FAENet with a smooth cutoff envelope and a per-atom
+#: LayerNorm, which stays well-conditioned on crystals (docs/faenet.md).
+NEW_RUN_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"faenet": {"envelope": "polynomial", "norm": "layer"}}
+#: What a checkpoint's saved config without these keys was trained with (``checkpoint_config``).
+SAVED_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"faenet": {"envelope": "none", "norm": "graph"}}
+
+
+def _model_choices() -> dict[str, dict[str, tuple]]:
+    """Rules of the model keys with fixed values, checked like ``SCHEMA`` (imports torch)."""
+    from frameavg.models.blocks import ENVELOPES, NORMS
+
+    return {"faenet": {"envelope": _choice(*ENVELOPES), "envelope_exponent": _int(1), "norm": _choice(*NORMS)}}
 
 
 def _int(low=None, high=None, none=False):
@@ -303,6 +318,9 @@ def validate_model_section(config: dict, where: str = "config") -> None:
             close = difflib.get_close_matches(str(key), accepted, n=1)
             hint = f"; did you mean 'model.{close[0]}'?" if close else ""
             raise ConfigError(f"{where}: model '{name}' has no argument '{key}'{hint}")
+    for key, rule in _model_choices().get(name, {}).items():
+        if key in model:
+            model[key] = _checked(model[key], rule, f"{where}: 'model.{key}'")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
@@ -318,25 +336,58 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
         if not isinstance(user, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-        merge(config, upgrade_keys(user, where=str(path)), where=str(path))
+        user = upgrade_keys(user, where=str(path))
+        _data_paths_relative_to(user, path.parent)
+        merge(config, user, where=str(path))
     pairs = parse_overrides(overrides)
     _check_spellings(pairs)
     for key, value in pairs:
         merge(config, upgrade_keys(nest(key, value), where="override"), where="override")
+    _model_defaults(config, NEW_RUN_MODEL_DEFAULTS)
     validate_config(config, where=str(path) if path is not None else "config")
     return config
+
+
+def _model_defaults(config: dict, defaults: dict[str, dict[str, Any]]) -> None:
+    """Add ``defaults[model name]`` to ``config['model']`` where the key is missing (in place)."""
+    model = config.get("model")
+    if isinstance(model, dict):
+        for key, value in defaults.get(str(model.get("name", "")).lower(), {}).items():
+            model.setdefault(key, value)
+
+
+#: data keys that name files or folders; in a config file, a relative one is relative to the file
+DATA_PATH_KEYS = ("train", "val", "test")
+
+
+def _data_paths_relative_to(user: dict, folder: Path) -> None:
+    """Make the relative data paths of a config file's mapping relative to ``folder`` (the config
+    file's folder), in place: the config means the same data from any working directory. Left as
+    written: absolute paths, ``shipped:NAME`` and ``qm9pack`` (names, not paths) and non-strings
+    (validation reports those). Paths given as overrides stay relative to the working directory."""
+    data = user.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in DATA_PATH_KEYS:
+        value = data.get(key)
+        if not isinstance(value, str) or not value or value == "qm9pack" or value.startswith("shipped:"):
+            continue
+        if not Path(value).expanduser().is_absolute():
+            data[key] = os.path.normpath(folder.absolute() / value)
 
 
 def checkpoint_config(config: dict, where: str = "checkpoint") -> dict:
     """The config saved in a checkpoint, by this release or an earlier one, ready to rebuild its
     model: a copy with the ``RENAMED`` keys under their names now (silently: the checkpoint is not
     the user's to edit) and ``plugins`` (default none) imported, so that its model and readers are
-    registered."""
+    registered. Model keys a saved config lacks get the value it was trained with
+    (``SAVED_MODEL_DEFAULTS``: FAENet without envelope, with GraphNorm), not today's default."""
     from frameavg.plugins import import_plugins
 
     if not isinstance(config, dict):
         raise ConfigError(f"{where}: the saved config is not a mapping")
     config = upgrade_keys(copy.deepcopy(config), where=where, warn=False)
+    _model_defaults(config, SAVED_MODEL_DEFAULTS)
     config["plugins"] = _checked(config.get("plugins"), _STR_LIST, f"{where}: 'plugins'")
     import_plugins(config["plugins"], where=where)
     return config
