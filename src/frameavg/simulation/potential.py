@@ -28,6 +28,14 @@ from frameavg.precision import resolve as resolve_precision
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
+def neighbor_cap_warning(max_neighbors: int) -> str:
+    """The consequence of simulating with a hard neighbour cap of ``max_neighbors``."""
+    k = int(max_neighbors)
+    return (f"this model caps neighbours at {k} (max_neighbors): its energy jumps when the {k}th and "
+            f"{k + 1}th neighbours swap, so MD will not conserve energy and relaxations may stall; "
+            "retrain with max_neighbors: null (model and data)")
+
+
 class Potential:
     """Batched model evaluation in physical units.
 
@@ -36,7 +44,8 @@ class Potential:
             task's ``net``), possibly a ``FrameAveraging``.
         normalizer: the ``EnergyNormalizer`` that maps its outputs to eV (identity if None).
         cutoff, max_neighbors, max_edges_per_atom: the neighbour list the model expects (ties at
-            ``max_neighbors`` kept, as in training).
+            ``max_neighbors`` kept, as in training). A hard cap (``max_neighbors`` not None) warns
+            once: the energy jumps whenever the k-th and (k+1)-th neighbours swap.
         frames: evaluation frame method of a frame-averaged net. ``auto`` (default): ``all`` (exact),
             or ``learned`` for a net evaluated with learned frames (its canonicaliser was trained
             with it; PCA frames would show it inputs it never saw).
@@ -73,6 +82,8 @@ class Potential:
         self.normalizer = normalizer
         self.cutoff = float(cutoff)
         self.max_neighbors = max_neighbors
+        if max_neighbors is not None:
+            warnings.warn(neighbor_cap_warning(max_neighbors), stacklevel=2)
         self.max_edges_per_atom = max_edges_per_atom
         self.direct_forces = direct_forces
         self.training_elements = None if training_elements is None else {int(z) for z in training_elements}
