@@ -85,6 +85,14 @@ def test_md_nve_reports_drift_and_stability(ethanol_checkpoint, tmp_path, capsys
     assert 1 <= summary["neighbor_rebuilds"] <= summary["calculator_calls"]
     frames = ase.io.read(out, ":")
     assert [f.info["step"] for f in frames] == list(range(0, 101, 10))
+    # every step counts: the range bounds the recorded excursion, the jumps bound the range
+    n = len(frames[0])
+    assert summary["energy_range_meV_per_atom"] >= summary["max_excursion_meV_per_atom"]
+    assert summary["max_step_jump_meV"] * summary["steps"] >= summary["energy_range_meV_per_atom"] * n > 0
+    assert main(["md", "--checkpoint", ethanol_checkpoint, "--data", str(shipped_path("rmd17_ethanol/test")),
+                 "--steps", "10", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "NVE drift" in text and "largest one-step jump" in text and "meV/atom)" in text
 
 
 @pytest.mark.parametrize("ensemble", ["langevin", "bussi"])

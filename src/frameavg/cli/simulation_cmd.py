@@ -38,7 +38,8 @@ def register(sub) -> None:
         "md", help=command_help("md"),
         description="Molecular dynamics of one structure with ASE's integrators and the model as calculator "
                     "(Verlet neighbour list, frames at every step, conservative forces). Reports steps/s, the NVE "
-                    "energy drift (meV/atom/ps) and the stability time (first bond off by > 0.5 Å).")
+                    "energy drift (meV/atom/ps), the largest one-step jump of the total energy (meV), its range "
+                    "(meV/atom) and the stability time (first bond off by > 0.5 Å).")
     _add_model_args(p)
     p.add_argument("--index", type=nonnegative_int, default=0, help="structure of FILE to simulate (default 0)")
     p.add_argument("--ensemble", default="nve", choices=["nve", "langevin", "bussi"])
@@ -292,8 +293,13 @@ def run_md_command(args) -> int:
             f"a bond broke (> 0.5 Å off) at {summary['stability_fs']:.1f} fs"
         drift = "" if summary["drift_meV_per_atom_per_ps"] is None else \
             f"; NVE drift {summary['drift_meV_per_atom_per_ps']:.3f} meV/atom/ps " \
-            f"(max excursion {summary['max_excursion_meV_per_atom']:.3f} meV/atom)"
+            f"(max excursion {summary['max_excursion_meV_per_atom']:.3f} meV/atom, largest one-step jump " \
+            f"{_maybe(summary['max_step_jump_meV'])} meV, range {_maybe(summary['energy_range_meV_per_atom'])} meV/atom)"
         print(f"{args.ensemble} MD, {summary['steps']} steps of {args.timestep} fs ({summary['simulated_ps']:.3f} ps): "
               f"{summary['steps_per_s']:.1f} steps/s{drift}; {stable}; neighbour list rebuilt "
               f"{summary['neighbor_rebuilds']} times in {summary['calculator_calls']} calls\nwrote {out}")
     return 0
+
+
+def _maybe(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

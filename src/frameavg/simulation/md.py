@@ -4,8 +4,15 @@
 rescaling), records every ``every``-th frame and reports what tells a potential apart in MD:
 
 * throughput: steps/s;
-* for NVE: the total-energy drift, meV/atom/ps (slope of a least-squares line through the total
-  energy per atom against time), and the largest total-energy excursion;
+* for NVE, with E_tot(t) = potential + kinetic energy (eV) after MD step t = 0..steps (every step,
+  not only the recorded ones) and N atoms:
+
+  - drift, meV/atom/ps: slope of a least-squares line through E_tot/N of the recorded frames
+    against time;
+  - largest excursion, meV/atom: max_t |E_tot(t) − E_tot(0)| / N over the recorded frames;
+  - largest single-step jump, meV: max over t of |E_tot(t+1) − E_tot(t)| (whole cell, not per
+    atom), which catches a discontinuous potential that a fit through a long run averages away;
+  - range, meV/atom: (max_t E_tot(t) − min_t E_tot(t)) / N;
 * stability ("Forces are not enough", Fu et al. 2022): the first recorded time at which any bond of
   the initial structure (ASE ``natural_cutoffs``, minimum image) deviates from its initial length by
   more than 0.5 Å; None if the run stays stable.
@@ -33,8 +40,8 @@ BOND_DEVIATION = 0.5
 @dataclass
 class MDResult:
     """steps, timestep_fs, steps_per_s; temperatures [K] and total/potential energies [eV] of the
-    recorded frames (``times_fs``); ``drift_meV_per_atom_per_ps`` and ``max_excursion_meV_per_atom``
-    (NVE only); ``stability_fs`` (None: stable to the end); ``frames``: recorded ``ase.Atoms``."""
+    recorded frames (``times_fs``); ``drift_meV_per_atom_per_ps``, ``max_excursion_meV_per_atom``,
+    ``max_step_jump_meV`` and ``energy_range_meV_per_atom`` (NVE only, see the module docstring); ``stability_fs`` (None: stable to the end); ``frames``: recorded ``ase.Atoms``."""
 
     ensemble: str
     steps: int
@@ -46,6 +53,8 @@ class MDResult:
     total_energies: list = field(default_factory=list)
     drift_meV_per_atom_per_ps: float | None = None
     max_excursion_meV_per_atom: float | None = None
+    max_step_jump_meV: float | None = None
+    energy_range_meV_per_atom: float | None = None
     stability_fs: float | None = None
     frames: list = field(default_factory=list, repr=False)
 
@@ -150,7 +159,14 @@ def run_md(
         if progress is not None:
             progress(step, steps)
 
+    every_step = []  # E_tot after each step (eV); the calculator's cached energy, no extra call
+
+    def record_total():
+        every_step.append(float(atoms.get_potential_energy()) + float(atoms.get_kinetic_energy()))
+
     dynamics.attach(record, interval=every)
+    if ensemble == "nve":
+        dynamics.attach(record_total, interval=1)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -163,4 +179,8 @@ def run_md(
         slope = np.polyfit(times_ps, per_atom, 1)[0]
         result.drift_meV_per_atom_per_ps = float(1000.0 * slope)
         result.max_excursion_meV_per_atom = float(1000.0 * np.abs(per_atom - per_atom[0]).max())
+    if ensemble == "nve" and len(every_step) > 1:
+        totals = np.asarray(every_step)
+        result.max_step_jump_meV = float(1000.0 * np.abs(np.diff(totals)).max())
+        result.energy_range_meV_per_atom = float(1000.0 * (totals.max() - totals.min()) / len(atoms))
     return result
