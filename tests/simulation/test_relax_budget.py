@@ -34,6 +34,15 @@ def recording_potential() -> RecordingPotential:
                               dtype="float32")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: small batches on a shared, loaded CPU are far slower with more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def oc20_slabs(shared_data):
     """The 8 OC20 IS2RE sample slabs: 65, 172, 24, 49, 52, 54, 78, 93 atoms (587 in all)."""

@@ -1,15 +1,18 @@
-"""Batched optimisers: ASE's FIRE and LBFGS, one independent optimiser per structure, vectorised
-over a padded batch (float64).
+"""Batched optimisers: ASE's FIRE and LBFGS, one independent optimiser per structure, on flat
+tensors with a system index (float64), as TorchSim's ``SimState`` keeps them.
 
-Coordinates are ``x`` [S, R, 3]: S structures, R rows (atoms, plus 3 cell rows under a cell
-filter), ``valid`` [S, R] marking the rows a structure has. Every structure follows exactly the
-algorithm of ASE's optimiser of the same name (``ase.optimize.FIRE`` / ``ase.optimize.LBFGS``,
-ASE 3.23+: same parameters, same step rules), so a batched relaxation reproduces ASE's,
-structure by structure. Forces of fixed atoms must be zero (the caller masks them), which keeps
-those atoms in place, as ASE's ``FixAtoms`` does.
+Coordinates are ``x`` [R, 3]: the rows of all S structures one after the other (atoms, plus 3 cell
+rows each under a cell filter), ``system`` [R] the structure of each row (0..S-1, non-decreasing).
+Per-structure quantities are [S] tensors; per-structure dot products and maxima are segment sums
+and maxima over rows (``index_add_``/``scatter_reduce_``, in row order: a structure's numbers do
+not depend on the others in the batch). Every structure follows exactly the algorithm of ASE's
+optimiser of the same name (``ase.optimize.FIRE`` / ``ase.optimize.LBFGS``, ASE 3.23+: same
+parameters, same step rules), so a batched relaxation reproduces ASE's, structure by structure.
+Forces of fixed atoms must be zero (the caller masks them), which keeps those atoms in place, as
+ASE's ``FixAtoms`` does.
 
-Structures join and leave the batch between steps (``select``/``extend``); their state travels
-with them.
+Structures join and leave between steps (``extend``/``select``); their state travels with them.
+The Python work of a step does not depend on S (LBFGS loops over its history length only).
 """
 
 from __future__ import annotations
@@ -26,94 +29,84 @@ FIRE_DEFAULTS = {"dt": 0.1, "maxstep": 0.2, "dtmax": 1.0, "Nmin": 5, "finc": 1.1
 LBFGS_DEFAULTS = {"maxstep": 0.2, "memory": 100, "damping": 1.0, "alpha": 70.0}
 
 
-def _pad_rows(tensor: Tensor, rows: int, dim: int = 1) -> Tensor:
-    """Zero-pad ``tensor`` along ``dim`` to ``rows`` entries."""
-    missing = rows - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)
+def system_sum(values: Tensor, system: Tensor, count: int) -> Tensor:
+    """Per-structure sums [..., S] of ``values`` [..., R] (rows added in order)."""
+    return values.new_zeros(values.shape[:-1] + (count,)).index_add_(-1, system, values)
 
 
-def _per_structure_dot(a: Tensor, b: Tensor) -> Tensor:
-    """[S] sums over rows and components of a·b ([S, ..., R, 3] -> [S, ...])."""
-    return (a * b).sum((-1, -2))
+def system_max(values: Tensor, system: Tensor, count: int) -> Tensor:
+    """Per-structure maxima [S] of non-negative ``values`` [R] (0 for a structure without rows)."""
+    return values.new_zeros(count).scatter_reduce_(0, system, values, "amax")
+
+
+def system_dot(a: Tensor, b: Tensor, system: Tensor, count: int) -> Tensor:
+    """Per-structure dot products [..., S] of ``a``, ``b`` [..., R, 3]."""
+    return system_sum((a * b).sum(-1), system, count)
+
+
+def _row(dim: int = 0):
+    """A state field indexed by rows along ``dim``."""
+    return field(metadata={"index": "row", "dim": dim})
+
+
+def _system(dim: int = 0):
+    """A state field indexed by structures along ``dim``."""
+    return field(metadata={"index": "system", "dim": dim})
 
 
 @dataclass
 class FIREState:
-    """Per structure: velocity v [S,R,3], time step dt [S], mixing a [S], steps since the last
-    uphill move n [S], started [S] (ASE's ``vel is None`` before the first step)."""
+    """Velocity v [R,3]; per structure: time step dt [S], mixing a [S], steps since the last uphill
+    move n [S], started [S] (ASE's ``vel is None`` before the first step)."""
 
-    v: Tensor
-    dt: Tensor
-    a: Tensor
-    n: Tensor
-    started: Tensor
+    v: Tensor = _row()
+    dt: Tensor = _system()
+    a: Tensor = _system()
+    n: Tensor = _system()
+    started: Tensor = _system()
 
 
 @dataclass
 class LBFGSState:
-    """Per structure: history s, y [S,M,R,3] (oldest first), rho [S,M], stored entries count [S],
-    iteration [S], previous coordinates r0 and forces f0 [S,R,3]."""
+    """History s, y [M,R,3] (oldest first per structure), rho [M,S], stored entries count [S],
+    iteration [S], previous coordinates r0 and forces f0 [R,3]."""
 
-    s: Tensor
-    y: Tensor
-    rho: Tensor
-    count: Tensor
-    iteration: Tensor
-    r0: Tensor
-    f0: Tensor
+    s: Tensor = _row(1)
+    y: Tensor = _row(1)
+    rho: Tensor = _system(1)
+    count: Tensor = _system()
+    iteration: Tensor = _system()
+    r0: Tensor = _row()
+    f0: Tensor = _row()
 
 
 class BatchedOptimizer:
-    """Base: state management for structures entering and leaving the batch."""
+    """Base: state of structures entering and leaving the batch."""
 
     state: object = None
 
-    def initial_state(self, count: int, rows: int, like: Tensor):
+    def initial_state(self, rows: int, count: int, like: Tensor):
         raise NotImplementedError
 
-    def extend(self, count: int, rows: int, like: Tensor) -> None:
-        """Add fresh states for ``count`` new structures (rows padded to ``rows``)."""
-        new = self.initial_state(count, rows, like)
+    def extend(self, rows: int, count: int, like: Tensor) -> None:
+        """Append fresh states of ``count`` new structures with ``rows`` rows in all."""
+        new = self.initial_state(rows, count, like)
         if self.state is None:
             self.state = new
             return
-        merged = {}
-        for item in fields(self.state):
-            old, add = getattr(self.state, item.name), getattr(new, item.name)
-            if old.dim() >= 3:  # row-carrying tensors: pad to the common number of rows
-                dim = old.dim() - 2
-                width = max(old.shape[dim], add.shape[dim])
-                old, add = _pad_rows(old, width, dim), _pad_rows(add, width, dim)
-            merged[item.name] = torch.cat([old, add])
-        self.state = type(self.state)(**merged)
+        self.state = type(new)(**{f.name: torch.cat([getattr(self.state, f.name), getattr(new, f.name)],
+                                                    dim=f.metadata["dim"]) for f in fields(new)})
 
-    def select(self, keep: Tensor) -> None:
-        """Keep the states of structures ``keep`` [K] (indices into the batch), in that order."""
-        self.state = type(self.state)(**{f.name: getattr(self.state, f.name).index_select(0, keep)
-                                         for f in fields(self.state)})
-
-    def pad(self, rows: int) -> None:
-        """Widen row-carrying state to ``rows`` rows."""
+    def select(self, rows: Tensor, systems: Tensor) -> None:
+        """Keep the states of rows ``rows`` [R'] and structures ``systems`` [S'] (indices, in order)."""
+        keep = {"row": rows, "system": systems}
         self.state = type(self.state)(**{
-            f.name: _pad_rows(getattr(self.state, f.name), rows, getattr(self.state, f.name).dim() - 2)
-            if getattr(self.state, f.name).dim() >= 3 else getattr(self.state, f.name)
+            f.name: getattr(self.state, f.name).index_select(f.metadata["dim"], keep[f.metadata["index"]])
             for f in fields(self.state)})
 
-    @property
-    def rows(self) -> int:
-        """Rows of the row-carrying state (0 before any structure joined)."""
-        if self.state is None:
-            return 0
-        return max(getattr(self.state, f.name).shape[getattr(self.state, f.name).dim() - 2]
-                   for f in fields(self.state) if getattr(self.state, f.name).dim() >= 3)
-
-    def step(self, x: Tensor, forces: Tensor, valid: Tensor) -> Tensor:
-        """The displacement [S,R,3] of one step at coordinates ``x`` with ``forces`` (zero on
-        invalid rows and fixed atoms)."""
+    def step(self, x: Tensor, forces: Tensor, system: Tensor, count: int) -> Tensor:
+        """The displacement [R,3] of one step at coordinates ``x`` [R,3] (Å) with ``forces`` [R,3]
+        (eV/Å, zero on fixed atoms) of ``count`` structures, ``system`` [R] the structure of each row."""
         raise NotImplementedError
 
 
@@ -132,35 +125,36 @@ class FIRE(BatchedOptimizer):
     a: float = 0.1
     state: FIREState | None = field(default=None, repr=False)
 
-    def initial_state(self, count, rows, like):
-        return FIREState(v=like.new_zeros(count, rows, 3), dt=like.new_full((count,), self.dt),
+    def initial_state(self, rows, count, like):
+        return FIREState(v=like.new_zeros(rows, 3), dt=like.new_full((count,), self.dt),
                          a=like.new_full((count,), self.a), n=torch.zeros(count, dtype=torch.long, device=like.device),
                          started=torch.zeros(count, dtype=torch.bool, device=like.device))
 
-    def step(self, x, forces, valid):
+    def step(self, x, forces, system, count):
         st = self.state
         v = st.v
-        vf = _per_structure_dot(forces, v)
-        f_norm = _per_structure_dot(forces, forces).sqrt()
-        v_norm = _per_structure_dot(v, v).sqrt()
+        vf = system_dot(forces, v, system, count)
+        f_norm = system_dot(forces, forces, system, count).sqrt()
+        v_norm = system_dot(v, v, system, count).sqrt()
         downhill = st.started & (vf > 0)
         uphill = st.started & ~(vf > 0)
-        mixed = (1.0 - st.a)[:, None, None] * v + (st.a * v_norm / torch.where(f_norm > 0, f_norm, 1.0))[:, None, None] * forces
-        v = torch.where(downhill[:, None, None], mixed, v)
+        mix = st.a * v_norm / torch.where(f_norm > 0, f_norm, 1.0)
+        mixed = (1.0 - st.a)[system, None] * v + mix[system, None] * forces
+        v = torch.where(downhill[system, None], mixed, v)
         grow = downhill & (st.n > self.Nmin)
         dt = torch.where(grow, torch.clamp(st.dt * self.finc, max=self.dtmax), st.dt)
         a = torch.where(grow, st.a * self.fa, st.a)
         n = torch.where(downhill, st.n + 1, st.n)
-        v = torch.where(uphill[:, None, None], torch.zeros_like(v), v)
+        v = torch.where(uphill[system, None], torch.zeros_like(v), v)
         a = torch.where(uphill, torch.full_like(a, self.astart), a)
         dt = torch.where(uphill, dt * self.fdec, dt)
         n = torch.where(uphill, torch.zeros_like(n), n)
-        v = v + dt[:, None, None] * forces
-        dr = dt[:, None, None] * v
-        norm = _per_structure_dot(dr, dr).sqrt()
+        v = v + dt[system, None] * forces
+        dr = dt[system, None] * v
+        norm = system_dot(dr, dr, system, count).sqrt()
         scale = torch.where(norm > self.maxstep, self.maxstep / torch.where(norm > 0, norm, 1.0), torch.ones_like(norm))
         self.state = FIREState(v=v, dt=dt, a=a, n=n, started=torch.ones_like(st.started))
-        return dr * scale[:, None, None] * valid[..., None]
+        return dr * scale[system, None]
 
 
 @dataclass
@@ -175,50 +169,56 @@ class LBFGS(BatchedOptimizer):
     alpha: float = 70.0
     state: LBFGSState | None = field(default=None, repr=False)
 
-    def initial_state(self, count, rows, like):
-        zeros = like.new_zeros(count, self.memory, rows, 3)
+    def initial_state(self, rows, count, like):
         long = torch.zeros(count, dtype=torch.long, device=like.device)
-        return LBFGSState(s=zeros, y=zeros.clone(), rho=like.new_zeros(count, self.memory), count=long,
-                          iteration=long.clone(), r0=like.new_zeros(count, rows, 3), f0=like.new_zeros(count, rows, 3))
+        return LBFGSState(s=like.new_zeros(self.memory, rows, 3), y=like.new_zeros(self.memory, rows, 3),
+                          rho=like.new_zeros(self.memory, count), count=long, iteration=long.clone(),
+                          r0=like.new_zeros(rows, 3), f0=like.new_zeros(rows, 3))
 
-    def step(self, x, forces, valid):
+    def _remember(self, x, forces, system, count):
+        """(s, y, rho, stored count) with this step's pair appended for structures past their first step."""
         st = self.state
-        s, y, rho, count = st.s, st.y, st.rho, st.count
+        s, y, rho, stored = st.s, st.y, st.rho, st.count
         update = st.iteration > 0
-        if bool(update.any()):
-            s_new = x - st.r0
-            y_new = st.f0 - forces  # gradient difference: (-f) - (-f0)
-            sy = _per_structure_dot(y_new, s_new)
-            rho_new = 1.0 / torch.where(sy != 0, sy, torch.full_like(sy, float("inf")))
-            full = update & (count >= self.memory)
-            if bool(full.any()):  # drop the oldest entry: shift the history left
-                s = torch.where(full[:, None, None, None], s.roll(-1, dims=1), s)
-                y = torch.where(full[:, None, None, None], y.roll(-1, dims=1), y)
-                rho = torch.where(full[:, None], rho.roll(-1, dims=1), rho)
-                count = torch.where(full, count - 1, count)
-            slot = torch.nn.functional.one_hot(count.clamp(max=self.memory - 1), self.memory).to(x.dtype)
-            slot = slot * update[:, None].to(x.dtype)
-            s = s * (1 - slot)[..., None, None] + slot[..., None, None] * s_new[:, None]
-            y = y * (1 - slot)[..., None, None] + slot[..., None, None] * y_new[:, None]
-            rho = rho * (1 - slot) + slot * rho_new[:, None]
-            count = torch.where(update, count + 1, count)
+        if not bool(update.any()):
+            return s, y, rho, stored
+        s_new = x - st.r0
+        y_new = st.f0 - forces  # gradient difference: (-f) - (-f0)
+        sy = system_dot(y_new, s_new, system, count)
+        rho_new = 1.0 / torch.where(sy != 0, sy, torch.full_like(sy, float("inf")))
+        full = update & (stored >= self.memory)
+        if bool(full.any()):  # drop the oldest entry: shift the history left
+            s = torch.where(full[system][None, :, None], s.roll(-1, dims=0), s)
+            y = torch.where(full[system][None, :, None], y.roll(-1, dims=0), y)
+            rho = torch.where(full[None, :], rho.roll(-1, dims=0), rho)
+            stored = torch.where(full, stored - 1, stored)
+        slot = stored.clamp(max=self.memory - 1)  # written in place: the state is this optimiser's own
+        rows = torch.nonzero(update[system]).squeeze(1)
+        systems = torch.nonzero(update).squeeze(1)
+        s[slot[system[rows]], rows] = s_new[rows]
+        y[slot[system[rows]], rows] = y_new[rows]
+        rho[slot[systems], systems] = rho_new[systems]
+        return s, y, rho, torch.where(update, stored + 1, stored)
+
+    def step(self, x, forces, system, count):
+        st = self.state
+        s, y, rho, stored = self._remember(x, forces, system, count)
         q = -forces
-        alphas = []
-        for i in range(self.memory - 1, -1, -1):
-            a_i = rho[:, i] * _per_structure_dot(s[:, i], q)
-            q = q - a_i[:, None, None] * y[:, i]
-            alphas.append(a_i)
-        alphas.reverse()
+        entries = int(stored.max()) if count else 0  # empty slots have rho = 0: no contribution
+        alphas = [None] * entries
+        for i in range(entries - 1, -1, -1):
+            alphas[i] = rho[i] * system_dot(s[i], q, system, count)
+            q = q - alphas[i][system, None] * y[i]
         z = q / self.alpha
-        for i in range(self.memory):
-            b = rho[:, i] * _per_structure_dot(y[:, i], z)
-            z = z + s[:, i] * (alphas[i] - b)[:, None, None]
-        p = -z * valid[..., None]
-        longest = (p * p).sum(-1).sqrt().amax(-1)
+        for i in range(entries):
+            b = rho[i] * system_dot(y[i], z, system, count)
+            z = z + s[i] * (alphas[i] - b)[system, None]
+        p = -z
+        longest = system_max((p * p).sum(-1).sqrt(), system, count)
         scale = torch.where(longest >= self.maxstep, self.maxstep / torch.where(longest > 0, longest, 1.0),
                             torch.ones_like(longest))
-        dr = p * (scale * self.damping)[:, None, None]
-        self.state = LBFGSState(s=s, y=y, rho=rho, count=count, iteration=st.iteration + 1, r0=x.clone(),
+        dr = p * (scale * self.damping)[system, None]
+        self.state = LBFGSState(s=s, y=y, rho=rho, count=stored, iteration=st.iteration + 1, r0=x.clone(),
                                 f0=forces.clone())
         return dr
 

@@ -6,9 +6,18 @@ is either a frameavg model (a checkpoint path, a ``Potential`` or a training tas
 ONE batch for all structures still relaxing, or any ASE calculator, evaluated structure by
 structure (the reference path, and how EMT ground truth is produced).
 
+The engine keeps the structures being relaxed as flat tensors with a structure index, as
+TorchSim's ``SimState`` does (``_Systems``: rows [R,3] of all structures one after the other,
+per-structure values [S]), so that the Python work of a step does not grow with the number of
+structures: convergence, the cell filter, fixed atoms and the optimiser step are tensor
+operations over all rows at once. Only a force provider (neighbour lists), structures joining or
+leaving, and ``trajectory`` snapshots do per-structure work.
+
 * Convergence is per structure: max |F| over free atoms (and, with ``relax_cell``, over the three
   cell rows of the unit-cell filter) below ``fmax``, as ASE's optimisers test it. A converged
-  structure leaves the batch; waiting structures join while the atom budget allows.
+  structure leaves the batch; waiting structures join in its place (in flight) while the atom
+  budget allows: a batch never holds more than ``max_atoms_per_batch`` rows, unless one structure
+  alone has more.
 * Fixed atoms (``FixAtoms``, OC20 tag 0 / ``fixed``) never move.
 * ``relax_cell``: ASE's ``UnitCellFilter`` (positions in the undeformed cell plus the deformation
   gradient times ``cell_factor`` = number of atoms; cell forces = virial / cell_factor).
@@ -20,23 +29,31 @@ Each result is a copy of the input ``ase.Atoms`` at its last positions (and cell
 ``SinglePointCalculator`` holding its last energy and forces, and ``info``: ``converged`` (bool),
 ``steps`` (optimiser steps), ``energy`` (eV), ``fmax`` (eV/Å), ``status`` (``converged``, ``not
 converged``, ``failed: ...``).
+
+Force providers have ``prepare(key, atoms)``, ``release(key)`` and ``evaluate(keys, positions,
+cells, stress)``: ``positions`` [N,3] (Å) of the structures ``keys`` one after the other, ``cells``
+[S,3,3]; it returns ``{"energy": [S] eV, "forces": [N,3] eV/Å, "stress": [S,3,3] eV/Å³ (if
+stress), "errors": {index in keys: message}}`` (float64 CPU tensors).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
+from torch import Tensor
 
 from frameavg.data.atomic_data import fixed_mask
 from frameavg.errors import ConfigError, DataError, FrameavgError
 from frameavg.outputs import ENERGY, FORCES, STRESS
-from frameavg.simulation.optimizers import make_optimizer
+from frameavg.simulation.optimizers import make_optimizer, system_max, system_sum
+
+ERRORS = "errors"
 
 
 # --------------------------------------------------------------------------- force providers
@@ -65,25 +82,20 @@ class PotentialProvider:
         self._templates.pop(key, None)
         self._lists.pop(key, None)
 
-    def evaluate(self, keys: list[int], positions: list[np.ndarray], cells: list[np.ndarray], stress: bool) -> list[dict]:
+    def evaluate(self, keys: list[int], positions: Tensor, cells: Tensor, stress: bool) -> dict:
         dtype, datas = self.potential.dtype, []
-        for key, pos, cell in zip(keys, positions, cells):
+        sizes = [self._templates[key].num_nodes for key in keys]
+        for key, pos, cell in zip(keys, positions.split(sizes), cells):
             data = self._templates[key].clone()
-            data.pos = torch.as_tensor(pos, dtype=dtype)
-            data.cell = torch.as_tensor(cell, dtype=dtype).reshape(1, 3, 3)
+            data.pos = pos.to(dtype)
+            data.cell = cell.to(dtype).reshape(1, 3, 3)
             data.edge_index, data.cell_offsets = self._lists[key].edges(data.pos, data.cell[0], data.pbc[0])
             datas.append(data)
         out = self.potential(self.potential.batch(datas), forces=True, stress=stress)
-        energies = out[ENERGY].cpu().numpy()
-        forces = out[FORCES].cpu().numpy()
-        offsets = np.cumsum([0] + [len(p) for p in positions])
-        results = []
-        for k in range(len(keys)):
-            item = {ENERGY: float(energies[k]), FORCES: forces[offsets[k]:offsets[k + 1]]}
-            if stress:
-                item[STRESS] = out[STRESS][k].cpu().numpy()
-            results.append(item)
-        return results
+        result = {ENERGY: out[ENERGY].cpu().double(), FORCES: out[FORCES].cpu().double(), ERRORS: {}}
+        if stress:
+            result[STRESS] = out[STRESS].cpu().double()
+        return result
 
 
 class AseProvider:
@@ -106,34 +118,42 @@ class AseProvider:
 
     def evaluate(self, keys, positions, cells, stress):
         from ase.calculators.calculator import CalculationFailed
+        from ase.stress import voigt_6_to_full_3x3_stress
 
-        results = []
-        for key, pos, cell in zip(keys, positions, cells):
+        sizes = [len(self._atoms[key]) for key in keys]
+        energy = torch.full((len(keys),), math.nan, dtype=torch.float64)
+        forces = torch.full((sum(sizes), 3), math.nan, dtype=torch.float64)
+        stresses = torch.full((len(keys), 3, 3), math.nan, dtype=torch.float64)
+        errors, start = {}, 0
+        for k, (key, pos, cell) in enumerate(zip(keys, positions.split(sizes), cells)):
             atoms = self._atoms[key]
-            atoms.set_cell(cell, scale_atoms=False)
-            atoms.set_positions(pos)
+            atoms.set_cell(cell.numpy(), scale_atoms=False)
+            atoms.set_positions(pos.numpy())
             try:
-                item = {ENERGY: float(atoms.get_potential_energy()), FORCES: np.array(atoms.get_forces())}
+                energy[k] = float(atoms.get_potential_energy())
+                forces[start:start + sizes[k]] = torch.from_numpy(np.array(atoms.get_forces(), dtype=np.float64))
                 if stress:
-                    from ase.stress import voigt_6_to_full_3x3_stress
-
-                    item[STRESS] = voigt_6_to_full_3x3_stress(atoms.get_stress())
+                    stresses[k] = torch.from_numpy(voigt_6_to_full_3x3_stress(atoms.get_stress()))
             except (CalculationFailed, NotImplementedError, ValueError, KeyError) as exc:
-                item = {"error": f"{type(exc).__name__}: {exc}"}
-            results.append(item)
-        return results
+                errors[k] = f"{type(exc).__name__}: {exc}"
+            start += sizes[k]
+        result = {ENERGY: energy, FORCES: forces, ERRORS: errors}
+        if stress:
+            result[STRESS] = stresses
+        return result
 
 
 def as_provider(force_provider, *, device="cpu", dtype="float64", frames="auto", skin=0.5, precision=None):
-    """A provider from a checkpoint path, a ``Potential``, a training task or an ASE calculator."""
+    """A provider from a checkpoint path, a ``Potential``, a training task, an ASE calculator, or
+    an object that is one already (``prepare``, ``release``, ``evaluate``)."""
     from ase.calculators.calculator import BaseCalculator
 
     from frameavg.simulation.potential import Potential
 
-    if isinstance(force_provider, (PotentialProvider, AseProvider)):
-        return force_provider
     if isinstance(force_provider, BaseCalculator):
         return AseProvider(force_provider)
+    if all(callable(getattr(force_provider, name, None)) for name in ("prepare", "release", "evaluate")):
+        return force_provider
     if isinstance(force_provider, Potential):
         return PotentialProvider(force_provider, skin)
     if isinstance(force_provider, (str, Path)):
@@ -146,65 +166,116 @@ def as_provider(force_provider, *, device="cpu", dtype="float64", frames="auto",
                       f"calculator, got {type(force_provider).__name__}")
 
 
-# --------------------------------------------------------------------------- one structure's bookkeeping
+# --------------------------------------------------------------------------- the flat state
+ROW, SYSTEM = "row", "system"
+
+
 @dataclass
-class _Item:
-    key: int
-    atoms: object
-    fixed: np.ndarray  # [n] bool
-    orig_cell: np.ndarray  # [3,3] (unit-cell filter reference)
-    x: np.ndarray  # [rows,3] generalized coordinates
-    steps: int = 0
-    energy: float = math.nan
-    forces: np.ndarray | None = None  # [n,3] last forces (zero on fixed atoms)
-    generalized_forces: np.ndarray | None = None  # [rows,3] forces on the coordinates x
-    current: tuple | None = None  # (positions, cell) of the last evaluation
-    fmax: float = math.inf
-    status: str = "pending"
-    frames: list = field(default_factory=list)
+class _Systems:
+    """The structures being relaxed as flat tensors (float64; Å, eV, eV/Å). Rows: each
+    structure's atoms, then (``relax_cell``) its 3 cell rows; structures in joining order."""
+
+    x: Tensor  # [R,3] generalized coordinates (ROW)
+    system: Tensor  # [R] long: structure of each row (ROW)
+    atom: Tensor  # [R] bool: atom rows (False: cell rows) (ROW)
+    fixed: Tensor  # [R] bool: fixed atoms (ROW)
+    start: Tensor  # [R,3] starting positions, where fixed atoms stay (ROW)
+    pos: Tensor  # [R,3] positions of the last good evaluation (ROW; cell rows unused)
+    forces: Tensor  # [R,3] its forces, zero on fixed atoms (ROW; cell rows unused)
+    gforces: Tensor  # [R,3] its forces on the coordinates x (ROW)
+    key: Tensor  # [S] long: input index (SYSTEM)
+    natoms: Tensor  # [S] long (SYSTEM)
+    orig_cell: Tensor  # [S,3,3] the unit-cell filter's reference cell (SYSTEM)
+    cell: Tensor  # [S,3,3] cell of the last good evaluation (SYSTEM)
+    energy: Tensor  # [S] eV, NaN before a good evaluation (SYSTEM)
+    fmax: Tensor  # [S] eV/Å, inf before a good evaluation (SYSTEM)
+    steps: Tensor  # [S] long optimiser steps (SYSTEM)
+
+    KINDS = {"x": ROW, "system": ROW, "atom": ROW, "fixed": ROW, "start": ROW, "pos": ROW, "forces": ROW,
+             "gforces": ROW}
 
     @property
-    def rows(self) -> int:
-        return self.x.shape[0]
+    def count(self) -> int:
+        return self.key.shape[0]
+
+    @property
+    def rows(self) -> Tensor:
+        """[S] rows per structure."""
+        return torch.bincount(self.system, minlength=self.count)
+
+    def select(self, rows: Tensor, systems: Tensor) -> "_Systems":
+        """The structures ``systems`` [S'] (sorted indices) with their rows ``rows`` [R']."""
+        renumber = torch.full((self.count,), -1, dtype=torch.long)
+        renumber[systems] = torch.arange(len(systems))
+        picked = {f.name: getattr(self, f.name).index_select(0, rows if self.KINDS.get(f.name) == ROW else systems)
+                  for f in fields(self)}
+        picked["system"] = renumber[picked["system"]]
+        return _Systems(**picked)
+
+    def join(self, other: "_Systems") -> "_Systems":
+        """These structures followed by ``other``'s."""
+        merged = {f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self)}
+        merged["system"] = torch.cat([self.system, other.system + self.count])
+        return _Systems(**merged)
 
 
-class _CellFilter:
-    """ASE's ``UnitCellFilter`` maps between (positions, cell) and generalized coordinates."""
+def _new_systems(keys: list[int], structures: list, relax_cell: bool) -> _Systems:
+    """Flat state of structures joining the batch (their generalized coordinates at the start:
+    positions, then ``natoms`` times the identity deformation for the cell rows)."""
+    sizes = [len(atoms) for atoms in structures]
+    extra = 3 if relax_cell else 0
+    pos = torch.from_numpy(np.concatenate([np.asarray(a.positions, dtype=np.float64).reshape(-1, 3)
+                                           for a in structures]))
+    fixed = torch.from_numpy(np.concatenate([fixed_mask(a) for a in structures]))
+    natoms = torch.tensor(sizes, dtype=torch.long)
+    system = torch.repeat_interleave(torch.arange(len(sizes)), natoms + extra)
+    cells = torch.from_numpy(np.stack([np.asarray(a.cell.array, dtype=np.float64) for a in structures]))
+    atom = torch.ones(len(system), dtype=torch.bool)
+    rows = torch.zeros(len(system), 3, dtype=torch.float64)
+    if relax_cell:
+        within = torch.arange(len(system)) - torch.repeat_interleave(torch.cumsum(natoms + 3, 0) - natoms - 3,
+                                                                     natoms + 3)
+        atom = within < natoms[system]
+        cell_rows = natoms.double()[:, None, None] * torch.eye(3, dtype=torch.float64)
+        rows[~atom] = cell_rows.reshape(-1, 3)
+    rows[atom] = pos
+    all_fixed = torch.zeros(len(system), dtype=torch.bool)
+    all_fixed[atom] = fixed
+    count = len(sizes)
+    return _Systems(x=rows, system=system, atom=atom, fixed=all_fixed, start=rows.clone(), pos=rows.clone(),
+                    forces=torch.zeros_like(rows), gforces=torch.zeros_like(rows),
+                    key=torch.tensor(keys, dtype=torch.long), natoms=natoms, orig_cell=cells, cell=cells.clone(),
+                    energy=torch.full((count,), math.nan, dtype=torch.float64),
+                    fmax=torch.full((count,), math.inf, dtype=torch.float64),
+                    steps=torch.zeros(count, dtype=torch.long))
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
 
-    def to_generalized(self, pos, cell, orig_cell):
-        if not self.enabled:
-            return pos.copy()
-        deform = np.linalg.solve(orig_cell, cell).T
-        rows = np.zeros((len(pos) + 3, 3))
-        rows[:len(pos)] = np.linalg.solve(deform, pos.T).T
-        rows[len(pos):] = len(pos) * deform
-        return rows
+# --------------------------------------------------------------------------- the unit-cell filter, flat
+def _geometry(st: _Systems, relax_cell: bool) -> tuple[Tensor, Tensor]:
+    """(positions [R,3] (atom rows meaningful), cells [S,3,3]) of the coordinates ``st.x``; fixed
+    atoms keep their starting Cartesian positions."""
+    if not relax_cell:
+        return torch.where(st.fixed[:, None], st.start, st.x), st.orig_cell
+    eye = torch.eye(3, dtype=st.x.dtype)
+    cell_rows = st.x[~st.atom].reshape(-1, 3, 3)
+    deform = eye + (cell_rows / st.natoms.to(st.x.dtype)[:, None, None] - eye).transpose(1, 2)
+    cell = st.orig_cell @ deform
+    pos = torch.einsum("ri,rij->rj", st.x, deform[st.system])
+    return torch.where(st.fixed[:, None], st.start, pos), cell
 
-    def from_generalized(self, x, n, orig_cell, old_pos, fixed):
-        """(positions, cell) of generalized coordinates; fixed atoms keep their Cartesian positions."""
-        if not self.enabled:
-            pos = x.copy()
-            pos[fixed] = old_pos[fixed]
-            return pos, orig_cell
-        deform = (x[n:] / n - np.eye(3)).T
-        cell = orig_cell @ (np.eye(3) + deform)
-        pos = x[:n] @ (np.eye(3) + deform)
-        pos[fixed] = old_pos[fixed]
-        return pos, cell
 
-    def forces(self, forces, stress, cell, orig_cell):
-        if not self.enabled:
-            return forces
-        volume = abs(np.linalg.det(cell))
-        virial = -volume * stress
-        deform = np.linalg.solve(orig_cell, cell).T
-        rows = np.zeros((len(forces) + 3, 3))
-        rows[:len(forces)] = forces @ deform
-        rows[len(forces):] = np.linalg.solve(deform, virial.T).T / len(forces)
-        return rows
+def _generalized_forces(st: _Systems, forces: Tensor, stress: Tensor | None, cell: Tensor, relax_cell: bool) -> Tensor:
+    """Forces on the coordinates [R,3] of atom ``forces`` [R,3] (zero on fixed atoms and cell rows)
+    and ``stress`` [S,3,3] (eV/Å³) at ``cell`` [S,3,3]: ASE's UnitCellFilter.get_forces."""
+    if not relax_cell:
+        return forces
+    volume = torch.linalg.det(cell).abs()
+    virial = -volume[:, None, None] * stress
+    deform = torch.linalg.solve(st.orig_cell, cell).transpose(1, 2)
+    rows = torch.einsum("ri,rij->rj", forces, deform[st.system])
+    cell_rows = torch.linalg.solve(deform, virial.transpose(1, 2)).transpose(1, 2) / st.natoms.to(forces.dtype)[:, None, None]
+    rows[~st.atom] = cell_rows.reshape(-1, 3)
+    return rows
 
 
 # --------------------------------------------------------------------------- the engine
@@ -236,9 +307,9 @@ def relax(
             e.g. ``ADSORBML_LBFGS``).
         fmax: convergence threshold on the largest force (eV/Å). steps: maximum optimiser steps.
         relax_cell: relax the cell too (periodic structures with a volume only).
-        max_atoms_per_batch: atoms evaluated together; structures wait their turn. Default: all on a
-            GPU; ``CPU_ATOMS_PER_BATCH`` (256) on a CPU, where larger batches run slower per structure
-            (measured on 64 slabs: batches of 4 slabs 2.5 s, of all 64 8.6 s).
+        max_atoms_per_batch: rows (atoms, plus 3 per structure with ``relax_cell``) evaluated
+            together; structures wait their turn. Default: all on a GPU; ``CPU_ATOMS_PER_BATCH``
+            (256) on a CPU, where larger batches run slower per structure.
         trajectory: True keeps every step in ``info["trajectory"]`` (a list of Atoms); a folder
             path writes ``{name}.traj`` per structure there (``names``: default the input index).
         device, dtype, frames, skin, precision: for checkpoint/task providers (see ``Potential``).
@@ -247,60 +318,35 @@ def relax(
     if fmax <= 0 or steps < 0:
         raise ConfigError(f"fmax must be positive and steps >= 0, got {fmax} and {steps}")
     provider = as_provider(force_provider, device=device, dtype=dtype, frames=frames, skin=skin, precision=precision)
-    cell_filter = _CellFilter(relax_cell)
-    optimizer_options = dict(optimizer_options or {})
     results: list = [None] * len(structures)
-    queue = []
+    waiting = []
     for key, atoms in enumerate(structures):
-        item = _new_item(key, atoms, provider, cell_filter)
-        if isinstance(item, str):
-            results[key] = _finish_failed(atoms, item)
+        message = _prepare(key, atoms, provider, relax_cell)
+        if message is None:
+            waiting.append((key, atoms))
         else:
-            queue.append(item)
-    budget = max_atoms_per_batch or _default_budget(provider, queue)
-    opt = make_optimizer(optimizer, **optimizer_options)
-    active: list[_Item] = []
-    done = len(structures) - len(queue)
-    keep_frames = bool(trajectory)
-    while queue or active:
-        added, load = [], sum(i.rows for i in active)
-        while queue and (not (active or added) or load + queue[0].rows <= budget):
-            load += queue[0].rows
-            added.append(queue.pop(0))
-        if added:
-            width = max(i.rows for i in active + added)
-            if opt.state is not None:
-                opt.pad(width)
-            opt.extend(len(added), width, torch.zeros(1, dtype=torch.float64))
-            active += added
-        evaluations, budget = _evaluate(provider, active, cell_filter, relax_cell, budget)
-        leaving = []
-        for k, (item, result) in enumerate(zip(active, evaluations)):
-            message = _absorb(item, result, cell_filter, relax_cell)
-            if keep_frames and message is None:
-                item.frames.append(_snapshot(item))
-            if message is not None:
-                item.status = f"failed: {message}"
-            elif item.fmax < fmax:
-                item.status = "converged"
-            elif item.steps >= steps:
-                item.status = "not converged"
-            else:
-                continue
-            leaving.append(k)
-        for k in leaving:
-            key = active[k].key
-            results[key] = _finish(active[k], provider, trajectory, key if names is None else names[key])
-        done += len(leaving)
-        if leaving:
-            keep = [k for k in range(len(active)) if k not in set(leaving)]
-            active = [active[k] for k in keep]
-            if active:
-                opt.select(torch.as_tensor(keep, dtype=torch.long))
-            else:
-                opt.state = None
-        if active:
-            _step(opt, active)
+            results[key] = _finish_failed(atoms, message)
+    cum_rows = np.cumsum([0] + [len(atoms) + (3 if relax_cell else 0) for _, atoms in waiting])
+    budget = max_atoms_per_batch or _default_budget(provider, int(cum_rows[-1]))
+    opt = make_optimizer(optimizer, **dict(optimizer_options or {}))
+    run = _Run(structures, provider, trajectory, names, {} if trajectory else None)
+    st, joined, done = None, 0, len(structures) - len(waiting)
+    while joined < len(waiting) or st is not None:
+        st, joined = _admit(st, waiting, cum_rows, joined, budget, relax_cell, opt)
+        pos, cell = _geometry(st, relax_cell)
+        out, budget = _evaluate(provider, st, pos[st.atom], cell, relax_cell, budget)
+        st, failure = _absorb(st, out, pos, cell, relax_cell)
+        if run.frames is not None:
+            run.record(st, failure == 0)
+        leaving = (failure > 0) | (st.fmax < fmax) | (st.steps >= steps)
+        if bool(leaving.any()):
+            for key, atoms in run.finish(st, leaving, failure, out[ERRORS], fmax):
+                results[key] = atoms
+            done += int(leaving.sum())
+            st = _drop(st, opt, leaving)
+        if st is not None:
+            st.x = st.x + opt.step(st.x, st.gforces, st.system, st.count)
+            st.steps = st.steps + 1
         if progress is not None:
             progress(done, len(structures))
     return results
@@ -310,46 +356,73 @@ def relax(
 CPU_ATOMS_PER_BATCH = 256
 
 
-def _default_budget(provider, queue) -> int:
-    everything = max(1, sum(item.rows for item in queue))
+def _default_budget(provider, rows: int) -> int:
+    everything = max(1, rows)
     potential = getattr(provider, "potential", None)
     if potential is not None and potential.device.type == "cpu":
         return min(everything, CPU_ATOMS_PER_BATCH)
     return everything
 
 
-def _new_item(key, atoms, provider, cell_filter):
-    """A structure's bookkeeping, or an error message for a structure that cannot be relaxed."""
-    if cell_filter.enabled and not (np.all(atoms.pbc) and abs(atoms.cell.volume) > 0):
+def _prepare(key, atoms, provider, relax_cell) -> str | None:
+    """None for a structure the provider accepts, else why it cannot be relaxed."""
+    if relax_cell and not (np.all(atoms.pbc) and abs(atoms.cell.volume) > 0):
         return "relax_cell needs a structure periodic along x, y and z (a molecule has no cell to relax)"
     try:
         provider.prepare(key, atoms)
     except (DataError, FrameavgError) as exc:
         return str(exc)
-    pos = np.array(atoms.positions, dtype=np.float64)
-    cell = np.array(atoms.cell.array, dtype=np.float64)
-    return _Item(key=key, atoms=atoms, fixed=fixed_mask(atoms), orig_cell=cell,
-                 x=cell_filter.to_generalized(pos, cell, cell))
+    return None
 
 
-def _evaluate(provider, active, cell_filter, relax_cell, budget):
-    """Energies/forces of every active structure; on out-of-memory, split the batch in two."""
-    positions, cells = [], []
-    for item in active:
-        n = len(item.atoms)
-        pos, cell = cell_filter.from_generalized(item.x, n, item.orig_cell, item.atoms.positions, item.fixed)
-        positions.append(pos)
-        cells.append(cell)
-    keys = [item.key for item in active]
-    splits = []
+def _admit(st, waiting, cum_rows, joined, budget, relax_cell, opt):
+    """Waiting structures join (in order) while the batch holds at most ``budget`` rows (one
+    structure at least when the batch is empty): (state, number of structures joined so far)."""
+    load = 0 if st is None else st.x.shape[0]
+    stop = int(np.searchsorted(cum_rows, cum_rows[joined] + budget - load, side="right")) - 1
+    if st is None:
+        stop = max(stop, joined + 1)
+    stop = min(stop, len(waiting))
+    if stop <= joined:
+        return st, joined
+    keys, structures = zip(*waiting[joined:stop])
+    new = _new_systems(list(keys), list(structures), relax_cell)
+    opt.extend(new.x.shape[0], new.count, new.x)
+    return (new if st is None else st.join(new)), stop
+
+
+def _drop(st, opt, leaving):
+    """The state without the structures ``leaving`` [S] (None when none stays)."""
+    stay = ~leaving
+    if not bool(stay.any()):
+        opt.state = None
+        return None
+    systems = torch.nonzero(stay).squeeze(1)
+    rows = torch.nonzero(stay[st.system]).squeeze(1)
+    opt.select(rows, systems)
+    return st.select(rows, systems)
+
+
+def _evaluate(provider, st, positions, cells, relax_cell, budget):
+    """(provider output for all structures, budget); on out-of-memory the batch is split in two
+    (and the budget lowered to the half that fitted), a structure the model refuses is found."""
+    keys, splits, bounds = st.key.tolist(), [], {}
+
+    def ranges():
+        if not bounds:
+            bounds["atoms"] = [0] + torch.cumsum(st.natoms, 0).tolist()
+            bounds["rows"] = [0] + torch.cumsum(st.rows, 0).tolist()
+        return bounds["atoms"], bounds["rows"]
 
     def run(lo, hi):
+        whole = (lo, hi) == (0, len(keys))  # the usual case: no per-structure offsets needed
+        atoms = ranges()[0] if not whole else [0] * hi + [positions.shape[0]]
         try:
-            return provider.evaluate(keys[lo:hi], positions[lo:hi], cells[lo:hi], relax_cell)
+            return provider.evaluate(keys[lo:hi], positions[atoms[lo]:atoms[hi]], cells[lo:hi], relax_cell)
         except DataError as exc:  # a structure the model refuses: find it, the others go on
             if hi - lo <= 1:
-                return [{"error": str(exc)}]
-            return [item for k in range(lo, hi) for item in run(k, k + 1)]
+                return _failed_output(atoms[hi] - atoms[lo], relax_cell, str(exc))
+            return _merge([run(k, k + 1) for k in range(lo, hi)])
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
                 raise
@@ -358,11 +431,30 @@ def _evaluate(provider, active, cell_filter, relax_cell, budget):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             mid = (lo + hi) // 2
-            splits.append(sum(active[k].rows for k in range(lo, mid)))
-            return run(lo, mid) + run(mid, hi)
+            rows = ranges()[1]
+            splits.append(rows[mid] - rows[lo])
+            return _merge([run(lo, mid), run(mid, hi)])
 
-    results = run(0, len(active))
-    return results, (min(splits) if splits else budget)
+    return run(0, len(keys)), (min(splits) if splits else budget)
+
+
+def _failed_output(atoms: int, stress: bool, message: str) -> dict:
+    """A provider output for one structure that could not be evaluated."""
+    out = {ENERGY: torch.full((1,), math.nan, dtype=torch.float64),
+           FORCES: torch.full((atoms, 3), math.nan, dtype=torch.float64), ERRORS: {0: message}}
+    if stress:
+        out[STRESS] = torch.full((1, 3, 3), math.nan, dtype=torch.float64)
+    return out
+
+
+def _merge(outputs: list[dict]) -> dict:
+    """Provider outputs of consecutive groups of structures as one."""
+    merged = {name: torch.cat([o[name] for o in outputs]) for name in (ENERGY, FORCES, STRESS) if name in outputs[0]}
+    merged[ERRORS], offset = {}, 0
+    for o in outputs:
+        merged[ERRORS].update({offset + k: message for k, message in o[ERRORS].items()})
+        offset += o[ENERGY].shape[0]
+    return merged
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -370,74 +462,95 @@ def _out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
-def _absorb(item, result, cell_filter, relax_cell) -> str | None:
-    """Take a result into the item; the error message of a failed evaluation, else None."""
-    if "error" in result:
-        return result["error"]
-    forces = np.array(result[FORCES], dtype=np.float64)
-    if not (np.isfinite(result[ENERGY]) and np.isfinite(forces).all()):
-        return "non-finite energy or forces"
-    n = len(item.atoms)
-    pos, cell = cell_filter.from_generalized(item.x, n, item.orig_cell, item.atoms.positions, item.fixed)
-    forces[item.fixed] = 0.0
-    generalized = cell_filter.forces(forces, result.get("stress"), cell, item.orig_cell) if relax_cell else forces
-    if relax_cell and not np.isfinite(generalized).all():
-        return "non-finite stress"
-    item.energy, item.forces = float(result[ENERGY]), forces
-    item.generalized_forces = generalized
-    item.fmax = float(np.sqrt((generalized ** 2).sum(-1)).max()) if len(generalized) else 0.0
-    item.current = (pos, cell)
-    return None
+#: Failure codes of ``_absorb`` (0: evaluated) and their statuses (1: the provider's message).
+FAILURES = {2: "non-finite energy or forces", 3: "non-finite stress"}
 
 
-def _step(opt, active) -> None:
-    """One optimiser step of every active structure (padded batch)."""
-    width = max(max(item.rows for item in active), opt.rows)
-    x = torch.zeros(len(active), width, 3, dtype=torch.float64)
-    f = torch.zeros_like(x)
-    valid = torch.zeros(len(active), width, dtype=torch.float64)
-    for k, item in enumerate(active):
-        x[k, :item.rows] = torch.from_numpy(item.x)
-        f[k, :item.rows] = torch.from_numpy(item.generalized_forces)
-        valid[k, :item.rows] = 1.0
-    dr = opt.step(x, f, valid).numpy()
-    for k, item in enumerate(active):
-        item.x = item.x + dr[k, :item.rows]
-        item.steps += 1
+def _absorb(st, out, pos, cell, relax_cell):
+    """Take an evaluation at positions ``pos`` [R,3] and ``cell`` [S,3,3] into the state; returns
+    (state, failure code [S]: 0 evaluated, 1 refused by the provider, see ``FAILURES``). Failed
+    structures keep their last good values."""
+    count = st.count
+    forces = torch.zeros_like(st.x)
+    forces[st.atom] = out[FORCES].to(forces.dtype)
+    energy = out[ENERGY].to(forces.dtype)
+    refused = torch.zeros(count, dtype=torch.bool)
+    if out[ERRORS]:
+        refused[list(out[ERRORS])] = True
+    bad_rows = ~torch.isfinite(forces).all(-1)
+    nonfinite = ~torch.isfinite(energy) | (system_sum(bad_rows.to(forces.dtype), st.system, count) > 0)
+    forces = torch.where(st.fixed[:, None], torch.zeros_like(forces), forces)
+    generalized = _generalized_forces(st, forces, out.get(STRESS), cell, relax_cell)
+    bad_stress = system_sum((~torch.isfinite(generalized).all(-1)).to(forces.dtype), st.system, count) > 0
+    failure = torch.where(refused, 1, torch.where(nonfinite, 2, torch.where(bad_stress, 3, 0)))
+    ok = failure == 0
+    ok_rows = ok[st.system][:, None]
+    largest = system_max((generalized * generalized).sum(-1).sqrt(), st.system, count)
+    st.pos = torch.where(ok_rows, pos, st.pos)
+    st.forces = torch.where(ok_rows, forces, st.forces)
+    st.gforces = torch.where(ok_rows, generalized, st.gforces)
+    st.cell = torch.where(ok[:, None, None], cell, st.cell)
+    st.energy = torch.where(ok, energy, st.energy)
+    st.fmax = torch.where(ok, largest, st.fmax)
+    return st, failure
 
 
-def _snapshot(item):
-    pos, cell = item.current
-    atoms = item.atoms.copy()
-    atoms.set_cell(cell)
-    atoms.positions = pos
-    atoms.calc = SinglePointCalculator(atoms, energy=item.energy, forces=item.forces)
-    return atoms
+# --------------------------------------------------------------------------- results
+class _Run:
+    """Per-structure outputs of a relaxation: results of leaving structures, trajectories."""
 
+    def __init__(self, structures, provider, trajectory, names, frames):
+        self.structures, self.provider, self.trajectory, self.names = structures, provider, trajectory, names
+        self.frames = frames  # {key: [Atoms]} when trajectories are kept
 
-def _finish(item, provider, trajectory, name):
-    provider.release(item.key)
-    atoms = item.atoms.copy()
-    if item.forces is not None:
-        pos, cell = item.current
-        atoms.set_cell(cell)
-        atoms.positions = pos
-        atoms.calc = SinglePointCalculator(atoms, energy=item.energy, forces=item.forces)
-    atoms.info.update(converged=item.status == "converged", steps=item.steps, energy=item.energy,
-                      fmax=item.fmax, status=item.status)
-    if trajectory:
-        if isinstance(trajectory, (str, Path)):
+    def _atoms(self, st, k: int, start: int):
+        """The input structure ``st.key[k]`` at its last good evaluation (rows from ``start``)."""
+        key, n = int(st.key[k]), int(st.natoms[k])
+        atoms = self.structures[key].copy()
+        energy = float(st.energy[k])
+        if not math.isnan(energy):
+            atoms.set_cell(st.cell[k].numpy())
+            atoms.positions = st.pos[start:start + n].numpy()
+            atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=st.forces[start:start + n].numpy().copy())
+        return atoms
+
+    def record(self, st, ok):
+        """A snapshot of every structure evaluated this step (``ok`` [S])."""
+        starts = (torch.cumsum(st.rows, 0) - st.rows).tolist()
+        for k in torch.nonzero(ok).squeeze(1).tolist():
+            self.frames.setdefault(int(st.key[k]), []).append(self._atoms(st, k, starts[k]))
+
+    def finish(self, st, leaving, failure, errors, fmax):
+        """(key, result Atoms) of each structure ``leaving`` [S] (``fmax``: the threshold, eV/Å)."""
+        index = torch.nonzero(leaving).squeeze(1)
+        starts = (torch.cumsum(st.rows, 0) - st.rows)[index].tolist()
+        for k, start in zip(index.tolist(), starts):
+            key, code, steps = int(st.key[k]), int(failure[k]), int(st.steps[k])
+            status = (f"failed: {errors[k] if code == 1 else FAILURES[code]}" if code else
+                      "converged" if float(st.fmax[k]) < fmax else "not converged")
+            self.provider.release(key)
+            atoms = self._atoms(st, k, start)
+            atoms.info.update(converged=status == "converged", steps=steps, energy=float(st.energy[k]),
+                              fmax=float(st.fmax[k]), status=status)
+            self._save_trajectory(atoms, key)
+            yield key, atoms
+
+    def _save_trajectory(self, atoms, key):
+        if not self.trajectory:
+            return
+        frames = self.frames.pop(key, [])
+        if isinstance(self.trajectory, (str, Path)):
             from ase.io import write
 
             from frameavg.files import atomic_output
 
-            folder = Path(trajectory)
+            folder = Path(self.trajectory)
             folder.mkdir(parents=True, exist_ok=True)
+            name = key if self.names is None else self.names[key]
             with atomic_output(folder / f"{name}.traj") as tmp:
-                write(str(tmp), item.frames, format="traj")
+                write(str(tmp), frames, format="traj")
         else:
-            atoms.info["trajectory"] = item.frames
-    return atoms
+            atoms.info["trajectory"] = frames
 
 
 def _finish_failed(atoms, message):
