@@ -623,6 +623,7 @@ class FAENet(EnergyModel):
         self.energy_head = energy_head
         self.envelope = envelope
         self.envelope_exponent = envelope_exponent
+        self.norm_kind = norm if graph_norm else None
         self.uses_tags = tag_hidden_channels > 0
         self.force_decoder_type = force_decoder_type
         self.max_atomic_number = max_atomic_number
