@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from frameavg.data.atomic_data import data_to_atoms
 from frameavg.frames import FrameAveraging
 from frameavg.models import FAENet
 from frameavg.simulation import Potential, relax
-from frameavg.simulation.relaxation import CPU_ATOMS_PER_BATCH
+from frameavg.simulation.relaxation import search_budget
 
 
 class RecordingPotential(Potential):
@@ -65,9 +67,38 @@ def test_no_batch_exceeds_the_atom_budget(oc20_slabs, budget):
     assert sizes[-1] > budget  # the case of a structure alone over the budget is exercised
 
 
-def test_cpu_default_budget(oc20_slabs):
-    """Without ``max_atoms_per_batch`` a CPU model is called on at most CPU_ATOMS_PER_BATCH atoms."""
+def test_cpu_budget_is_measured_once_per_model_and_kept(oc20_slabs):
+    """Without ``max_atoms_per_batch`` a CPU model's budget is measured (a few extra model calls)
+    on the first run, kept for the next one, reported in ``info``, and honoured by every call."""
     potential = recording_potential()
-    relax(oc20_slabs, potential, optimizer="lbfgs", fmax=1e-9, steps=2)
-    assert sum(len(a) for a in oc20_slabs) > CPU_ATOMS_PER_BATCH
-    assert max(atoms for atoms, _ in potential.calls) <= CPU_ATOMS_PER_BATCH, potential.calls
+    first = relax(oc20_slabs, potential, optimizer="lbfgs", fmax=1e-9, steps=2)
+    engine_calls = len(oc20_slabs) * 3  # structures evaluated by the engine: 2 steps + final forces
+    assert sum(structures for _, structures in potential.calls) > engine_calls  # the measurement
+    assert {r.info["budget_source"] for r in first} <= {"measured", "all"}
+    potential.calls.clear()
+    second = relax(oc20_slabs, potential, optimizer="lbfgs", fmax=1e-9, steps=2)
+    budget = second[0].info["max_atoms_per_batch"]
+    assert sum(structures for _, structures in potential.calls) == engine_calls  # no second measurement
+    assert all(atoms <= budget or structures == 1 for atoms, structures in potential.calls), (budget, potential.calls)
+    if first[0].info["budget_source"] == "measured":
+        assert second[0].info["budget_source"] == "cached" and budget == first[0].info["max_atoms_per_batch"]
+    given = relax(oc20_slabs[:2], recording_potential(), steps=0, max_atoms_per_batch=77)
+    assert given[0].info["max_atoms_per_batch"] == 77 and given[0].info["budget_source"] == "given"
+
+
+@pytest.mark.parametrize("best, sizes, expected", [
+    (8, (1, 2, 4, 8, 16, 32), (8, True)),  # time per atom falls up to 8 structures, then rises
+    (1, (1, 2, 4, 8, 16, 32), (1, True)),  # one structure at a time is fastest
+    (64, (1, 2, 4, 8), (8, False)),  # still falling when the sizes run out
+])
+def test_search_budget_stops_where_time_per_atom_stops_falling(best, sizes, expected):
+    """A synthetic cost curve (10 atoms per structure, time per atom lowest at ``best`` structures)."""
+    def seconds(k):
+        return 10 * k * (1.0 + abs(math.log2(k / best))), 10 * k
+
+    assert search_budget(seconds, sizes) == expected
+
+
+def test_search_budget_ignores_gains_below_the_threshold():
+    """A 1 % gain per doubling is noise: the smallest batch is kept."""
+    assert search_budget(lambda k: (10 * k * 0.99 ** math.log2(k), 10 * k), (1, 2, 4, 8), gain=0.05) == (1, True)

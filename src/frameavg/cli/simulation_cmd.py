@@ -198,6 +198,9 @@ def relaxation_summary(results: list, datas: list, seconds: float, processes: in
         "seconds": seconds,
         "structures_per_s": len(results) / seconds if seconds > 0 else math.inf,
         "processes": processes,
+        # the atom budget of a batch (per process; the largest) and how it was chosen
+        "max_atoms_per_batch": max((r.info.get("max_atoms_per_batch", 0) for r in results), default=0),
+        "budget_source": results[0].info.get("budget_source") if results else None,
     }
     have_pos = [k for k, d in enumerate(datas) if "pos_relaxed" in d and not statuses[k].startswith("failed")]
     if have_pos:

@@ -39,6 +39,8 @@ stress), "errors": {index in keys: message}}`` (float64 CPU tensors).
 from __future__ import annotations
 
 import math
+import time
+import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -308,8 +310,10 @@ def relax(
         fmax: convergence threshold on the largest force (eV/Å). steps: maximum optimiser steps.
         relax_cell: relax the cell too (periodic structures with a volume only).
         max_atoms_per_batch: rows (atoms, plus 3 per structure with ``relax_cell``) evaluated
-            together; structures wait their turn. Default: all on a GPU; ``CPU_ATOMS_PER_BATCH``
-            (256) on a CPU, where larger batches run slower per structure.
+            together; structures wait their turn. Default: all on a GPU or with an ASE calculator;
+            on a CPU, measured once per model, device and dtype (``measured_budget``: where the
+            time per atom stops falling). Results report it in ``info["max_atoms_per_batch"]``
+            and ``info["budget_source"]`` (``given``, ``measured``, ``cached``, ``all``, ``default``).
         trajectory: True keeps every step in ``info["trajectory"]`` (a list of Atoms); a folder
             path writes ``{name}.traj`` per structure there (``names``: default the input index).
         device, dtype, frames, skin, precision: for checkpoint/task providers (see ``Potential``).
@@ -327,7 +331,8 @@ def relax(
         else:
             results[key] = _finish_failed(atoms, message)
     cum_rows = np.cumsum([0] + [len(atoms) + (3 if relax_cell else 0) for _, atoms in waiting])
-    budget = max_atoms_per_batch or _default_budget(provider, int(cum_rows[-1]))
+    budget, source = ((max_atoms_per_batch, "given") if max_atoms_per_batch else
+                      measured_budget(provider, waiting, relax_cell))
     opt = make_optimizer(optimizer, **dict(optimizer_options or {}))
     run = _Run(structures, provider, trajectory, names, {} if trajectory else None)
     st, joined, done = None, 0, len(structures) - len(waiting)
@@ -349,19 +354,80 @@ def relax(
             st.steps = st.steps + 1
         if progress is not None:
             progress(done, len(structures))
+    for atoms in results:
+        atoms.info.update(max_atoms_per_batch=int(budget), budget_source=source)
     return results
 
 
-#: Default atom budget of a batch on a CPU (see ``relax``).
+# --------------------------------------------------------------------------- the atom budget
+#: Atom budget of a CPU batch when the measurement fails.
 CPU_ATOMS_PER_BATCH = 256
+#: Batch sizes (structures) timed to choose a CPU budget, and the drop in time per atom that counts
+#: as still falling.
+BUDGET_SIZES = (1, 2, 4, 8, 16, 32)
+BUDGET_GAIN = 0.05
+_BUDGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {(device, dtype): rows}
 
 
-def _default_budget(provider, rows: int) -> int:
-    everything = max(1, rows)
+def search_budget(seconds: Callable[[int], tuple[float, int]], sizes: Sequence[int] = BUDGET_SIZES,
+                  gain: float = BUDGET_GAIN) -> tuple[int, bool]:
+    """(structures per batch, plateau): the batch size after which the time per atom stops falling
+    by more than ``gain``; ``seconds(k)`` times one batch of the first k structures: (s, atoms).
+    ``plateau`` is False when the sizes ran out while the time per atom was still falling."""
+    best_k, best = sizes[0], math.inf
+    for k in sizes:
+        elapsed, atoms = seconds(k)
+        if elapsed / atoms > best * (1 - gain):
+            return best_k, True
+        best_k, best = k, elapsed / atoms
+    return best_k, False
+
+
+def measured_budget(provider, waiting: list, relax_cell: bool) -> tuple[int, str]:
+    """(rows per batch, source) for ``waiting`` [(key, Atoms)] (prepared): everything on a GPU or
+    for a provider without a model; on a CPU, ``search_budget`` on the first structures (a warm-up
+    and a few model calls), kept for the process per model, device and dtype once it found where
+    the time per atom stops falling (or tried every size)."""
+    total = max(1, sum(len(atoms) + (3 if relax_cell else 0) for _, atoms in waiting))
     potential = getattr(provider, "potential", None)
-    if potential is not None and potential.device.type == "cpu":
-        return min(everything, CPU_ATOMS_PER_BATCH)
-    return everything
+    if potential is None or potential.device.type != "cpu" or not waiting:
+        return total, "all"
+    cache = _BUDGETS.setdefault(potential.net, {})
+    slot = (str(potential.device), str(potential.dtype))
+    if slot in cache:
+        return cache[slot], "cached"
+    sample = waiting[:max(BUDGET_SIZES)]
+    rows = np.cumsum([0] + [len(atoms) + (3 if relax_cell else 0) for _, atoms in sample])
+    timer = _batch_timer(provider, sample, relax_cell)
+    try:
+        timer(1)  # warm-up
+        k, plateau = search_budget(timer, [k for k in BUDGET_SIZES if k <= len(sample)])
+    except (DataError, MemoryError, RuntimeError):  # the engine meets (and reports) it per structure
+        return min(total, CPU_ATOMS_PER_BATCH), "default"
+    if not plateau and len(sample) < max(BUDGET_SIZES):  # still falling with every structure in
+        return total, "measured"
+    cache[slot] = int(rows[k])
+    return int(rows[k]), "measured"
+
+
+def _batch_timer(provider, sample, relax_cell):
+    """``seconds(k)``: (best of up to 3 calls while under 50 ms, atoms) of the provider on the
+    first k structures of ``sample`` at their starting positions."""
+    keys = [key for key, _ in sample]
+    positions = torch.from_numpy(np.concatenate([np.asarray(a.positions, dtype=np.float64) for _, a in sample]))
+    cells = torch.from_numpy(np.stack([np.asarray(a.cell.array, dtype=np.float64) for _, a in sample]))
+    atoms = np.cumsum([0] + [len(a) for _, a in sample])
+
+    def seconds(k):
+        best, spent, calls = math.inf, 0.0, 0
+        while calls == 0 or (calls < 3 and spent < 0.05):
+            start = time.perf_counter()
+            provider.evaluate(keys[:k], positions[:atoms[k]], cells[:k], relax_cell)
+            elapsed = time.perf_counter() - start
+            best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
+        return best, int(atoms[k])
+
+    return seconds
 
 
 def _prepare(key, atoms, provider, relax_cell) -> str | None:
