@@ -36,7 +36,7 @@ PERIODIC_SCHNET = dict(name="schnet", hidden_channels=128, num_filters=128, num_
 MOLECULE_FRAMES = {"dims": "3D", "train": "stochastic", "eval": "all"}
 
 
-def config_for(dataset: str, model: str, ewald: bool, shared_data: Path) -> dict:
+def config_for(dataset: str, model: str, ewald: bool) -> dict:
     """The training config of one cell of the ablation."""
     if dataset.startswith("qm9"):
         config = yaml.safe_load((CONFIGS / f"{model}_qm9_small.yaml").read_text())
@@ -50,7 +50,6 @@ def config_for(dataset: str, model: str, ewald: bool, shared_data: Path) -> dict
             config["frames"] = dict(MOLECULE_FRAMES)
     else:
         config = yaml.safe_load((CONFIGS / f"{dataset}.yaml").read_text())
-        config["data"]["train"] = str(shared_data / Path(config["data"]["train"]).relative_to("../shared/data"))
         config["data"]["test_fraction"] = 0.1
         if model == "schnet":
             with_forces = bool(config["targets"].get("forces"))
@@ -70,7 +69,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     args = parser.parse_args()
     done = {(r["dataset"], r["model"], r["ewald"], r["seed"], r["minutes"]) for r in read(args.out, "ewald")}
     for dataset in args.datasets:
@@ -79,7 +77,7 @@ def main() -> None:
                 for ewald in (False, True):
                     if (dataset, model, ewald, seed, args.minutes) in done:
                         continue
-                    record = train_for(config_for(dataset, model, ewald, args.shared_data), args.minutes, seed,
+                    record = train_for(config_for(dataset, model, ewald), args.minutes, seed,
                                        args.threads)
                     append(args.out, "ewald", {"dataset": dataset, "model": model, "ewald": ewald, "seed": seed,
                                                "minutes": args.minutes, **record})

@@ -52,7 +52,7 @@ from frameavg.frames.cloud import FrameCloud, cosine_envelope, periodic_graphs, 
 from frameavg.frames.compute import DEFAULT_TOL, LINEAR, NONE, PAIR, POINT, TRIPLE, ZERO_EXTENT, frame_sets
 from frameavg.frames.methods import FrameMethod
 
-DATA = Path(os.environ.get("FRAMEAVG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "real"  # real data kept in the repository
 CUTOFF = 6.0
 SIGNS = {3: torch.tensor([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)], dtype=torch.float64),
          2: torch.tensor([[a, b] for a in (1, -1) for b in (1, -1)], dtype=torch.float64)}

@@ -1,7 +1,7 @@
 """Neighbour-list construction: frameavg (vesin) vs ``ase.neighborlist.neighbor_list``.
 
 Runs both on the same real structures in one process and reports the time per structure set and
-the ratio. Usage: ``python benchmarks/bench_neighbors.py [--data ../shared/data] [--json]``.
+the ratio. Usage: ``python benchmarks/bench_neighbors.py [--data tests/data/real] [--json]``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def bench(name, structures, cutoff, max_neighbors, repeats):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=REPO / "tests" / "data" / "real")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

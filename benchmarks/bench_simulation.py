@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from frameavg.frames import FrameAveraging
 from frameavg.models import FAENet
 from frameavg.simulation import FrameavgCalculator, Potential, relax
 
-DATA = Path(os.environ.get("FRAMEAVG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "real"  # real data kept in the repository
 CUTOFF = 5.0
 
 

@@ -10,7 +10,7 @@ not invariant by itself) is wrapped in ``FrameAveraging`` and evaluated with
    degeneracy detected, as the original implementation), float64 and float32.
 2. ``periodic``: energy/force change when atoms move to other periodic images, with our
    image-invariant frame cloud vs PCA of wrapped positions (the original's frames).
-3. ``datasets``: every real dataset in ../shared/data, all checks, float64 and float32, with
+3. ``datasets``: every real dataset in tests/data/real, all checks, float64 and float32, with
    ``all`` frames; plus ``det`` (float64) and the bare model for contrast.
 4. ``periodic-faenet``: EVERY shared periodic structure (11 OC20 IS2RE slabs, the S2EF system, 882
    Xu–Kitchin slabs, 295 oxides) and the CO-desorbed-above-Cu(111) slab, with a random FAENet
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -44,12 +43,12 @@ from frameavg.evaluation.symmetry import model_inputs, symmetry_report, transfor
 from frameavg.frames import FrameAveraging, average_outputs, compute_frames, expand_batch
 from frameavg.models.raw_mpnn import RawCoordinateMPNN
 
-DATA = Path(os.environ.get("FRAMEAVG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "real"  # real data kept in the repository
 CUTOFF = 5.0
-# name: (path under shared data, frame dimension, count, stride)
+# name: (path under tests/data/real, frame dimension, count, stride)
 DATASETS = {
     "QM9 subset": ("qm9_subset/qm9_random2000_seed0.extxyz", "3D", 64, 1),
-    "QM7": ("qm7/qm7_7101.extxyz", "3D", 64, 1),
+    "QM7": ("qm7/qm7_first300.extxyz", "3D", 64, 1),
     "rMD17 ethanol": ("rmd17_ethanol/train.xyz", "3D", 32, 31),
     "ISO17 (fixture)": ("fixtures/schnetpack/test_iso.db", "3D", 8, 5),
     "ANI-1 (fixture)": ("fixtures/schnetpack/test_ani1.db", "3D", 8, 2),
@@ -82,7 +81,7 @@ def reference_structures(dtype):
         out[name] = atoms_to_data(molecule(name), dtype=dtype)
     out["Cu (fcc, 1 atom)"] = atoms_to_data(bulk("Cu"), dtype=dtype)
     out["NaCl (rocksalt)"] = atoms_to_data(bulk("NaCl", "rocksalt", a=5.64), dtype=dtype)
-    qm7 = list(itertools.islice(iter_structures(DATA / "qm7" / "qm7_7101.extxyz", dtype=dtype), 239))
+    qm7 = list(itertools.islice(iter_structures(DATA / "qm7" / "qm7_first300.extxyz", dtype=dtype), 239))
     for index, name in ((0, "QM7 #0 methane"), (1, "QM7 #1 ethane"), (3, "QM7 #3 acetylene"),
                         (65, "QM7 #65 neopentane"), (238, "QM7 #238 benzene")):
         out[name] = model_inputs(qm7[index])

@@ -1,22 +1,39 @@
-"""Shared test fixtures: paths to the real datasets in ../shared/data (beside the clone)."""
+"""Shared test fixtures: the real datasets kept in the repository (tests/data/real)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FRAMEAVG_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: The real datasets the tests read: test-only files, and links to the data shipped in the package
+#: (tests/data/real/README.md). Part of the repository: a missing file is an error, never a skip.
+REAL_DATA = REPO / "tests" / "data" / "real"
+REAL_DATA_FILES = (
+    "rmd17_ethanol/train.xyz", "rmd17_ethanol/test_MD.xyz", "rmd17_ethanol/isolated_atoms.xyz",
+    "qm9_subset/qm9_random2000_seed0.extxyz", "qm7/qm7_first300.extxyz",
+    "oc20_is2re_samples/is2re_bs3.extxyz", "oc20_is2re_samples/is2re_bs8.extxyz",
+    "oc20_s2ef_single/oc20_single_atoms.json", "oxides_eos/oxides.db",
+    "xu_kitchin_adsorption/structures.json", "xu_kitchin_adsorption/energies.json",
+    "fixtures/schnetpack/test_qm9.db", "fixtures/schnetpack/test_ethanol.db", "fixtures/schnetpack/test_iso.db",
+    "fixtures/schnetpack/test_ani1.db", "fixtures/schnetpack/ethanol_snip.xyz", "fixtures/nequip/aspirin.xyz",
+)
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """Root of the real datasets (``../shared/data``); tests needing it skip if it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA} (set FRAMEAVG_SHARED_DATA)")
-    return SHARED_DATA
+def real_data() -> Path:
+    """Root of the real datasets (``tests/data/real``); fails if any of its files is missing."""
+    missing = [name for name in REAL_DATA_FILES if not (REAL_DATA / name).is_file()]
+    if missing:
+        pytest.fail(f"real test data missing from the repository under {REAL_DATA}: {', '.join(missing)}", pytrace=False)
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data(real_data) -> Path:
+    """Former name of ``real_data`` (the data once lived in ../shared/data); use ``real_data``."""
+    return real_data
 
 
 def pytest_addoption(parser):

@@ -23,10 +23,10 @@ CUTOFF = 5.0
 
 
 @pytest.fixture(scope="module")
-def batches(shared_data):
+def batches(real_data):
     graph = RadiusGraph(CUTOFF)
-    return {"molecules": Batch.from_data_list([graph(d.clone()) for d in molecules(shared_data, torch.float32)]),
-            "slabs": Batch.from_data_list([graph(d.clone()) for d in slabs(shared_data, torch.float32, count=2)])}
+    return {"molecules": Batch.from_data_list([graph(d.clone()) for d in molecules(real_data, torch.float32)]),
+            "slabs": Batch.from_data_list([graph(d.clone()) for d in slabs(real_data, torch.float32, count=2)])}
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -75,7 +75,7 @@ def test_training_steps_on_the_gpu(precision, tmp_path):
     assert np.isfinite(result["test"]["energy_mae"]) and np.isfinite(result["test"]["forces_mae"])
 
 
-def test_calculator_and_relaxation_on_the_gpu(shared_data):
+def test_calculator_and_relaxation_on_the_gpu(real_data):
     import ase.io
 
     from frameavg.simulation import FrameavgCalculator
@@ -83,7 +83,7 @@ def test_calculator_and_relaxation_on_the_gpu(shared_data):
     from frameavg.simulation.relaxation import relax
 
     model = FrameAveraging(small_model("faenet"), frames="2D", method="all", cutoff=CUTOFF)
-    atoms = ase.io.read(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":2")
+    atoms = ase.io.read(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":2")
     energies = {}
     for device in ("cpu", "cuda"):
         calc = FrameavgCalculator(model=model, cutoff=CUTOFF, device=device, dtype="float32")

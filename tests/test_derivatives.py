@@ -28,8 +28,8 @@ def faenet_fa():
 
 
 @pytest.fixture(scope="module")
-def oxides(shared_data):
-    structures = read_structures(shared_data / "oxides_eos" / "oxides.db", dtype=torch.float64)
+def oxides(real_data):
+    structures = read_structures(real_data / "oxides_eos" / "oxides.db", dtype=torch.float64)
     return [RadiusGraph(CUTOFF)(structures[i]) for i in (0, 60, 150, 280)]
 
 
@@ -71,9 +71,9 @@ def test_stress_and_forces_equal_finite_differences_on_oxides(oxides, name):
             assert abs(float(out["forces"][atom, c]) + (up - down) / (2 * h)) < 1e-6
 
 
-def test_the_batch_is_not_modified_and_molecules_get_nan_stress(shared_data):
-    molecule = model_inputs(read_structures(shared_data / "rmd17_ethanol" / "train.xyz", dtype=torch.float64)[0])
-    crystal = model_inputs(read_structures(shared_data / "oxides_eos" / "oxides.db", dtype=torch.float64)[0])
+def test_the_batch_is_not_modified_and_molecules_get_nan_stress(real_data):
+    molecule = model_inputs(read_structures(real_data / "rmd17_ethanol" / "train.xyz", dtype=torch.float64)[0])
+    crystal = model_inputs(read_structures(real_data / "oxides_eos" / "oxides.db", dtype=torch.float64)[0])
     batch = Batch.from_data_list([RadiusGraph(CUTOFF)(molecule), RadiusGraph(CUTOFF)(crystal)])
     pos, cell = batch.pos.clone(), batch.cell.clone()
     out = with_derivatives(faenet_fa(), batch, forces=True, stress=True)

@@ -19,8 +19,8 @@ def _json(capsys, argv):
     return json.loads(out)  # exactly one JSON document on stdout
 
 
-def test_info_json_on_periodic_slabs(shared_data, capsys):
-    path = shared_data / "oc20_is2re_samples" / "is2re_bs8.extxyz"
+def test_info_json_on_periodic_slabs(real_data, capsys):
+    path = real_data / "oc20_is2re_samples" / "is2re_bs8.extxyz"
     info = _json(capsys, ["data", "info", str(path), "--cutoff", "6", "--json"])
     structures = read_structures(path)
     assert info["format"] == "ase" and info["count"] == 8
@@ -35,16 +35,16 @@ def test_info_json_on_periodic_slabs(shared_data, capsys):
     assert sum(info["elements"].values()) == sum(natoms)
 
 
-def test_info_text_on_molecules_with_key_mapping(shared_data, capsys):
-    path = shared_data / "qm9_subset" / "qm9_random2000_seed0.extxyz"
+def test_info_text_on_molecules_with_key_mapping(real_data, capsys):
+    path = real_data / "qm9_subset" / "qm9_random2000_seed0.extxyz"
     code = main(["data", "info", str(path), "--keys", "energy=U0", "--option", "targets=U0,gap", "--limit", "50"])
     text = capsys.readouterr().out
     assert code == 0 and "structures        50" in text and "energy" in text and "gap" in text
     assert "pbc FFF: 50" in text and "edges per atom" in text
 
 
-def test_convert_with_edges_then_info_on_the_result(shared_data, tmp_path, capsys):
-    source = shared_data / "xu_kitchin_adsorption"
+def test_convert_with_edges_then_info_on_the_result(real_data, tmp_path, capsys):
+    source = real_data / "xu_kitchin_adsorption"
     out = tmp_path / "xu.lmdb"
     result = _json(capsys, ["data", "convert", str(source), str(out), "--cutoff", "6", "--max-neighbors", "30",
                             "--limit", "40", "--no-progress", "--json"])
@@ -60,8 +60,8 @@ def test_convert_with_edges_then_info_on_the_result(shared_data, tmp_path, capsy
     assert info["format"] == "frameavg-lmdb" and info["count"] == 40 and info["labels"]["energy"]["count"] == 40
 
 
-def test_convert_legacy_needs_trusted(shared_data, tmp_path, capsys):
-    structures = read_structures(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz")
+def test_convert_legacy_needs_trusted(real_data, tmp_path, capsys):
+    structures = read_structures(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz")
     legacy = tmp_path / "legacy.lmdb"
     env = lmdb.open(str(legacy), subdir=False, lock=False)
     with env.begin(write=True) as txn:
@@ -84,15 +84,15 @@ def test_convert_legacy_needs_trusted(shared_data, tmp_path, capsys):
     "argv, message",
     [
         (["data", "info", "{data}/nowhere.xyz"], "no such file or directory"),
-        (["data", "info", "{data}/qm7/qm7_7101.extxyz", "--keys", "energy=hof_pbe0"], "did you mean 'hof_pbe0_kcal_mol'"),
-        (["data", "info", "{data}/qm7/qm7_7101.extxyz", "--keys", "energy"], "expected FIELD=KEY"),
-        (["data", "info", "{data}/qm7/qm7_7101.extxyz", "--required", "forces"], "structure 0: missing required label"),
-        (["data", "info", "{data}/qm7/qm7_7101.extxyz", "--format", "pdbx"], "unknown format 'pdbx'"),
-        (["data", "info", "{data}/qm7/qm7_7101.extxyz", "--option", "targets=U0"], "format 'ase' has no option(s) targets"),
+        (["data", "info", "{data}/qm7/qm7_first300.extxyz", "--keys", "energy=hof_pbe0"], "did you mean 'hof_pbe0_kcal_mol'"),
+        (["data", "info", "{data}/qm7/qm7_first300.extxyz", "--keys", "energy"], "expected FIELD=KEY"),
+        (["data", "info", "{data}/qm7/qm7_first300.extxyz", "--required", "forces"], "structure 0: missing required label"),
+        (["data", "info", "{data}/qm7/qm7_first300.extxyz", "--format", "pdbx"], "unknown format 'pdbx'"),
+        (["data", "info", "{data}/qm7/qm7_first300.extxyz", "--option", "targets=U0"], "format 'ase' has no option(s) targets"),
     ],
 )
-def test_errors_exit_1_with_one_line(shared_data, capsys, argv, message):
-    argv = [a.replace("{data}", str(shared_data)) for a in argv]
+def test_errors_exit_1_with_one_line(real_data, capsys, argv, message):
+    argv = [a.replace("{data}", str(real_data)) for a in argv]
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert message in captured.err and "Traceback" not in captured.err and captured.out == ""

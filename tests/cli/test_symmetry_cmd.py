@@ -11,8 +11,8 @@ def _run(capsys, argv):
     return code, captured.out, captured.err
 
 
-def test_json_report_frame_averaged_raw_model_on_slabs(shared_data, capsys):
-    path = shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz"
+def test_json_report_frame_averaged_raw_model_on_slabs(real_data, capsys):
+    path = real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz"
     code, out, _ = _run(capsys, ["symmetry", "--data", str(path), "--limit", "2", "--frames", "2D", "--method", "all",
                                  "--checks", "rotation,reflection,image,cell,batch", "--cutoff", "5", "--json"])
     assert code == 0
@@ -25,8 +25,8 @@ def test_json_report_frame_averaged_raw_model_on_slabs(shared_data, capsys):
     assert sum(d["count"] for d in report["degeneracy"].values()) == 2
 
 
-def test_table_shows_bare_model_is_not_invariant(shared_data, capsys):
-    path = shared_data / "rmd17_ethanol" / "train.xyz"
+def test_table_shows_bare_model_is_not_invariant(real_data, capsys):
+    path = real_data / "rmd17_ethanol" / "train.xyz"
     code, out, _ = _run(capsys, ["symmetry", "--data", str(path), "--limit", "3", "--frames", "none",
                                  "--checks", "rotation,permutation", "--cutoff", "5"])
     assert code == 0
@@ -36,15 +36,15 @@ def test_table_shows_bare_model_is_not_invariant(shared_data, capsys):
     assert rotation.split()[1] == "no" and float(rotation.split()[4]) > 1e-4
 
 
-def test_bad_input_is_a_one_line_error(shared_data, capsys):
-    code, _, err = _run(capsys, ["symmetry", "--data", str(shared_data / "missing.xyz")])
+def test_bad_input_is_a_one_line_error(real_data, capsys):
+    code, _, err = _run(capsys, ["symmetry", "--data", str(real_data / "missing.xyz")])
     assert code == 1 and err.startswith("frameavg: error:") and len(err.strip().splitlines()) == 1
-    code, _, err = _run(capsys, ["symmetry", "--data", str(shared_data / "rmd17_ethanol" / "train.xyz"),
+    code, _, err = _run(capsys, ["symmetry", "--data", str(real_data / "rmd17_ethanol" / "train.xyz"),
                                  "--model", "no-such-model", "--limit", "1"])
     assert code == 1 and "unknown model 'no-such-model'" in err
 
 
-def test_checkpoint_uses_its_frames_and_neighbour_settings(shared_data, capsys, tmp_path):
+def test_checkpoint_uses_its_frames_and_neighbour_settings(real_data, capsys, tmp_path):
     """A frameavg checkpoint (config + weights, as training writes it): its own 2D se3-all frames and
     cutoff/max_neighbors are used; rotations about z are exact, reflections are not claimed."""
     import torch
@@ -57,7 +57,7 @@ def test_checkpoint_uses_its_frames_and_neighbour_settings(shared_data, capsys, 
                                 "frames.eval=se3-all", "data.cutoff=5.0", "data.max_neighbors=20"])
     path = tmp_path / "model.ckpt"
     torch.save({"hyper_parameters": {"config": config}, "state_dict": AtomisticTask(config).state_dict()}, path)
-    data = shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz"
+    data = real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz"
     code, out, _ = _run(capsys, ["symmetry", "--data", str(data), "--checkpoint", str(path), "--limit", "1",
                                  "--checks", "rotation,reflection,image", "--json"])
     assert code == 0
@@ -70,9 +70,9 @@ def test_checkpoint_uses_its_frames_and_neighbour_settings(shared_data, capsys, 
     assert rows["reflection"]["expected"] is False
 
 
-def test_invariant_baseline_claims_rotations_without_frames(shared_data, capsys):
+def test_invariant_baseline_claims_rotations_without_frames(real_data, capsys):
     """PaiNN is E(3)-invariant by construction: the bare model claims and shows it (FA adds nothing)."""
-    path = shared_data / "rmd17_ethanol" / "train.xyz"
+    path = real_data / "rmd17_ethanol" / "train.xyz"
     code, out, _ = _run(capsys, ["symmetry", "--model", "painn", "--data", str(path), "--limit", "2", "--frames", "none",
                                  "--checks", "rotation,reflection,translation", "--json"])
     assert code == 0

@@ -26,15 +26,15 @@ def _assert_same(a: Data, b: Data):
 
 
 @pytest.fixture(scope="module")
-def oc20(shared_data):
-    folder = shared_data / "oc20_is2re_samples"
+def oc20(real_data):
+    folder = real_data / "oc20_is2re_samples"
     return read_structures(folder / "is2re_bs3.extxyz") + read_structures(folder / "is2re_bs8.extxyz")
 
 
 # ----------------------------------------------------------------------------- our format
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_extxyz_to_lmdb_to_dataset_identical_with_two_workers(shared_data, tmp_path, dtype):
-    path = shared_data / "rmd17_ethanol" / "test_MD.xyz"
+def test_extxyz_to_lmdb_to_dataset_identical_with_two_workers(real_data, tmp_path, dtype):
+    path = real_data / "rmd17_ethanol" / "test_MD.xyz"
     structures = read_structures(path, dtype=dtype)[:40]
     out = tmp_path / "ethanol.lmdb"
     assert write_lmdb(structures, out, metadata={"source": str(path)}) == 40
@@ -54,8 +54,8 @@ def test_extxyz_to_lmdb_to_dataset_identical_with_two_workers(shared_data, tmp_p
     _assert_same(respawned[5], structures[5])
 
 
-def test_oc20_round_trip_keeps_tags_fixed_labels_and_strings(shared_data, tmp_path, oc20):
-    xu = read_structures(shared_data / "xu_kitchin_adsorption")[:5]  # carries a string field 'name'
+def test_oc20_round_trip_keeps_tags_fixed_labels_and_strings(real_data, tmp_path, oc20):
+    xu = read_structures(real_data / "xu_kitchin_adsorption")[:5]  # carries a string field 'name'
     out = tmp_path / "mixed.lmdb"
     write_lmdb(oc20 + xu, out)
     back = read_structures(out)

@@ -42,8 +42,8 @@ def assert_same_edges(atoms, cutoff=CUTOFF):
     np.testing.assert_allclose(d_ours, d_ase, atol=1e-6, rtol=0)
 
 
-def _xu_kitchin_structures(shared_data):
-    tree = json.loads((shared_data / "xu_kitchin_adsorption" / "structures.json").read_text())
+def _xu_kitchin_structures(real_data):
+    tree = json.loads((real_data / "xu_kitchin_adsorption" / "structures.json").read_text())
     stack = [tree]
     while stack:  # nested metal/adsorbate/site/coverage dicts; missing entries are strings
         node = stack.pop()
@@ -53,19 +53,19 @@ def _xu_kitchin_structures(shared_data):
             stack.extend(node.values())
 
 
-def test_oc20_samples_match_ase(shared_data):
+def test_oc20_samples_match_ase(real_data):
     for name in ("is2re_bs3.extxyz", "is2re_bs8.extxyz"):
-        for atoms in ase.io.read(shared_data / "oc20_is2re_samples" / name, ":"):
+        for atoms in ase.io.read(real_data / "oc20_is2re_samples" / name, ":"):
             assert_same_edges(atoms)
 
 
-def test_oc20_s2ef_matches_ase(shared_data):
-    assert_same_edges(ase.io.read(shared_data / "oc20_s2ef_single" / "oc20_single_atoms.json"))
+def test_oc20_s2ef_matches_ase(real_data):
+    assert_same_edges(ase.io.read(real_data / "oc20_s2ef_single" / "oc20_single_atoms.json"))
 
 
 @pytest.mark.slow
-def test_oxides_match_ase(shared_data):
-    with ase.db.connect(shared_data / "oxides_eos" / "oxides.db") as db:
+def test_oxides_match_ase(real_data):
+    with ase.db.connect(real_data / "oxides_eos" / "oxides.db") as db:
         structures = [row.toatoms() for row in db.select()]
     assert len(structures) == 295
     for atoms in structures:
@@ -73,8 +73,8 @@ def test_oxides_match_ase(shared_data):
 
 
 @pytest.mark.slow
-def test_xu_kitchin_match_ase(shared_data):
-    structures = list(_xu_kitchin_structures(shared_data))
+def test_xu_kitchin_match_ase(real_data):
+    structures = list(_xu_kitchin_structures(real_data))
     assert len(structures) > 800
     for atoms in structures:
         assert_same_edges(atoms)
@@ -112,8 +112,8 @@ def test_max_neighbors_strict_and_ties():
     assert torch.isclose(d_full[full[1] == 0].sort().values[:12], torch.full((12,), 3.6 / 2**0.5, dtype=torch.float64)).all()
 
 
-def test_transform_and_batch_agree(shared_data):
-    frames = ase.io.read(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":")
+def test_transform_and_batch_agree(real_data):
+    frames = ase.io.read(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":")
     transform = RadiusGraph(CUTOFF, max_neighbors=40, strict=False)
     singles = [transform(atoms_to_data(a)) for a in frames]
     batch = Batch.from_data_list(singles)

@@ -1,4 +1,4 @@
-"""Readers on every real dataset in ../shared/data: detection, labels, units, derived fields."""
+"""Readers on every real dataset in tests/data/real: detection, labels, units, derived fields."""
 
 import csv
 import json
@@ -18,7 +18,7 @@ from frameavg.errors import ConfigError, DataError
     "relative, fmt, count",
     [
         ("qm9_subset/qm9_random2000_seed0.extxyz", "qm9", 2000),
-        ("qm7/qm7_7101.extxyz", "ase", 7101),
+        ("qm7/qm7_first300.extxyz", "ase", 300),
         ("rmd17_ethanol/train.xyz", "ase", 1000),
         ("rmd17_ethanol/test_MD.xyz", "ase", 1000),
         ("oc20_is2re_samples/is2re_bs3.extxyz", "ase", 3),
@@ -34,8 +34,8 @@ from frameavg.errors import ConfigError, DataError
         ("fixtures/nequip/aspirin.xyz", "ase", 15),
     ],
 )
-def test_every_shared_dataset_is_detected_and_read(shared_data, relative, fmt, count):
-    path = shared_data / relative
+def test_every_real_dataset_is_detected_and_read(real_data, relative, fmt, count):
+    path = real_data / relative
     assert detect_format(path) == fmt
     structures = read_structures(path)
     assert len(structures) == count
@@ -47,8 +47,8 @@ def test_every_shared_dataset_is_detected_and_read(shared_data, relative, fmt, c
         assert data.fixed.shape == (n,) and data.fixed.dtype == torch.bool
 
 
-def test_extxyz_energies_and_forces_match_ase(shared_data):
-    path = shared_data / "rmd17_ethanol" / "train.xyz"
+def test_extxyz_energies_and_forces_match_ase(real_data):
+    path = real_data / "rmd17_ethanol" / "train.xyz"
     frames = ase.io.read(path, ":5")
     structures = list(iter_structures(path, required=("energy", "forces"), dtype=torch.float64))[:5]
     for atoms, data in zip(frames, structures):
@@ -57,8 +57,8 @@ def test_extxyz_energies_and_forces_match_ase(shared_data):
         assert data.energy.item() == atoms.get_potential_energy()
 
 
-def test_ase_trajectory_round_trip(shared_data, tmp_path):
-    frames = ase.io.read(shared_data / "rmd17_ethanol" / "test_MD.xyz", ":4")
+def test_ase_trajectory_round_trip(real_data, tmp_path):
+    frames = ase.io.read(real_data / "rmd17_ethanol" / "test_MD.xyz", ":4")
     ase.io.write(tmp_path / "md.traj", frames)
     assert detect_format(tmp_path / "md.traj") == "ase"
     structures = read_structures(tmp_path / "md.traj", format="traj", required=("energy", "forces"), dtype=torch.float64)
@@ -66,15 +66,15 @@ def test_ase_trajectory_round_trip(shared_data, tmp_path):
     np.testing.assert_array_equal(structures[3].forces.numpy(), frames[3].get_forces())
 
 
-def test_ase_json_oc20_fixed_atoms_tags_and_calculator(shared_data):
-    (data,) = read_structures(shared_data / "oc20_s2ef_single" / "oc20_single_atoms.json", required=("energy", "forces"))
+def test_ase_json_oc20_fixed_atoms_tags_and_calculator(real_data):
+    (data,) = read_structures(real_data / "oc20_s2ef_single" / "oc20_single_atoms.json", required=("energy", "forces"))
     assert data.natoms.item() == 34 and int(data.fixed.sum()) == 24
     assert data.energy.item() == pytest.approx(-135.66393572)
     assert data.pbc.all() and data.tags.tolist().count(1) == 2  # CO tagged 1 in this file
 
 
-def test_ase_db_labels_from_row_data_and_key_mapping(shared_data):
-    path = shared_data / "fixtures" / "schnetpack" / "test_iso.db"
+def test_ase_db_labels_from_row_data_and_key_mapping(real_data):
+    path = real_data / "fixtures" / "schnetpack" / "test_iso.db"
     structures = read_structures(path, keys={"energy": "total_energy", "forces": "atomic_forces"}, required=("energy", "forces"))
     import ase.db
 
@@ -82,25 +82,25 @@ def test_ase_db_labels_from_row_data_and_key_mapping(shared_data):
     assert structures[0].energy.item() == pytest.approx(row.key_value_pairs["total_energy"])
     np.testing.assert_allclose(structures[0].forces.numpy(), row.data["atomic_forces"], rtol=1e-6)
     # SchNetPack's QM9 db stores Gibbs energy as data['free_energy'] in Hartree: never taken as energy
-    qm9_db = read_structures(shared_data / "fixtures" / "schnetpack" / "test_qm9.db")
+    qm9_db = read_structures(real_data / "fixtures" / "schnetpack" / "test_qm9.db")
     assert all("energy" not in d for d in qm9_db)
 
 
-def test_oxides_db_periodic_with_forces(shared_data):
-    structures = read_structures(shared_data / "oxides_eos" / "oxides.db", required=("energy", "forces"))
+def test_oxides_db_periodic_with_forces(real_data):
+    structures = read_structures(real_data / "oxides_eos" / "oxides.db", required=("energy", "forces"))
     assert all(d.pbc.all() for d in structures)
     assert all(abs(torch.linalg.det(d.cell[0].double())) > 1.0 for d in structures)
 
 
-def test_plain_xyz_comment_number_becomes_a_mappable_label(shared_data):
-    path = shared_data / "fixtures" / "schnetpack" / "ethanol_snip.xyz"
+def test_plain_xyz_comment_number_becomes_a_mappable_label(real_data):
+    path = real_data / "fixtures" / "schnetpack" / "ethanol_snip.xyz"
     (first, *_) = read_structures(path, keys={"energy": "comment_value"}, dtype=torch.float64)
     assert first.energy.item() == pytest.approx(-97208.40600498248)
 
 
 # ----------------------------------------------------------------------------- QM9
-def test_qm9_extxyz_targets_in_ev_and_key_mapping(shared_data):
-    path = shared_data / "qm9_subset" / "qm9_random2000_seed0.extxyz"
+def test_qm9_extxyz_targets_in_ev_and_key_mapping(real_data):
+    path = real_data / "qm9_subset" / "qm9_random2000_seed0.extxyz"
     frames = ase.io.read(path, ":3")
     structures = read_structures(
         path, keys={"energy": "U0"}, targets=("U0", "gap", "mu", "U0_atom"), dtype=torch.float64
@@ -161,8 +161,8 @@ def _write_qm9pack_csv(path, frames):
             writer.writerow([values.get(c, info.get(c)) for c in columns])
 
 
-def test_qm9pack_csv_reader_units_atomization_and_agreement_with_extxyz(shared_data, tmp_path):
-    frames = ase.io.read(shared_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", ":6")
+def test_qm9pack_csv_reader_units_atomization_and_agreement_with_extxyz(real_data, tmp_path):
+    frames = ase.io.read(real_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", ":6")
     csv_path = tmp_path / "qm9_part1.csv"
     _write_qm9pack_csv(csv_path, frames)
     assert detect_format(csv_path) == "qm9" and detect_format(tmp_path) == "qm9"
@@ -174,17 +174,17 @@ def test_qm9pack_csv_reader_units_atomization_and_agreement_with_extxyz(shared_d
     assert methane.U0_atom.item() == pytest.approx(-17.1722, abs=1e-4)
     assert methane.gap.item() == pytest.approx(13.7363, abs=1e-4)
     assert methane.idx.item() == 1 and methane.alpha.item() == pytest.approx(13.21)
-    from_xyz = read_structures(shared_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", dtype=torch.float64)
+    from_xyz = read_structures(real_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", dtype=torch.float64)
     for csv_data, xyz_data in zip(structures[2:], from_xyz[: len(frames)]):
         assert set(csv_data.keys()) == set(xyz_data.keys())
         for key in xyz_data.keys():
             torch.testing.assert_close(csv_data[key], xyz_data[key], rtol=0, atol=1e-9)
 
 
-def test_qm9_atom_references_agree_with_schnetpack_db_metadata(shared_data):
+def test_qm9_atom_references_agree_with_schnetpack_db_metadata(real_data):
     import ase.db
 
-    refs = ase.db.connect(str(shared_data / "fixtures" / "schnetpack" / "test_qm9.db")).metadata["atomrefs"]
+    refs = ase.db.connect(str(real_data / "fixtures" / "schnetpack" / "test_qm9.db")).metadata["atomrefs"]
     for ours, theirs in [("U0", "energy_U0"), ("U", "energy_U"), ("H", "enthalpy_H"), ("G", "free_energy")]:
         for z, value in qm9_reader.ATOM_REFS[ours].items():
             assert value == refs[theirs][z]
@@ -208,8 +208,8 @@ def test_qm9pack_folder_needs_the_optional_extra():
 
 
 # ----------------------------------------------------------------------------- Xu-Kitchin
-def test_xu_kitchin_tags_fixed_and_adsorption_energy(shared_data):
-    folder = shared_data / "xu_kitchin_adsorption"
+def test_xu_kitchin_tags_fixed_and_adsorption_energy(real_data):
+    folder = real_data / "xu_kitchin_adsorption"
     energies = json.loads((folder / "energies.json").read_text())
     structures = read_structures(folder / "structures.json", required=("energy",))
     assert len(structures) == 882

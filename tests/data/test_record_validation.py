@@ -13,9 +13,9 @@ from frameavg.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def ethanol_text(shared_data):
+def ethanol_text(real_data):
     """The first two ethanol frames as extxyz text (lines per frame: 2 + 9 atoms)."""
-    lines = (shared_data / "rmd17_ethanol" / "train.xyz").read_text().splitlines(keepends=True)
+    lines = (real_data / "rmd17_ethanol" / "train.xyz").read_text().splitlines(keepends=True)
     return lines[:11], lines[11:22]
 
 
@@ -69,8 +69,8 @@ def test_unknown_element_symbol(tmp_path, ethanol_text):
         read_structures(path)
 
 
-def test_atomic_number_above_118(tmp_path, shared_data):
-    frames = ase.io.read(shared_data / "rmd17_ethanol" / "train.xyz", ":3")
+def test_atomic_number_above_118(tmp_path, real_data):
+    frames = ase.io.read(real_data / "rmd17_ethanol" / "train.xyz", ":3")
     lines = []
     for k, atoms in enumerate(frames):  # extxyz with an integer Z column instead of symbols
         numbers = atoms.numbers.copy()
@@ -84,8 +84,8 @@ def test_atomic_number_above_118(tmp_path, shared_data):
         read_structures(path)
 
 
-def test_malformed_lattice(tmp_path, shared_data):
-    text = (shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz").read_text()
+def test_malformed_lattice(tmp_path, real_data):
+    text = (real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz").read_text()
     header_end = text.index("\n", text.index("\n") + 1)
     header = text[: header_end]
     start = header.index('Lattice="') + len('Lattice="')
@@ -97,8 +97,8 @@ def test_malformed_lattice(tmp_path, shared_data):
         read_structures(path)
 
 
-def test_singular_cell_with_pbc(tmp_path, shared_data):
-    frames = ase.io.read(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":")
+def test_singular_cell_with_pbc(tmp_path, real_data):
+    frames = ase.io.read(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":")
     cell = frames[1].cell.array.copy()
     cell[2] = cell[0] + cell[1]  # third vector in the plane of the first two
     frames[1].set_cell(cell)
@@ -108,16 +108,16 @@ def test_singular_cell_with_pbc(tmp_path, shared_data):
         read_structures(path)
 
 
-def test_missing_requested_label(shared_data):
-    path = shared_data / "qm7" / "qm7_7101.extxyz"
-    with pytest.raises(DataError, match=r"qm7_7101.extxyz, structure 0: missing required label\(s\) forces"):
+def test_missing_requested_label(real_data):
+    path = real_data / "qm7" / "qm7_first300.extxyz"
+    with pytest.raises(DataError, match=r"qm7_first300.extxyz, structure 0: missing required label\(s\) forces"):
         read_structures(path, keys={"energy": "hof_pbe0_kcal_mol"}, required=("energy", "forces"))
 
 
-def test_key_mapping_typo(shared_data):
-    path = shared_data / "qm7" / "qm7_7101.extxyz"
+def test_key_mapping_typo(real_data):
+    path = real_data / "qm7" / "qm7_first300.extxyz"
     with pytest.raises(
-        DataError, match=r"qm7_7101.extxyz, structure 0: key 'hof_pbe0_kcal_mo' .* did you mean 'hof_pbe0_kcal_mol'"
+        DataError, match=r"qm7_first300.extxyz, structure 0: key 'hof_pbe0_kcal_mo' .* did you mean 'hof_pbe0_kcal_mol'"
     ):
         read_structures(path, keys={"energy": "hof_pbe0_kcal_mo"})
 
@@ -129,8 +129,8 @@ def test_truncated_frame(tmp_path, ethanol_text):
         read_structures(path)
 
 
-def test_not_a_database(tmp_path, shared_data):
-    raw = (shared_data / "oxides_eos" / "oxides.db").read_bytes()
+def test_not_a_database(tmp_path, real_data):
+    raw = (real_data / "oxides_eos" / "oxides.db").read_bytes()
     path = tmp_path / "cut.db"
     path.write_bytes(raw[:16] + bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8)))
     with pytest.raises(DataError, match=r"cut.db.*cannot read ASE database"):
@@ -174,8 +174,8 @@ def test_coincident_across_the_cell_boundary(tmp_path, skew):
     assert len(read_structures(path)) == 1
 
 
-def test_bad_tags(tmp_path, shared_data):
-    frames = ase.io.read(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":2")
+def test_bad_tags(tmp_path, real_data):
+    frames = ase.io.read(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":2")
     tags = frames[1].get_tags()
     tags[0] = 3
     frames[1].set_tags(tags)

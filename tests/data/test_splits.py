@@ -66,8 +66,8 @@ def test_index_files_txt_npy_json(tmp_path):
         index_split(8, {"train": tmp_path / "a.txt", "val": tmp_path / "b.npy", "test": tmp_path / "f.json"})
 
 
-def test_in_memory_dataset_transform_does_not_touch_stored_structures(shared_data):
-    structures = read_structures(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz")
+def test_in_memory_dataset_transform_does_not_touch_stored_structures(real_data):
+    structures = read_structures(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz")
     dataset = StructureDataset(structures, transform=RadiusGraph(6.0, max_neighbors=40))
     item = dataset[1]
     expected, _ = neighbor_list(item.pos, item.cell[0], item.pbc[0], 6.0, 40)
@@ -76,8 +76,8 @@ def test_in_memory_dataset_transform_does_not_touch_stored_structures(shared_dat
     assert batch.num_graphs == 3 and batch.neighbors.sum() == batch.edge_index.shape[1]
 
 
-def test_open_dataset_picks_lmdb_on_disk_and_memory_otherwise(shared_data, tmp_path):
-    path = shared_data / "rmd17_ethanol" / "train.xyz"
+def test_open_dataset_picks_lmdb_on_disk_and_memory_otherwise(real_data, tmp_path):
+    path = real_data / "rmd17_ethanol" / "train.xyz"
     in_memory = open_dataset(path, required=("energy", "forces"))
     assert isinstance(in_memory, StructureDataset) and len(in_memory) == 1000
     write_lmdb(in_memory.structures[:30], tmp_path / "eth.lmdb")
@@ -88,9 +88,9 @@ def test_open_dataset_picks_lmdb_on_disk_and_memory_otherwise(shared_data, tmp_p
         open_dataset(path, targets=("U0",))
 
 
-def test_build_datasets_single_path_random_split_with_graphs(shared_data):
+def test_build_datasets_single_path_random_split_with_graphs(real_data):
     config = {
-        "path": str(shared_data / "qm9_subset" / "qm9_random2000_seed0.extxyz"),
+        "path": str(real_data / "qm9_subset" / "qm9_random2000_seed0.extxyz"),
         "keys": {"energy": "U0"},
         "required": ["energy"],
         "options": {"targets": ["U0", "gap"]},
@@ -108,8 +108,8 @@ def test_build_datasets_single_path_random_split_with_graphs(shared_data):
     assert again["test"].indices == sets["test"].indices
 
 
-def test_build_datasets_per_split_paths_and_index_files(shared_data, tmp_path):
-    folder = shared_data / "oc20_is2re_samples"
+def test_build_datasets_per_split_paths_and_index_files(real_data, tmp_path):
+    folder = real_data / "oc20_is2re_samples"
     sets = build_datasets(
         {"train": str(folder / "is2re_bs8.extxyz"), "val": {"path": str(folder / "is2re_bs3.extxyz"), "dtype": "float64"},
          "keys": {"energy": "y_relaxed"}}

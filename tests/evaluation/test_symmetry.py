@@ -35,8 +35,8 @@ from frameavg.models.raw_mpnn import RawCoordinateMPNN
 CUTOFF = 5.0
 
 
-def _read(shared_data, path, count, dtype=torch.float64):
-    stream = iter_structures(shared_data / path, dtype=dtype)
+def _read(real_data, path, count, dtype=torch.float64):
+    stream = iter_structures(real_data / path, dtype=dtype)
     return [model_inputs(d) for d in itertools.islice(stream, count)]
 
 
@@ -52,9 +52,9 @@ def _sorted_edge_lengths(data):
 
 
 @pytest.mark.parametrize("check", ["rotation", "reflection", "translation", "permutation", "image", "cell"])
-def test_transforms_preserve_the_periodic_structure(shared_data, check):
+def test_transforms_preserve_the_periodic_structure(real_data, check):
     """Every transform keeps all interatomic distances (periodic images included)."""
-    data = _read(shared_data, "oc20_is2re_samples/is2re_bs3.extxyz", 1)[0]
+    data = _read(real_data, "oc20_is2re_samples/is2re_bs3.extxyz", 1)[0]
     moved = transform_structure(data, check, np.random.default_rng(0), dim="3D")
     assert torch.allclose(_sorted_edge_lengths(data), _sorted_edge_lengths(moved.data), atol=1e-9)
     det = np.linalg.det(moved.rotation)
@@ -78,8 +78,8 @@ def test_random_matrices_have_the_right_group():
         assert abs(round(np.linalg.det(m))) == 1 and np.allclose(m[2], [0, 0, 1]) and np.allclose(m[:, 2], [0, 0, 1])
 
 
-def test_report_measures_a_raw_models_errors(shared_data):
-    structures = _read(shared_data, "qm7/qm7_7101.extxyz", 6)
+def test_report_measures_a_raw_models_errors(real_data):
+    structures = _read(real_data, "qm7/qm7_first300.extxyz", 6)
     report = symmetry_report(_model(), structures, checks=CHECKS, cutoff=CUTOFF)
     assert [r.check for r in report.rows] == ["rotation", "reflection", "translation", "permutation", "batch", "repeat"]
     for check in ("rotation", "reflection", "translation"):  # raw coordinates: not invariant
@@ -95,8 +95,8 @@ def test_report_measures_a_raw_models_errors(shared_data):
     assert "rotation" in table and "|dF| max" in table
 
 
-def test_report_groups_frame_averaged_errors_by_degeneracy(shared_data):
-    structures = _read(shared_data, "qm7/qm7_7101.extxyz", 8)
+def test_report_groups_frame_averaged_errors_by_degeneracy(real_data):
+    structures = _read(real_data, "qm7/qm7_first300.extxyz", 8)
     report = symmetry_report(FrameAveraging(_model(), "3D", "all").eval(), structures, checks=("rotation",), cutoff=CUTOFF)
     assert set(report.degeneracy) == {"none", "pair", "linear", "triple"}
     assert sum(d["count"] for d in report.degeneracy.values()) == 8
@@ -104,16 +104,16 @@ def test_report_groups_frame_averaged_errors_by_degeneracy(shared_data):
     assert all(d["energy_abs_max"] < 1e-10 for d in report.degeneracy.values())
 
 
-def test_stochastic_frames_are_approximate_and_not_repeatable(shared_data):
-    structures = _read(shared_data, "rmd17_ethanol/train.xyz", 4)
+def test_stochastic_frames_are_approximate_and_not_repeatable(real_data):
+    structures = _read(real_data, "rmd17_ethanol/train.xyz", 4)
     model = FrameAveraging(_model(), "3D", "stochastic", seed=0).eval()
     report = symmetry_report(model, structures, checks=("rotation", "repeat"), cutoff=CUTOFF)
     assert report.row("rotation").energy_abs_max > 1e-6
     assert report.row("repeat").energy_abs_max > 1e-6
 
 
-def test_assert_helpers_name_the_failing_checks(shared_data):
-    structures = _read(shared_data, "rmd17_ethanol/train.xyz", 3)
+def test_assert_helpers_name_the_failing_checks(real_data):
+    structures = _read(real_data, "rmd17_ethanol/train.xyz", 3)
     with pytest.raises(AssertionError, match=r"energy not invariant .*\n  rotation: max \|dE\|"):
         assert_invariant(_model(), structures, atol=1e-8, cutoff=CUTOFF, checks=("rotation", "permutation"))
     se3 = FrameAveraging(_model(), "3D", "se3-all").eval()
@@ -133,8 +133,8 @@ def test_default_tolerances_per_dtype():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_default_tolerances_pass_exact_models_and_fail_raw_ones(shared_data, dtype):
-    structures = _read(shared_data, "rmd17_ethanol/train.xyz", 3, dtype)
+def test_default_tolerances_pass_exact_models_and_fail_raw_ones(real_data, dtype):
+    structures = _read(real_data, "rmd17_ethanol/train.xyz", 3, dtype)
     exact = FrameAveraging(_model().to(dtype), "3D", "all").eval()
     assert_symmetric(exact, structures, cutoff=CUTOFF, checks=("rotation", "reflection", "permutation"))
     assert_batch_independent(exact, structures, cutoff=CUTOFF)
@@ -153,8 +153,8 @@ def test_default_tolerances_pass_exact_models_and_fail_raw_ones(shared_data, dty
         assert_invariant(raw, structures, rtol=1e-12, cutoff=CUTOFF, checks=("rotation",))
 
 
-def test_bad_arguments_are_clear_errors(shared_data):
-    structures = _read(shared_data, "rmd17_ethanol/train.xyz", 1)
+def test_bad_arguments_are_clear_errors(real_data):
+    structures = _read(real_data, "rmd17_ethanol/train.xyz", 1)
     with pytest.raises(ConfigError, match="unknown check"):
         symmetry_report(_model(), structures, checks=("rotation", "shear"), cutoff=CUTOFF)
     with pytest.raises(DataError, match="no structures"):

@@ -6,5 +6,5 @@ from .structures import load
 
 
 @pytest.fixture(scope="session")
-def ethanol(shared_data):
-    return load(shared_data, "rmd17_ethanol")[0]
+def ethanol(real_data):
+    return load(real_data, "rmd17_ethanol")[0]

@@ -1,4 +1,4 @@
-"""Real structures from ../shared/data for the frame tests, as model-input ``Data`` objects, and a
+"""Real structures from tests/data/real for the frame tests, as model-input ``Data`` objects, and a
 small raw-coordinate model."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from frameavg.models.raw_mpnn import RawCoordinateMPNN
 
 CUTOFF = 5.0
 
-# (file or folder under shared data, frame dimension, how many structures, stride)
+# (file or folder under tests/data/real, frame dimension, how many structures, stride)
 DATASETS = {
     "qm9": ("qm9_subset/qm9_random2000_seed0.extxyz", "3D", 8, 1),
-    "qm7": ("qm7/qm7_7101.extxyz", "3D", 8, 1),
+    "qm7": ("qm7/qm7_first300.extxyz", "3D", 8, 1),
     "rmd17_ethanol": ("rmd17_ethanol/train.xyz", "3D", 6, 1),
     "schnetpack_iso17": ("fixtures/schnetpack/test_iso.db", "3D", 4, 1),
     "schnetpack_ani1": ("fixtures/schnetpack/test_ani1.db", "3D", 4, 1),
@@ -32,16 +32,16 @@ DATASETS = {
 }
 
 
-def load(shared_data, name: str, dtype=torch.float64) -> tuple[list, str]:
+def load(real_data, name: str, dtype=torch.float64) -> tuple[list, str]:
     """(structures, frame dimension) of one of DATASETS (model inputs only)."""
     path, dim, count, stride = DATASETS[name]
-    stream = iter_structures(shared_data / path, dtype=dtype)
+    stream = iter_structures(real_data / path, dtype=dtype)
     return [model_inputs(d) for d in itertools.islice(stream, 0, count * stride, stride)], dim
 
 
-def qm7(shared_data, index: int, dtype=torch.float64):
+def qm7(real_data, index: int, dtype=torch.float64):
     """One QM7 molecule (0 methane, 1 ethane, 3 acetylene, 65 neopentane, 238 benzene)."""
-    stream = iter_structures(shared_data / "qm7" / "qm7_7101.extxyz", dtype=dtype)
+    stream = iter_structures(real_data / "qm7" / "qm7_first300.extxyz", dtype=dtype)
     return model_inputs(next(itertools.islice(stream, index, None)))
 
 

@@ -32,27 +32,27 @@ def _checks(name):
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
-def test_all_frames_make_raw_model_exactly_invariant_float64(shared_data, name):
-    structures, dim = load(shared_data, name)
+def test_all_frames_make_raw_model_exactly_invariant_float64(real_data, name):
+    structures, dim = load(real_data, name)
     model = FrameAveraging(raw_model(), frames=dim, method="all").eval()
     assert_symmetric(model, structures, atol=1e-10, checks=_checks(name), dim=dim, cutoff=CUTOFF, seed=1)
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
-def test_all_frames_make_raw_model_invariant_float32(shared_data, name):
+def test_all_frames_make_raw_model_invariant_float32(real_data, name):
     """Relative errors < 1e-5. Forces also pass below 1e-6 eV/Å absolute: in near-symmetric
     crystals the frame-averaged forces nearly cancel (max |F| ~ 1e-3 eV/Å for this model), so
     float32 rounding of the O(0.1) per-frame forces dominates any relative measure."""
-    structures, dim = load(shared_data, name, dtype=torch.float32)
+    structures, dim = load(real_data, name, dtype=torch.float32)
     model = FrameAveraging(raw_model(torch.float32), frames=dim, method="all").eval()
     assert_symmetric(model, structures, atol=0.0, rtol=1e-5, forces_atol=1e-6, forces_rtol=1e-5,
                      checks=_checks(name), dim=dim, cutoff=CUTOFF, seed=2)
 
 
 @pytest.mark.parametrize("name, dim", [("qm7", "3D"), ("oc20_is2re", "2D")])
-def test_raw_model_alone_is_not_invariant(shared_data, name, dim):
+def test_raw_model_alone_is_not_invariant(real_data, name, dim):
     """The same checks fail without frames: the tests above can fail."""
-    structures, _ = load(shared_data, name)
+    structures, _ = load(real_data, name)
     with pytest.raises(AssertionError, match="rotation"):
         assert_invariant(raw_model(), structures, atol=1e-6, checks=("rotation",), dim=dim, cutoff=CUTOFF)
     with pytest.raises(AssertionError, match="rotation"):
@@ -87,20 +87,20 @@ def test_degenerate_structures_are_exact_and_plain_pca_is_not(name, degeneracy, 
     assert worst > 1e-2 if plain_fails else worst < 1e-6
 
 
-def test_real_near_degenerate_molecules_are_exact_in_float32(shared_data):
+def test_real_near_degenerate_molecules_are_exact_in_float32(real_data):
     """QM7 methane, ethane, acetylene, neopentane and benzene (eigenvalue gaps 1e-6..1e-4)."""
-    structures = [qm7(shared_data, i, torch.float32) for i in (0, 1, 3, 65, 238)]
+    structures = [qm7(real_data, i, torch.float32) for i in (0, 1, 3, 65, 238)]
     model = FrameAveraging(raw_model(torch.float32), "3D", "all").eval()
     report = assert_symmetric(model, structures, atol=0.0, rtol=1e-5, cutoff=CUTOFF, trials=2)
     assert set(report.degeneracy) == {"triple", "pair", "linear"}
 
 
-def test_batched_equals_one_by_one(shared_data):
-    molecules, _ = load(shared_data, "qm7")
-    crystals, _ = load(shared_data, "oxides_bulk")
+def test_batched_equals_one_by_one(real_data):
+    molecules, _ = load(real_data, "qm7")
+    crystals, _ = load(real_data, "oxides_bulk")
     model = FrameAveraging(raw_model(), "3D", "all").eval()
     assert_batch_independent(model, molecules + crystals, atol=1e-12, batch_size=14, cutoff=CUTOFF)
-    slabs, _ = load(shared_data, "xu_kitchin")
+    slabs, _ = load(real_data, "xu_kitchin")
     assert_batch_independent(FrameAveraging(raw_model(), "2D", "all").eval(), slabs, atol=1e-12, cutoff=CUTOFF)
 
 
@@ -109,8 +109,8 @@ def test_batched_equals_one_by_one(shared_data):
     pytest.param("oc20_is2re", "2D", marks=pytest.mark.slow),
     pytest.param("oxides_bulk", "3D", marks=pytest.mark.slow),
 ])
-def test_gradient_forces_are_equivariant_and_match_finite_differences(shared_data, name, dim):
-    structures = load(shared_data, name)[0][:3]
+def test_gradient_forces_are_equivariant_and_match_finite_differences(real_data, name, dim):
+    structures = load(real_data, name)[0][:3]
     model = FrameAveraging(raw_model(direct_forces=False), dim, "all", forces="from_energy").eval()
     assert_equivariant(model, structures, atol=1e-10, dim=dim, cutoff=CUTOFF,
                        checks=_checks(name) if name != "qm7" else ("rotation", "reflection"))
@@ -137,8 +137,8 @@ def test_forces_both_keeps_model_and_gradient_forces(ethanol):
     assert_equivariant(model, ethanol[:2], atol=1e-10, checks=("rotation",), cutoff=CUTOFF)
 
 
-def test_enlarged_batch_reuses_edges_and_gathers_every_field(shared_data):
-    structures, _ = load(shared_data, "oc20_is2re")
+def test_enlarged_batch_reuses_edges_and_gathers_every_field(real_data):
+    structures, _ = load(real_data, "oc20_is2re")
     batch = graphs(structures)
     batch.tags = torch.arange(batch.num_nodes) % 3
     batch.label = torch.arange(batch.num_graphs, dtype=torch.float64)[:, None].repeat(1, 2)
@@ -158,8 +158,8 @@ def test_enlarged_batch_reuses_edges_and_gathers_every_field(shared_data):
     assert torch.equal(expanded.batch[dst], edge_frame)
 
 
-def test_train_mode_is_stochastic_and_eval_mode_uses_all_frames(shared_data):
-    structures, _ = load(shared_data, "qm9")
+def test_train_mode_is_stochastic_and_eval_mode_uses_all_frames(real_data):
+    structures, _ = load(real_data, "qm9")
     model = FrameAveraging(raw_model(), "3D", "stochastic", eval_method="all", seed=3)
     batch = graphs(structures)
     model.train()
@@ -174,8 +174,8 @@ def test_train_mode_is_stochastic_and_eval_mode_uses_all_frames(shared_data):
     assert torch.equal(model.frames_of(batch).rotation, frames.rotation)
 
 
-def test_the_random_frame_stream_is_part_of_the_state_dict(shared_data):
-    structures, _ = load(shared_data, "qm9")
+def test_the_random_frame_stream_is_part_of_the_state_dict(real_data):
+    structures, _ = load(real_data, "qm9")
     batch = graphs(structures)
     model = FrameAveraging(raw_model(), "3D", "stochastic", seed=3).train()
     model(batch)  # advance the stream
@@ -200,8 +200,8 @@ def test_legacy_force_mode_names_still_work_with_a_warning(legacy, mode):
 
 
 @pytest.mark.slow
-def test_faenet_becomes_invariant_under_all_frames(shared_data):
-    structures, dim = load(shared_data, "oc20_is2re")
+def test_faenet_becomes_invariant_under_all_frames(real_data):
+    structures, dim = load(real_data, "oc20_is2re")
     torch.manual_seed(0)
     faenet = build_model("faenet", hidden_channels=64, num_filters=32, num_gaussians=16, num_interactions=2,
                          tag_hidden_channels=8, pg_hidden_channels=8, cutoff=CUTOFF, regress_forces="direct")
@@ -245,11 +245,11 @@ def test_single_atom_and_plain_data_inputs(ethanol):
     assert torch.allclose(out_data["energy"], out_batch["energy"]) and torch.allclose(out_data["forces"], out_batch["forces"])
 
 
-def test_slab_with_isolated_adsorbate_stays_exact(shared_data):
+def test_slab_with_isolated_adsorbate_stays_exact(real_data):
     """The adsorbate (H, the rarest element) lifted 8 Å above its slab has no neighbour within the
     cutoff; the frame then comes from the edges of all atoms, and stays exact (it used to fall back
     to identity frames, which are not rotation invariant)."""
-    slab = load(shared_data, "oc20_is2re")[0][0].clone()
+    slab = load(real_data, "oc20_is2re")[0][0].clone()
     adsorbate = slab.atomic_numbers == 1
     assert int(adsorbate.sum()) == 1
     slab.pos[adsorbate, 2] += 8.0

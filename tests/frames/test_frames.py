@@ -35,8 +35,8 @@ def test_frame_counts_on_generic_molecule(ethanol, method, used, set_size):
 
 @pytest.mark.parametrize("method", ["all", "se3-all", "det", "se3-det", "stochastic", "DA", "se3-DA"])
 @pytest.mark.parametrize("dim", ["3D", "2D"])
-def test_frames_are_orthogonal_and_define_canonical_copies(shared_data, method, dim):
-    structures, _ = load(shared_data, "oc20_is2re")
+def test_frames_are_orthogonal_and_define_canonical_copies(real_data, method, dim):
+    structures, _ = load(real_data, "oc20_is2re")
     batch = graphs(structures)
     frames = frames_for_batch(batch, method, dim, generator=torch.Generator().manual_seed(0))
     u = frames.rotation
@@ -108,8 +108,8 @@ def test_det_frame_is_rotation_invariant_unlike_coordinate_sum_rule(ethanol):
     [(0, "methane", "triple", 24, 0), (1, "ethane", "pair", 24, 6), (3, "acetylene", "linear", 8, 2),
      (238, "benzene", "pair", 24, 6), (65, "neopentane", "triple", 24, 0)],
 )
-def test_degeneracy_classes_of_real_qm7_molecules(shared_data, index, name, degeneracy, frames, order):
-    f = _frames(qm7(shared_data, index))
+def test_degeneracy_classes_of_real_qm7_molecules(real_data, index, name, degeneracy, frames, order):
+    f = _frames(qm7(real_data, index))
     assert f.degeneracy_names() == [degeneracy], name
     assert int(f.num_frames[0]) == frames
     assert int(f.harmonic_order[0]) == order
@@ -136,9 +136,9 @@ def _same_set(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-10) -> bool:
     return a.shape == b.shape and bool((distance.amin(1) < atol).all()) and bool((distance.amin(0) < atol).all())
 
 
-def test_periodic_frames_unchanged_by_image_shifts_and_cell_choice(shared_data):
-    structures, _ = load(shared_data, "oc20_is2re")
-    oxides, _ = load(shared_data, "oxides_bulk")
+def test_periodic_frames_unchanged_by_image_shifts_and_cell_choice(real_data):
+    structures, _ = load(real_data, "oc20_is2re")
+    oxides, _ = load(real_data, "oxides_bulk")
     rng = np.random.default_rng(2)
     for data, dim in [(d, "2D") for d in structures] + [(d, "3D") for d in oxides]:
         before = _frames(data, "all", dim)
@@ -150,18 +150,18 @@ def test_periodic_frames_unchanged_by_image_shifts_and_cell_choice(shared_data):
             assert _same_set(before.rotation, after.rotation), (check, before.degeneracy_names())
 
 
-def test_wrapped_position_pca_is_not_image_invariant(shared_data):
+def test_wrapped_position_pca_is_not_image_invariant(real_data):
     """The reason for the periodic cloud: plain PCA of wrapped positions changes with images."""
-    data = load(shared_data, "oc20_is2re")[0][0]
+    data = load(real_data, "oc20_is2re")[0][0]
     moved = transform_structure(data, "image", np.random.default_rng(3)).data
     plain = [compute_frames(d.pos, method="all", dim="2D").rotation for d in (data, moved)]
     assert not torch.allclose(plain[0], plain[1], atol=1e-3)
 
 
-def test_batched_frames_equal_per_graph_frames(shared_data):
-    molecules, _ = load(shared_data, "qm7")
-    molecules += [qm7(shared_data, 238)]
-    crystals, _ = load(shared_data, "oxides_bulk")
+def test_batched_frames_equal_per_graph_frames(real_data):
+    molecules, _ = load(real_data, "qm7")
+    molecules += [qm7(real_data, 238)]
+    crystals, _ = load(real_data, "oxides_bulk")
     mixed = molecules + crystals
     together = frames_for_batch(graphs(mixed), "all", "3D")
     start = 0
@@ -206,8 +206,8 @@ def test_random_rotations_are_haar_distributed():
     assert abs(float(torch.cos(angle).mean())) < 0.1 and abs(float(torch.sin(angle).mean())) < 0.1
 
 
-def test_da_method_gives_one_random_rotation_per_graph(shared_data):
-    structures, _ = load(shared_data, "qm9")
+def test_da_method_gives_one_random_rotation_per_graph(real_data):
+    structures, _ = load(real_data, "qm9")
     frames = frames_for_batch(graphs(structures), "se3-DA", "3D", generator=torch.Generator().manual_seed(1))
     assert frames.num_frames.tolist() == [1] * len(structures)
     assert bool((torch.linalg.det(frames.rotation) > 0).all())
@@ -217,14 +217,14 @@ def test_da_method_gives_one_random_rotation_per_graph(shared_data):
 # bad or extreme input
 
 
-def test_single_atom_is_a_point_with_identity_frames(shared_data):
+def test_single_atom_is_a_point_with_identity_frames(real_data):
     data = reference("H")  # ASE's isolated H atom
     frames = _frames(data)
     assert frames.degeneracy_names() == ["point"]
     assert torch.allclose(frames.pos, torch.zeros_like(frames.pos))
 
 
-def test_two_atoms_are_linear_and_exact(shared_data):
+def test_two_atoms_are_linear_and_exact(real_data):
     data = reference("H2")
     frames = _frames(data)
     assert frames.degeneracy_names() == ["linear"] and int(frames.num_frames[0]) == 8
@@ -241,8 +241,8 @@ def test_all_atoms_at_one_point_is_a_clear_error(ethanol):
         _frames(data)
 
 
-def test_nan_positions_are_a_clear_error(shared_data):
-    structures, _ = load(shared_data, "qm9")
+def test_nan_positions_are_a_clear_error(real_data):
+    structures, _ = load(real_data, "qm9")
     batch = graphs(structures[:3])
     batch.pos[batch.ptr[2] + 1, 1] = float("nan")
     with pytest.raises(DataError, match=r"non-finite position .* in graph\(s\) \[2\]"):

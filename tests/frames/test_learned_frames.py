@@ -33,32 +33,32 @@ def _learned(dtype, dim, method="learned", seed=0):
 
 @pytest.mark.parametrize("method", ["learned", "se3-learned"])
 @pytest.mark.parametrize("name", NAMES)
-def test_learned_frames_make_raw_model_exactly_invariant_float64(shared_data, name, method):
-    structures, dim = load(shared_data, name)
+def test_learned_frames_make_raw_model_exactly_invariant_float64(real_data, name, method):
+    structures, dim = load(real_data, name)
     model = _learned(torch.float64, dim, method)
     assert_symmetric(model, structures, atol=1e-10, checks=_checks(name, method), dim=dim, cutoff=CUTOFF, seed=3)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_learned_frames_make_raw_model_invariant_float32(shared_data, name):
-    structures, dim = load(shared_data, name, dtype=torch.float32)
+def test_learned_frames_make_raw_model_invariant_float32(real_data, name):
+    structures, dim = load(real_data, name, dtype=torch.float32)
     model = _learned(torch.float32, dim)
     assert_symmetric(model, structures, atol=0.0, rtol=1e-5, forces_atol=1e-6, forces_rtol=1e-5,
                      checks=_checks(name, "learned"), dim=dim, cutoff=CUTOFF, seed=4)
 
 
-def test_se3_learned_is_not_reflection_invariant(shared_data):
+def test_se3_learned_is_not_reflection_invariant(real_data):
     """The SO(3) variant builds e3 = e1 × e2, a pseudovector: reflections change the frame (the
     reflection check can fail, so the O(3) test above means something)."""
-    structures, dim = load(shared_data, "qm9")
+    structures, dim = load(real_data, "qm9")
     with pytest.raises(AssertionError, match="reflection"):
         assert_symmetric(_learned(torch.float64, dim, "se3-learned"), structures, atol=1e-6,
                          checks=("reflection",), dim=dim, cutoff=CUTOFF)
 
 
-def test_one_forward_per_graph_and_no_fallback_on_generic_molecules(shared_data):
+def test_one_forward_per_graph_and_no_fallback_on_generic_molecules(real_data):
     """rMD17 ethanol snapshots have no symmetry: one learned frame each, orthogonal."""
-    structures, _ = load(shared_data, "rmd17_ethanol")
+    structures, _ = load(real_data, "rmd17_ethanol")
     model = _learned(torch.float64, "3D")
     _, frames = model(graphs(structures), return_frames=True)
     assert frames.graph.tolist() == list(range(len(structures)))  # one frame copy per graph
@@ -67,8 +67,8 @@ def test_one_forward_per_graph_and_no_fallback_on_generic_molecules(shared_data)
                           torch.eye(3, dtype=torch.float64).expand(len(structures), 3, 3), atol=1e-12)
 
 
-def test_training_step_changes_the_canonicaliser(shared_data):
-    structures, _ = load(shared_data, "rmd17_ethanol")
+def test_training_step_changes_the_canonicaliser(real_data):
+    structures, _ = load(real_data, "rmd17_ethanol")
     model = _learned(torch.float64, "3D").train()
     before = [p.detach().clone() for p in model.canonicalizer.parameters()]
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-2)
@@ -86,8 +86,8 @@ def test_training_step_changes_the_canonicaliser(shared_data):
             assert not torch.equal(old, parameter), name
 
 
-def test_canonicaliser_is_saved_with_the_weights(shared_data):
-    structures, _ = load(shared_data, "qm9")
+def test_canonicaliser_is_saved_with_the_weights(real_data):
+    structures, _ = load(real_data, "qm9")
     model = _learned(torch.float64, "3D", seed=1)
     state = model.state_dict()
     assert any(key.startswith("canonicalizer.") for key in state)
@@ -120,7 +120,7 @@ def test_symmetric_structures_fall_back_to_exact_pca_frames(name, degenerate):
 
 
 @pytest.mark.parametrize("atoms", [1, 2])
-def test_one_and_two_atom_graphs_fall_back_and_stay_exact(shared_data, atoms):
+def test_one_and_two_atom_graphs_fall_back_and_stay_exact(real_data, atoms):
     """A single atom has no edge (all vectors zero); a dimer's vectors all lie on its axis: both
     are degenerate by the rule and get the PCA frames (point / linear), batched with ethane."""
     from ase import Atoms
@@ -130,7 +130,7 @@ def test_one_and_two_atom_graphs_fall_back_and_stay_exact(shared_data, atoms):
     positions = [[0.1, 0.2, 0.3], [0.4, -0.8, 0.7]][:atoms]
     tiny = atoms_to_data(Atoms("CO"[:atoms], positions=positions), dtype=torch.float64)
     model = _learned(torch.float64, "3D")
-    _, frames = model(graphs([tiny, qm7(shared_data, 1)]), return_frames=True)
+    _, frames = model(graphs([tiny, qm7(real_data, 1)]), return_frames=True)
     assert frames.fallback.tolist()[0] is True
     assert_symmetric(model, [tiny], atol=1e-10, checks=("rotation", "reflection", "translation"), cutoff=CUTOFF)
 
@@ -149,8 +149,8 @@ def test_gram_schmidt_rules():
     assert degenerate.item()
 
 
-def test_compute_frames_refuses_learned_and_eval_learned_needs_a_canonicaliser(shared_data):
-    structures, _ = load(shared_data, "qm9")
+def test_compute_frames_refuses_learned_and_eval_learned_needs_a_canonicaliser(real_data):
+    structures, _ = load(real_data, "qm9")
     with pytest.raises(ConfigError, match="canonicaliser"):
         compute_frames(structures[0].pos, method="learned")
     with pytest.raises(ConfigError, match="canonicaliser"):
@@ -159,12 +159,12 @@ def test_compute_frames_refuses_learned_and_eval_learned_needs_a_canonicaliser(s
         FrameAveraging(raw_model(), "3D", "learned", canonicalizer={"widht": 3})
 
 
-def test_symmetry_command_reports_learned_frames(shared_data, capsys):
+def test_symmetry_command_reports_learned_frames(real_data, capsys):
     import json
 
     from frameavg.cli.main import main
 
-    code = main(["symmetry", "--data", str(shared_data / "rmd17_ethanol" / "train.xyz"), "--limit", "4",
+    code = main(["symmetry", "--data", str(real_data / "rmd17_ethanol" / "train.xyz"), "--limit", "4",
                  "--method", "learned", "--checks", "rotation,reflection", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["meta"]["method"] == "learned"

@@ -1,5 +1,5 @@
 """Periodic frames are exact on every structure: clouds that determine no frame (a desorbed
-molecule's reference atoms see one line) widen to all atoms, then to the lattice; every shared
+molecule's reference atoms see one line) widen to all atoms, then to the lattice; every real
 periodic data set is exact with FAENet in float64; the lattice shell belongs to the lattice."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _same_rows(a: np.ndarray, b: np.ndarray, atol: float = 1e-9) -> bool:
     return bool((distance.min(axis=1) < atol).all() and (distance.min(axis=0) < atol).all())
 
 
-# shared periodic data: (name, path, frame dimension, stride); the full sets are measured by
+# real periodic data (tests/data/real): (name, path, frame dimension, stride); the full sets are measured by
 # benchmarks/frames_symmetry.py --tables periodic-faenet (docs/frames.md)
 PERIODIC_DATA = [
     ("oc20_is2re", "oc20_is2re_samples/is2re_bs8.extxyz", "2D", 1),
@@ -143,11 +143,11 @@ PERIODIC_DATA = [
 
 
 @pytest.mark.parametrize("name, path, dim, stride", PERIODIC_DATA, ids=[p[0] for p in PERIODIC_DATA])
-def test_shared_periodic_structures_are_exact_with_faenet(shared_data, name, path, dim, stride):
+def test_real_periodic_structures_are_exact_with_faenet(real_data, name, path, dim, stride):
     """OC20 slabs (all 11 and the S2EF system), a stride of the Xu–Kitchin slabs (2D frames) and of
     the oxides (3D and 2D frames): all-frames FAENet in float64, forces through the frames, every
     check within 1e-10 eV, eV/Å."""
-    stream = iter_structures(shared_data / path, dtype=torch.float64)
+    stream = iter_structures(real_data / path, dtype=torch.float64)
     structures = [model_inputs(d) for d in itertools.islice(stream, 0, None, stride)]
     assert_symmetric(faenet_fa(dim), structures, atol=1e-10, checks=PERIODIC_CHECKS, dim=dim, cutoff=CUTOFF,
                      batch_size=8)

@@ -20,23 +20,23 @@ from frameavg.training.run import train
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def molecules(shared_data, dtype: torch.dtype) -> list:
+def molecules(real_data, dtype: torch.dtype) -> list:
     """4 QM9 molecules and 2 rMD17 ethanol frames as input-only ``Data``."""
-    atoms = (ase.io.read(shared_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", ":4")
-             + ase.io.read(shared_data / "rmd17_ethanol" / "train.xyz", ":2"))
+    atoms = (ase.io.read(real_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", ":4")
+             + ase.io.read(real_data / "rmd17_ethanol" / "train.xyz", ":2"))
     return [model_inputs(atoms_to_data(a, dtype=dtype)) for a in atoms]
 
 
-def slabs(shared_data, dtype: torch.dtype, count: int = 3) -> list:
+def slabs(real_data, dtype: torch.dtype, count: int = 3) -> list:
     """The first ``count`` OC20 IS2RE slabs (65, 172, 24 atoms; periodic in x, y and z)."""
-    atoms = ase.io.read(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", f":{count}")
+    atoms = ase.io.read(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", f":{count}")
     return [model_inputs(atoms_to_data(a, dtype=dtype)) for a in atoms]
 
 
-def small_oxide(shared_data):
+def small_oxide(real_data):
     """A bulk rutile-type BO2 cell (6 atoms, edges 3.1-4.5 Å): within 5 Å every atom sees several
     images of the same atoms, itself included."""
-    return next(ase.db.connect(shared_data / "oxides_eos" / "oxides.db").select(limit=1)).toatoms()
+    return next(ase.db.connect(real_data / "oxides_eos" / "oxides.db").select(limit=1)).toatoms()
 
 
 def as_batch(structures, cutoff: float, max_neighbors: int | None = None) -> Batch:
@@ -75,10 +75,10 @@ def train_epoch_losses(config_name: str, overrides: list[str], tmp_path, epochs:
     return result, losses
 
 
-def assert_supercell_extensive(model, shared_data, atol: float) -> None:
+def assert_supercell_extensive(model, real_data, atol: float) -> None:
     """The 2x2x2 supercell of ``small_oxide`` has 8 times its energy and the same forces per atom
     (``model`` float64)."""
-    oxide = small_oxide(shared_data)
+    oxide = small_oxide(real_data)
     cell = model_inputs(atoms_to_data(oxide, dtype=torch.float64))
     supercell = model_inputs(atoms_to_data(make_supercell(oxide, 2 * torch.eye(3).numpy()), dtype=torch.float64))
     one, eight = model(as_batch([cell], 5.0)), model(as_batch([supercell], 5.0))
@@ -86,25 +86,25 @@ def assert_supercell_extensive(model, shared_data, atol: float) -> None:
     torch.testing.assert_close(eight["forces"][: len(oxide)], one["forces"], atol=atol, rtol=0)
 
 
-def assert_rejects_bad_atoms(model, shared_data, max_z: int) -> Batch:
+def assert_rejects_bad_atoms(model, real_data, max_z: int) -> Batch:
     """A float32 model raises clear DataErrors for an element beyond its table (Z = max_z + 1) and
     for float64 positions; returns the valid float32 batch (2 molecules) it checked them on."""
     import pytest
 
     from frameavg.errors import DataError
 
-    batch = as_batch(molecules(shared_data, torch.float32)[:2], cutoff=5.0)
+    batch = as_batch(molecules(real_data, torch.float32)[:2], cutoff=5.0)
     heavy = batch.clone()
     heavy.atomic_numbers = heavy.atomic_numbers.clone()
     heavy.atomic_numbers[0] = max_z + 1
     with pytest.raises(DataError, match=rf"atomic number {max_z + 1} \(\w+\): \w+ embeds Z = 1\.\.{max_z}"):
         model(heavy)
     with pytest.raises(DataError, match="float64 but the model is torch.float32"):
-        model(as_batch(molecules(shared_data, torch.float64)[:1], cutoff=5.0))
+        model(as_batch(molecules(real_data, torch.float64)[:1], cutoff=5.0))
     return batch
 
 
-def assert_frame_averaging_changes_nothing(model, shared_data, dtype: torch.dtype, tolerances: dict,
+def assert_frame_averaging_changes_nothing(model, real_data, dtype: torch.dtype, tolerances: dict,
                                            max_neighbors: int | None = None) -> None:
     """FrameAveraging (3D, all frames) around an already invariant model stays invariant (under
     rotations, reflections, translations, with ``tolerances`` for assert_symmetric) and predicts
@@ -113,7 +113,7 @@ def assert_frame_averaging_changes_nothing(model, shared_data, dtype: torch.dtyp
     from frameavg.frames import FrameAveraging
 
     averaged = FrameAveraging(model, frames="3D", method="all").eval()
-    structures = molecules(shared_data, dtype)[:3] + slabs(shared_data, dtype)[2:]
+    structures = molecules(real_data, dtype)[:3] + slabs(real_data, dtype)[2:]
     assert_symmetric(averaged, structures, cutoff=5.0, max_neighbors=max_neighbors,
                      checks=("rotation", "reflection", "translation"), **tolerances)
     batch = as_batch(structures, cutoff=5.0, max_neighbors=max_neighbors)

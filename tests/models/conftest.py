@@ -33,13 +33,13 @@ def to_graph(atoms, cutoff: float = 6.0, max_neighbors: int = 40, with_tags: boo
 
 
 @pytest.fixture(scope="session")
-def oc20_atoms(shared_data):
-    return ase.io.read(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":")
+def oc20_atoms(real_data):
+    return ase.io.read(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":")
 
 
 @pytest.fixture(scope="session")
-def qm9_atoms(shared_data):
-    return ase.io.read(shared_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", ":6")
+def qm9_atoms(real_data):
+    return ase.io.read(real_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", ":6")
 
 
 @pytest.fixture(scope="session")

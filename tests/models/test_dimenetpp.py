@@ -47,12 +47,12 @@ def brute_force_triplets(edge_index: torch.Tensor, cell_offsets: torch.Tensor | 
     return sorted(pairs)
 
 
-def test_triplets_match_brute_force_on_molecules_and_periodic_images(shared_data):
-    batch = as_batch(molecules(shared_data, torch.float64), cutoff=5.0)
+def test_triplets_match_brute_force_on_molecules_and_periodic_images(real_data):
+    batch = as_batch(molecules(real_data, torch.float64), cutoff=5.0)
     idx_kj, idx_ji = triplets(batch.edge_index, None, batch.num_nodes)
     assert sorted(zip(idx_kj.tolist(), idx_ji.tolist())) == brute_force_triplets(batch.edge_index, None)
-    oxide = as_batch([model_inputs(atoms_to_data(small_oxide(shared_data)))], 5.0)
-    slab = as_batch(slabs(shared_data, torch.float32)[:1], 6.0)
+    oxide = as_batch([model_inputs(atoms_to_data(small_oxide(real_data)))], 5.0)
+    slab = as_batch(slabs(real_data, torch.float32)[:1], 6.0)
     for graph in (oxide, slab):
         idx_kj, idx_ji = triplets(graph.edge_index, graph.cell_offsets, graph.num_nodes)
         assert sorted(zip(idx_kj.tolist(), idx_ji.tolist())) == brute_force_triplets(graph.edge_index, graph.cell_offsets)
@@ -83,7 +83,7 @@ def test_spherical_basis_is_pygs(pyg_reference):
 
 @pytest.mark.slow  # shares the PyG reference
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 5e-5)])
-def test_same_weights_give_the_energies_and_forces_of_pyg_dimenetpp(shared_data, monkeypatch, pyg_reference,
+def test_same_weights_give_the_energies_and_forces_of_pyg_dimenetpp(real_data, monkeypatch, pyg_reference,
                                                                     dtype, atol):
     """PyG's own ``DimeNetPlusPlus.forward`` (float64) with its ``radius_graph`` (torch_cluster)
     replaced by all pairs within 5 Å and its ``triplets`` (torch_sparse) by the brute-force
@@ -102,11 +102,11 @@ def test_same_weights_give_the_energies_and_forces_of_pyg_dimenetpp(shared_data,
     monkeypatch.setattr(pyg_dimenet, "radius_graph",
                         lambda pos, r, batch, max_num_neighbors: all_pairs_within(pos.detach(), batch, r))
     monkeypatch.setattr(pyg_dimenet, "triplets", brute_force_pyg_triplets)
-    reference_batch = as_batch(molecules(shared_data, torch.float64), cutoff=6.0)
+    reference_batch = as_batch(molecules(real_data, torch.float64), cutoff=6.0)
     pos = reference_batch.pos.clone().requires_grad_(True)
     energy = pyg_reference(reference_batch.atomic_numbers, pos, reference_batch.batch).squeeze(-1)
     (grad,) = torch.autograd.grad(energy.sum(), pos)
-    out = model(as_batch(molecules(shared_data, dtype), cutoff=6.0))
+    out = model(as_batch(molecules(real_data, dtype), cutoff=6.0))
     assert energy.abs().min() > 0.1  # a real comparison, not of zeros
     torch.testing.assert_close(out["energy"].detach().double(), energy.detach(), atol=atol, rtol=0)
     torch.testing.assert_close(out["forces"].double(), -grad, atol=10 * atol, rtol=0)
@@ -121,34 +121,34 @@ def test_paper_and_equal_width_parameter_counts():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_energy_invariant_and_forces_equivariant(shared_data, dtype):
+def test_energy_invariant_and_forces_equivariant(real_data, dtype):
     """Rotations, reflections, translations, permutations, periodic images and cell choices, on
     molecules and OC20 slabs (65 and 24 atoms, 12 neighbours). Measured max errors: float32
     8e-5 eV (2e-6 relative) and 6e-4 eV/Å (1e-5 relative), float64 1e-13 eV and 2e-12 eV/Å."""
     model = small(dtype)
-    assert_symmetric(model, molecules(shared_data, dtype), cutoff=5.0, **SYMMETRY_TOL[dtype])
-    assert_symmetric(model, slabs(shared_data, dtype)[::2], cutoff=5.0, max_neighbors=12, **SYMMETRY_TOL[dtype])
-    assert_batch_independent(model, molecules(shared_data, dtype) + slabs(shared_data, dtype)[2:], cutoff=5.0,
+    assert_symmetric(model, molecules(real_data, dtype), cutoff=5.0, **SYMMETRY_TOL[dtype])
+    assert_symmetric(model, slabs(real_data, dtype)[::2], cutoff=5.0, max_neighbors=12, **SYMMETRY_TOL[dtype])
+    assert_batch_independent(model, molecules(real_data, dtype) + slabs(real_data, dtype)[2:], cutoff=5.0,
                              atol=SYMMETRY_TOL[dtype]["atol"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_frame_averaging_around_dimenetpp_stays_invariant_and_changes_nothing(shared_data, dtype):
-    assert_frame_averaging_changes_nothing(small(dtype), shared_data, dtype, SYMMETRY_TOL[dtype], max_neighbors=12)
+def test_frame_averaging_around_dimenetpp_stays_invariant_and_changes_nothing(real_data, dtype):
+    assert_frame_averaging_changes_nothing(small(dtype), real_data, dtype, SYMMETRY_TOL[dtype], max_neighbors=12)
 
 
-def test_periodic_images_supercell_is_extensive(shared_data):
+def test_periodic_images_supercell_is_extensive(real_data):
     """A 6-atom bulk oxide whose atoms see themselves and each other through several images within
     5 Å: the 2x2x2 supercell has 8 times its energy and the same forces per atom. Dropping every
     k = i triplet (PyG's molecular rule) instead of only the same-image backtrack breaks this."""
-    assert_supercell_extensive(small(torch.float64), shared_data, atol=1e-9)
+    assert_supercell_extensive(small(torch.float64), real_data, atol=1e-9)
 
 
-def test_forces_are_finite_on_slabs_with_collinear_triplets(shared_data):
+def test_forces_are_finite_on_slabs_with_collinear_triplets(real_data):
     """Bulk layers of OC20 slabs have k, j, i on a line (angle 0 or pi); the angle's gradient is
     taken there without NaN, also in the second derivative that force training needs."""
     model = small()
-    batch = as_batch(slabs(shared_data, torch.float32)[2:], cutoff=5.0, max_neighbors=12)
+    batch = as_batch(slabs(real_data, torch.float32)[2:], cutoff=5.0, max_neighbors=12)
     batch.pos.requires_grad_(True)
     out = model(batch)
     assert torch.isfinite(out["forces"]).all()
@@ -156,8 +156,8 @@ def test_forces_are_finite_on_slabs_with_collinear_triplets(shared_data):
     assert torch.isfinite(second).all()
 
 
-def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
-    assert_rejects_bad_atoms(small(), shared_data, max_z=94)
+def test_bad_inputs_and_configs_raise_clear_errors(real_data):
+    assert_rejects_bad_atoms(small(), real_data, max_z=94)
     with pytest.raises(ConfigError, match="no direct force head"):
         DimeNetPlusPlus(regress_forces="direct")
     with pytest.raises(ConfigError, match="num_blocks"):

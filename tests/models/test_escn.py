@@ -42,10 +42,10 @@ SMALL = dict(hidden_channels=8, num_interactions=2, cutoff=CUTOFF, lmax=3, mmax=
 PROPER_CHECKS = ("rotation", "translation", "permutation", "image", "cell")
 
 
-def _structures(shared_data, dtype, n_molecules=3, n_slabs=1):
-    ethanol = read_structures(shared_data / "rmd17_ethanol" / "train.xyz", dtype=dtype)[:n_molecules]
-    qm9 = read_structures(shared_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", dtype=dtype)[:n_molecules]
-    slabs = read_structures(shared_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", dtype=dtype)[:n_slabs]
+def _structures(real_data, dtype, n_molecules=3, n_slabs=1):
+    ethanol = read_structures(real_data / "rmd17_ethanol" / "train.xyz", dtype=dtype)[:n_molecules]
+    qm9 = read_structures(real_data / "qm9_subset" / "qm9_random2000_seed0.extxyz", dtype=dtype)[:n_molecules]
+    slabs = read_structures(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", dtype=dtype)[:n_slabs]
     return [model_inputs(d) for d in ethanol + qm9 + slabs]
 
 
@@ -63,11 +63,11 @@ def _batch(structures):
 
 
 @pytest.mark.parametrize("nonlinearity", ["grid", "gate"])
-def test_repeated_calls_are_bitwise_identical_and_edge_order_does_not_matter(shared_data, nonlinearity):
+def test_repeated_calls_are_bitwise_identical_and_edge_order_does_not_matter(real_data, nonlinearity):
     """The edge frame is a function of the geometry: two calls give the same bits (published eSCN
     draws a random roll per call); shuffling the edges changes only the summation order."""
     model = _model(nonlinearity=nonlinearity, regress_forces="from_energy")
-    batch = _batch(_structures(shared_data, torch.float64))
+    batch = _batch(_structures(real_data, torch.float64))
     first, second = model(batch), model(batch)
     assert torch.equal(first["energy"], second["energy"]) and torch.equal(first["forces"], second["forces"])
 
@@ -134,12 +134,12 @@ def test_wigner_blocks_match_e3nn_and_the_rotation_matrix():
     assert max(float((b32.double() - b).abs().max()) for b32, b in zip(blocks32, blocks)) < 1e-5
 
 
-def test_rotating_into_the_edge_frame_and_back_is_the_identity(shared_data):
+def test_rotating_into_the_edge_frame_and_back_is_the_identity(real_data):
     """rotate_out(rotate_in(x)) = x with all orders kept; with |m| <= mmax it is the orthogonal
     projection onto the kept orders (idempotent), and the edge direction's own harmonic
     (m = 0 in the frame) survives it."""
     torch.manual_seed(0)
-    data = _batch(_structures(shared_data, torch.float64, n_molecules=1, n_slabs=0))
+    data = _batch(_structures(real_data, torch.float64, n_molecules=1, n_slabs=0))
     vectors = data.pos[data.edge_index[0]] - data.pos[data.edge_index[1]]
     frame = edge_frame(F.normalize(vectors, dim=-1))
     x = torch.randn(len(vectors), 16, 5, dtype=torch.float64)
@@ -166,41 +166,41 @@ def test_rotating_into_the_edge_frame_and_back_is_the_identity(shared_data):
 
 
 @pytest.mark.parametrize("regress_forces", ["from_energy", "direct"])
-def test_gate_variant_is_exactly_symmetric(shared_data, regress_forces):
+def test_gate_variant_is_exactly_symmetric(real_data, regress_forces):
     """With the exact gate instead of grids only floating point is left. Measured at initialisation
     (3 ethanol, 3 QM9, 1 OC20 slab): float64 |ΔE| <= 9e-15 eV, |ΔF| <= 5e-14 eV/Å over all checks;
     float32 rotation |ΔE|/|E| 3e-7 to 4.7e-6 (depending on the CPU's float paths), |ΔF|/max|F|
     2.5e-5 (conservative) and 3e-6 (direct)."""
     model = _model(nonlinearity="gate", regress_forces=regress_forces)
-    assert_symmetric(model, _structures(shared_data, torch.float64), atol=1e-12, checks=PROPER_CHECKS, cutoff=CUTOFF)
+    assert_symmetric(model, _structures(real_data, torch.float64), atol=1e-12, checks=PROPER_CHECKS, cutoff=CUTOFF)
     model32 = _model(torch.float32, nonlinearity="gate", regress_forces=regress_forces)
-    assert_symmetric(model32, _structures(shared_data, torch.float32), atol=0, rtol=1e-5, forces_rtol=2e-4,
+    assert_symmetric(model32, _structures(real_data, torch.float32), atol=0, rtol=1e-5, forces_rtol=2e-4,
                      checks=("rotation", "permutation"), cutoff=CUTOFF)
 
 
 @pytest.mark.parametrize("regress_forces", ["from_energy", "direct"])
-def test_grid_variant_is_symmetric_up_to_the_grid_error(shared_data, regress_forces):
+def test_grid_variant_is_symmetric_up_to_the_grid_error(real_data, regress_forces):
     """Published non-linearity (SiLU on OCP's grids): translations, permutations, periodic images and
     cells exact (float64 <= 1e-14); rotations within the grid error, measured at initialisation
     |ΔE|/|E| 9e-7 and |ΔF|/max|F| 1e-4 (conservative) / 5.8e-4 (direct), the same in float32.
     Trained models have larger features and larger errors (see test_grid_nonlinearity_error)."""
     model = _model(regress_forces=regress_forces)
-    structures = _structures(shared_data, torch.float64)
+    structures = _structures(real_data, torch.float64)
     assert_symmetric(model, structures, atol=1e-12, checks=("translation", "permutation", "image", "cell"), cutoff=CUTOFF)
     assert_symmetric(model, structures, atol=0, rtol=5e-6, forces_rtol=5e-3, checks=("rotation",), cutoff=CUTOFF)
     model32 = _model(torch.float32, regress_forces=regress_forces)
-    assert_symmetric(model32, _structures(shared_data, torch.float32), atol=0, rtol=5e-6, forces_rtol=5e-3,
+    assert_symmetric(model32, _structures(real_data, torch.float32), atol=0, rtol=5e-6, forces_rtol=5e-3,
                      checks=("rotation", "permutation"), cutoff=CUTOFF)
 
 
-def test_frame_averaging_wrapper_makes_it_exactly_O3_symmetric(shared_data):
+def test_frame_averaging_wrapper_makes_it_exactly_O3_symmetric(real_data):
     """FrameAveraging(escn, "3D", "all"): rotations *and reflections*, exact even with the grid."""
     model = FrameAveraging(_model(regress_forces="from_energy"), frames="3D", method="all").eval()
-    structures = _structures(shared_data, torch.float64, n_molecules=2, n_slabs=0)
+    structures = _structures(real_data, torch.float64, n_molecules=2, n_slabs=0)
     assert_symmetric(model, structures, atol=1e-10, checks=("rotation", "reflection", "permutation"), cutoff=CUTOFF)
 
 
-def test_grid_nonlinearity_error(shared_data):
+def test_grid_nonlinearity_error(real_data):
     """The only symmetry error of eSCN is the point-wise SiLU on finite S2 grids.
 
     Per operation, unit-variance coefficients (lmax 3, mmax 2), float64:
@@ -237,7 +237,7 @@ def test_grid_nonlinearity_error(shared_data):
 
     assert rotation_error(8) > 0.1 and rotation_error(32) < 1e-2
 
-    molecules = _structures(shared_data, torch.float64, n_slabs=0)
+    molecules = _structures(real_data, torch.float64, n_slabs=0)
     errors = {}
     for name, kwargs in {"default": {}, "fine": dict(grid_resolution=(16, 17), edge_grid_resolution=(16, 33)),
                          "gate": dict(nonlinearity="gate")}.items():
@@ -248,14 +248,14 @@ def test_grid_nonlinearity_error(shared_data):
     assert errors["fine"][0] < 1e-3 * errors["default"][0] and errors["fine"][1] < 1e-3 * errors["default"][1]
 
 
-def test_batch_independent(shared_data):
-    assert_batch_independent(_model(regress_forces="direct"), _structures(shared_data, torch.float64), atol=1e-12,
+def test_batch_independent(real_data):
+    assert_batch_independent(_model(regress_forces="direct"), _structures(real_data, torch.float64), atol=1e-12,
                              cutoff=CUTOFF)
 
 
-def test_conservative_forces_match_finite_differences(shared_data):
+def test_conservative_forces_match_finite_differences(real_data):
     model = _model(regress_forces="from_energy")
-    data = _structures(shared_data, torch.float64, n_molecules=1, n_slabs=0)[0]
+    data = _structures(real_data, torch.float64, n_molecules=1, n_slabs=0)[0]
     batch = _batch([data])
     forces = model(batch)["forces"]
     step = 1e-5
@@ -269,10 +269,10 @@ def test_conservative_forces_match_finite_differences(shared_data):
         assert -(energies[0] - energies[1]) / (2 * step) == pytest.approx(float(forces[atom, axis]), abs=1e-8)
 
 
-def test_forces_are_finite_with_an_edge_exactly_along_the_polar_axis(shared_data):
+def test_forces_are_finite_with_an_edge_exactly_along_the_polar_axis(real_data):
     """A bond exactly along ±y (common in crystals with axis-aligned cells): conservative forces stay
     finite (the Euler-angle route to Wigner-D gives NaN there)."""
-    data = _structures(shared_data, torch.float64, n_molecules=1, n_slabs=0)[0]
+    data = _structures(real_data, torch.float64, n_molecules=1, n_slabs=0)[0]
     data.pos[1, 0], data.pos[1, 2] = data.pos[0, 0], data.pos[0, 2]  # atoms 0 and 1 on one line along y
     out = _model(regress_forces="from_energy")(_batch([data]))
     assert bool(torch.isfinite(out["forces"]).all()) and bool(torch.isfinite(out["energy"]).all())
@@ -289,14 +289,14 @@ def test_parameter_counts_and_registry():
     assert ESCN.has_direct_forces
 
 
-def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
+def test_bad_inputs_and_configs_raise_clear_errors(real_data):
     model = _model(regress_forces="from_energy")
-    data = _structures(shared_data, torch.float64, n_molecules=1, n_slabs=0)[0]
+    data = _structures(real_data, torch.float64, n_molecules=1, n_slabs=0)[0]
     data.pos[1] = data.pos[0]
     with pytest.raises(DataError, match="atoms on top of each other"):
         model(_batch([data]))
     with pytest.raises(DataError, match="positions are torch.float32 but the model is torch.float64"):
-        model(_batch(_structures(shared_data, torch.float32, n_molecules=1, n_slabs=0)))
+        model(_batch(_structures(real_data, torch.float32, n_molecules=1, n_slabs=0)))
     for bad, match in [(dict(mmax=4), "mmax must be in 1..lmax"), (dict(lmax=0), "lmax must be in"),
                        (dict(nonlinearity="relu"), "nonlinearity must be one of"),
                        (dict(grid_resolution=(7, 9)), "res_beta must be even"),
@@ -309,17 +309,17 @@ def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
         build_model("escn", num_layers=12)  # OCP's name: ours is num_interactions
 
 
-def test_model_builds_the_graph_when_the_batch_has_none(shared_data):
+def test_model_builds_the_graph_when_the_batch_has_none(real_data):
     model = _model(regress_forces="direct")
-    structures = _structures(shared_data, torch.float64, n_molecules=2, n_slabs=0)
+    structures = _structures(real_data, torch.float64, n_molecules=2, n_slabs=0)
     without = Batch.from_data_list(structures)
     torch.testing.assert_close(model(without)["energy"], model(_batch(structures))["energy"], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("nonlinearity", ["grid", "gate"])
-def test_isolated_atom_has_no_edges_and_zero_force(shared_data, nonlinearity):
+def test_isolated_atom_has_no_edges_and_zero_force(real_data, nonlinearity):
     """An atom with no neighbour (first QM9 atom alone): finite energy, (numerically) zero forces."""
-    atom = _structures(shared_data, torch.float64, n_molecules=1, n_slabs=0)[1].subgraph(torch.tensor([0]))
+    atom = _structures(real_data, torch.float64, n_molecules=1, n_slabs=0)[1].subgraph(torch.tensor([0]))
     for regress_forces in ("from_energy", "direct"):
         out = _model(nonlinearity=nonlinearity, regress_forces=regress_forces)(_batch([atom]))
         assert out["energy"].shape == (1,) and bool(torch.isfinite(out["energy"]).all())

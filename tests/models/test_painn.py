@@ -23,16 +23,16 @@ CUTOFF = 5.0
 SMALL = dict(hidden_channels=32, num_interactions=2, num_rbf=16, cutoff=CUTOFF)
 MOLECULE_CHECKS = ("rotation", "reflection", "translation", "permutation")
 PERIODIC_CHECKS = MOLECULE_CHECKS + ("image", "cell")
-DATASETS = {  # file under shared data, structures, periodic
+DATASETS = {  # file under tests/data/real, structures, periodic
     "qm9": ("qm9_subset/qm9_random2000_seed0.extxyz", 4, False),
     "rmd17_ethanol": ("rmd17_ethanol/train.xyz", 2, False),
     "oc20_is2re": ("oc20_is2re_samples/is2re_bs3.extxyz", 3, True),
 }
 
 
-def load(shared_data, name: str, dtype=torch.float64) -> list:
+def load(real_data, name: str, dtype=torch.float64) -> list:
     path, count, _ = DATASETS[name]
-    return [model_inputs(d) for d in itertools.islice(iter_structures(shared_data / path, dtype=dtype), count)]
+    return [model_inputs(d) for d in itertools.islice(iter_structures(real_data / path, dtype=dtype), count)]
 
 
 def small_model(regress_forces="from_energy", dtype=torch.float64, **kwargs) -> PaiNN:
@@ -46,27 +46,27 @@ def graph_batch(structures, cutoff: float = CUTOFF) -> Batch:
 
 @pytest.mark.parametrize("regress_forces", ["from_energy", "direct"])
 @pytest.mark.parametrize("name", list(DATASETS))
-def test_symmetric_float64(shared_data, name, regress_forces):
+def test_symmetric_float64(real_data, name, regress_forces):
     """Measured: |ΔE| <= 2.3e-13 eV, |ΔF| <= 4.2e-13 eV/Å (OC20 cell change, conservative forces)."""
     checks = PERIODIC_CHECKS if DATASETS[name][2] else MOLECULE_CHECKS
-    assert_symmetric(small_model(regress_forces), load(shared_data, name), atol=1e-10, checks=checks, cutoff=CUTOFF)
+    assert_symmetric(small_model(regress_forces), load(real_data, name), atol=1e-10, checks=checks, cutoff=CUTOFF)
 
 
 @pytest.mark.parametrize("regress_forces", ["from_energy", "direct"])
 @pytest.mark.parametrize("name", list(DATASETS))
-def test_symmetric_float32(shared_data, name, regress_forces):
+def test_symmetric_float32(real_data, name, regress_forces):
     """Measured: relative energy errors <= 5.6e-7; force errors relative to the largest force
     <= 3.7e-5 (conservative, OC20 periodic image) and <= 2.7e-5 (direct)."""
     checks = PERIODIC_CHECKS if DATASETS[name][2] else MOLECULE_CHECKS
     model = small_model(regress_forces, torch.float32)
-    assert_symmetric(model, load(shared_data, name, torch.float32), atol=0.0, rtol=1e-5, forces_rtol=1e-4,
+    assert_symmetric(model, load(real_data, name, torch.float32), atol=0.0, rtol=1e-5, forces_rtol=1e-4,
                      forces_atol=0.0, checks=checks, cutoff=CUTOFF)
 
 
-def test_symmetry_checks_can_fail(shared_data):
+def test_symmetry_checks_can_fail(real_data):
     """Breaking invariance (a fixed direction added to every edge vector) is caught by the checks."""
     model = small_model()
-    structures = load(shared_data, "rmd17_ethanol")
+    structures = load(real_data, "rmd17_ethanol")
     original = model.energy
 
     def broken(inputs, direct_forces):
@@ -79,9 +79,9 @@ def test_symmetry_checks_can_fail(shared_data):
         assert_symmetric(model, structures, atol=1e-6, checks=("rotation",), cutoff=CUTOFF)
 
 
-def test_frame_averaging_wrapper_stays_symmetric(shared_data):
+def test_frame_averaging_wrapper_stays_symmetric(real_data):
     """Measured (conservative forces): |ΔE| <= 6e-14 eV, |ΔF| <= 4e-13 eV/Å on the OC20 slab."""
-    molecules, slab = load(shared_data, "qm9")[:2], load(shared_data, "oc20_is2re")[:1]
+    molecules, slab = load(real_data, "qm9")[:2], load(real_data, "oc20_is2re")[:1]
     for regress_forces in ("from_energy", "direct"):
         wrapped = FrameAveraging(small_model(regress_forces), frames="3D", method="all").eval()
         assert_symmetric(wrapped, molecules, atol=1e-10, checks=MOLECULE_CHECKS, cutoff=CUTOFF)
@@ -94,9 +94,9 @@ def test_frame_averaging_wrapper_stays_symmetric(shared_data):
                                rtol=0, atol=1e-10)
 
 
-def test_conservative_forces_match_finite_differences(shared_data):
+def test_conservative_forces_match_finite_differences(real_data):
     model = small_model()
-    data = load(shared_data, "rmd17_ethanol")[0]
+    data = load(real_data, "rmd17_ethanol")[0]
     batch = graph_batch([data])  # the neighbour list stays valid for displacements of 1e-5 Å
     forces = model(batch)["forces"].detach()
     step = 1e-5
@@ -137,24 +137,24 @@ def _dimer(distance: float):
 
 
 @pytest.mark.parametrize("regress_forces", ["from_energy", "direct"])
-def test_batch_independent(shared_data, regress_forces):
-    structures = load(shared_data, "qm9") + load(shared_data, "oc20_is2re")
+def test_batch_independent(real_data, regress_forces):
+    structures = load(real_data, "qm9") + load(real_data, "oc20_is2re")
     assert_batch_independent(small_model(regress_forces), structures, atol=1e-10, batch_size=7, cutoff=CUTOFF)
 
 
 @pytest.mark.parametrize("regress_forces", ["from_energy", "direct"])
-def test_isolated_atoms_have_finite_energy_and_zero_force(shared_data, regress_forces):
+def test_isolated_atoms_have_finite_energy_and_zero_force(real_data, regress_forces):
     """rMD17's isolated H, C and O atoms: graphs without edges (vector features stay zero)."""
-    atoms = list(iter_structures(shared_data / "rmd17_ethanol" / "isolated_atoms.xyz", dtype=torch.float64))
+    atoms = list(iter_structures(real_data / "rmd17_ethanol" / "isolated_atoms.xyz", dtype=torch.float64))
     out = small_model(regress_forces)(graph_batch([model_inputs(d) for d in atoms]))
     assert out["energy"].shape == (len(atoms),) and torch.isfinite(out["energy"]).all()
     assert out["energy"].unique().numel() == len(atoms)  # one embedding per element
     assert torch.equal(out["forces"], torch.zeros_like(out["forces"]))
 
 
-def test_model_builds_the_graph_when_the_batch_has_none(shared_data):
+def test_model_builds_the_graph_when_the_batch_has_none(real_data):
     model = small_model()
-    structures = load(shared_data, "oc20_is2re")[:2]
+    structures = load(real_data, "oc20_is2re")[:2]
     bare = Batch.from_data_list([d.clone() for d in structures])
     torch.testing.assert_close(model(bare)["energy"], model(graph_batch(structures))["energy"], rtol=0, atol=1e-10)
 
@@ -186,11 +186,11 @@ def test_parameter_counts():
         512, 6, 128, 12.0, 50)
 
 
-def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
+def test_bad_inputs_and_configs_raise_clear_errors(real_data):
     model = small_model()
-    data = load(shared_data, "qm9")[0]
+    data = load(real_data, "qm9")[0]
     with pytest.raises(DataError, match="float32 but the model is torch.float64"):
-        model(graph_batch(load(shared_data, "qm9", torch.float32)[:1]))
+        model(graph_batch(load(real_data, "qm9", torch.float32)[:1]))
     heavy = data.clone()
     heavy.atomic_numbers = heavy.atomic_numbers.clone()
     heavy.atomic_numbers[0] = 101

@@ -74,10 +74,10 @@ def batch_of(structures):
 
 
 @pytest.fixture(scope="module")
-def real_batches(shared_data):
+def real_batches(real_data):
     """2 QM9 molecules + 1 rMD17 ethanol frame; the 24-atom OC20 slab (index 2 of is2re_bs3)."""
-    mols = molecules(shared_data, torch.float32)
-    return {"molecules": batch_of(mols[:2] + mols[4:5]), "slabs": batch_of(slabs(shared_data, torch.float32)[2:])}
+    mols = molecules(real_data, torch.float32)
+    return {"molecules": batch_of(mols[:2] + mols[4:5]), "slabs": batch_of(slabs(real_data, torch.float32)[2:])}
 
 
 def relative_error(low: torch.Tensor, reference: torch.Tensor) -> float:

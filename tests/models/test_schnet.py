@@ -28,7 +28,7 @@ def small(dtype=torch.float32, **overrides) -> SchNet:
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", [(torch.float64, 1e-10, 0.0), (torch.float32, 1e-5, 1e-6)])
-def test_same_weights_give_the_energies_and_forces_of_pyg_schnet(shared_data, dtype, atol, rtol):
+def test_same_weights_give_the_energies_and_forces_of_pyg_schnet(real_data, dtype, atol, rtol):
     """PyG's own ``SchNet.forward`` on all pairs within the 5 Å cutoff; ours on a 6 Å neighbour
     list (the longer edges must be ignored). Energies here are 2-60 eV; measured differences:
     float64 ~1e-14 eV, float32 ~1e-5 eV (2e-7 relative, the float32 rounding of the sum)."""
@@ -36,7 +36,7 @@ def test_same_weights_give_the_energies_and_forces_of_pyg_schnet(shared_data, dt
     reference = PygSchNet(**{k: v for k, v in SMALL.items()},
                           interaction_graph=lambda pos, batch: pyg_graph(pos, batch, SMALL["cutoff"])).to(dtype)
     reference.load_state_dict(model.pyg.state_dict())
-    batch = as_batch(molecules(shared_data, dtype), cutoff=6.0)
+    batch = as_batch(molecules(real_data, dtype), cutoff=6.0)
     out = model(batch)
     pos = batch.pos.clone().requires_grad_(True)
     energy = reference(batch.atomic_numbers, pos, batch.batch).squeeze(-1)
@@ -64,31 +64,31 @@ def test_configs_have_pygs_parameters():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_energy_invariant_and_forces_equivariant(shared_data, dtype):
+def test_energy_invariant_and_forces_equivariant(real_data, dtype):
     """Rotations, reflections, translations, permutations, periodic images and cell choices, on
     molecules and OC20 slabs (65 and 24 atoms, 20 neighbours). Measured max errors: float32
     4e-5 eV and 2e-4 eV/Å (2e-5 relative), float64 ~1e-13 eV and eV/Å."""
     model = small(dtype)
-    assert_symmetric(model, molecules(shared_data, dtype), cutoff=5.0, **SYMMETRY_TOL[dtype])
-    assert_symmetric(model, slabs(shared_data, dtype)[::2], cutoff=5.0, max_neighbors=20, **SYMMETRY_TOL[dtype])
-    assert_batch_independent(model, molecules(shared_data, dtype) + slabs(shared_data, dtype, 1), cutoff=5.0,
+    assert_symmetric(model, molecules(real_data, dtype), cutoff=5.0, **SYMMETRY_TOL[dtype])
+    assert_symmetric(model, slabs(real_data, dtype)[::2], cutoff=5.0, max_neighbors=20, **SYMMETRY_TOL[dtype])
+    assert_batch_independent(model, molecules(real_data, dtype) + slabs(real_data, dtype, 1), cutoff=5.0,
                              atol=SYMMETRY_TOL[dtype]["atol"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_frame_averaging_around_schnet_stays_invariant_and_changes_nothing(shared_data, dtype):
-    assert_frame_averaging_changes_nothing(small(dtype), shared_data, dtype, SYMMETRY_TOL[dtype])
+def test_frame_averaging_around_schnet_stays_invariant_and_changes_nothing(real_data, dtype):
+    assert_frame_averaging_changes_nothing(small(dtype), real_data, dtype, SYMMETRY_TOL[dtype])
 
 
-def test_periodic_images_supercell_is_extensive(shared_data):
+def test_periodic_images_supercell_is_extensive(real_data):
     """A 6-atom bulk oxide whose atoms see several images of each other within 5 Å: the 2x2x2
     supercell has 8 times its energy and the same forces per atom."""
-    assert_supercell_extensive(small(torch.float64), shared_data, atol=1e-10)
+    assert_supercell_extensive(small(torch.float64), real_data, atol=1e-10)
 
 
-def test_bad_inputs_and_configs_raise_clear_errors(shared_data):
+def test_bad_inputs_and_configs_raise_clear_errors(real_data):
     model = small()
-    batch = assert_rejects_bad_atoms(model, shared_data, max_z=99)
+    batch = assert_rejects_bad_atoms(model, real_data, max_z=99)
     broken = batch.clone()
     broken.pos = broken.pos.clone()
     broken.pos[0, 0] = float("nan")

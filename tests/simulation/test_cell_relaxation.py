@@ -15,7 +15,7 @@ from frameavg.training.run import train
 
 
 @pytest.mark.slow
-def test_model_relaxes_strained_tio2_back_to_the_dft_minimum(shared_data, tmp_path):
+def test_model_relaxes_strained_tio2_back_to_the_dft_minimum(real_data, tmp_path):
     """The 10 PBE equation-of-state points of the 3-atom TiO2 cell in oxides_eos (24.1–31.7 Å³):
     SchNet trained on their energies and forces (a model with a smooth cutoff: FAENet, like the
     original, has none, so its energy jumps where neighbours cross the cutoff — 0.03 eV for a random
@@ -23,7 +23,7 @@ def test_model_relaxes_strained_tio2_back_to_the_dft_minimum(shared_data, tmp_pa
     strained by ±3 % along every axis (volumes ±9 %), relax (FIRE, cell filter) back to one volume,
     the model's minimum, from both sides (within 0.5 %), and that is the DFT Birch–Murnaghan
     minimum within 3 %."""
-    rows = [row.toatoms() for row in ase.db.connect(shared_data / "oxides_eos" / "oxides.db").select()]
+    rows = [row.toatoms() for row in ase.db.connect(real_data / "oxides_eos" / "oxides.db").select()]
     eos = [atoms for atoms in rows if len(atoms) == 3 and 22 in atoms.numbers]
     assert len(eos) == 10
     volumes = [atoms.get_volume() for atoms in eos]

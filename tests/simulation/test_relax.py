@@ -28,9 +28,9 @@ EMT_SLABS = [(29, 1), (29, 8), (46, 6), (46, 7), (47, 8), (47, 1), (78, 7), (78,
 
 
 @pytest.fixture(scope="module")
-def emt_slabs(shared_data):
+def emt_slabs(real_data):
     wanted, found = set(EMT_SLABS), {}
-    for data in iter_structures(shared_data / "xu_kitchin_adsorption", dtype=torch.float64):
+    for data in iter_structures(real_data / "xu_kitchin_adsorption", dtype=torch.float64):
         z = data.atomic_numbers.tolist()
         metal = max(set(z), key=z.count)
         key = (metal, next(iter(set(z) - {metal})))
@@ -98,10 +98,10 @@ def small_faenet(dim="2D"):
     return FrameAveraging(model, frames=dim, method="all", cutoff=5.0)
 
 
-def test_batched_model_path_equals_ase_looped_over_the_calculator(shared_data):
+def test_batched_model_path_equals_ase_looped_over_the_calculator(real_data):
     """The same random FAENet (all 2D frames, float64): one batch per step for 6 slabs, or ASE's
     FIRE with the FrameavgCalculator per slab — the same relaxation, step for step."""
-    structures = [data_to_atoms(d) for d in iter_structures(shared_data / "oc20_is2re_samples" / "is2re_bs8.extxyz",
+    structures = [data_to_atoms(d) for d in iter_structures(real_data / "oc20_is2re_samples" / "is2re_bs8.extxyz",
                                                              dtype=torch.float64)][:6]
     potential = Potential(small_faenet(), cutoff=5.0)
     ours = relax(structures, potential, optimizer="fire", fmax=0.2, steps=25)

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from frameavg.errors import ConfigError
-from frameavg.frames.methods import FRAME_DIMS as _FA_DIMS, METHODS as _FA_METHODS, SAMPLED as _FA_SAMPLED
+from frameavg.frames.methods import FRAME_DIMS as _FA_DIMS, METHODS as _FA_METHODS, PERIODIC_FRAMES
+from frameavg.frames.methods import SAMPLED as _FA_SAMPLED
 from frameavg.precision import ACCEPTED as PRECISION_NAMES
 
 DEFAULTS: dict[str, Any] = {
@@ -32,6 +33,10 @@ DEFAULTS: dict[str, Any] = {
         "dims": "3D",  # 3D | 2D | none (no frame averaging)
         "train": "stochastic",  # frame method in training: all | stochastic | det | DA | se3-... variants
         "eval": "all",  # frame method in validation/test/predict
+        # frames of periodic graphs: lattice (one frame from the reduced cell, constant at fixed cell) |
+        # lattice-symmetric (the lattice's frame set: also invariant to how the cell is written) | cloud
+        # (PCA of the frame cloud; the default of checkpoints saved before this key existed)
+        "periodic": "lattice",
         # learned frames (train/eval: learned | se3-learned): options of the canonicaliser
         # (channels, num_layers, num_rbf), see frameavg.frames.learned
         "canonicalizer": {},
@@ -159,7 +164,7 @@ _BOOL_OR_PATH, _STR_LIST = ("bool_or_path",), ("str_list",)
 SCHEMA: dict[str, tuple] = {
     "name": _STR, "seed": _int(), "run_dir": _STR, "plugins": _STR_LIST,
     "frames.dims": _choice(*FRAME_DIMS), "frames.train": _choice(*FRAME_METHODS),
-    "frames.eval": _choice(*FRAME_METHODS),
+    "frames.eval": _choice(*FRAME_METHODS), "frames.periodic": _choice(*PERIODIC_FRAMES),
     "data.train": _STR_OR_NONE, "data.val": _STR_OR_NONE, "data.test": _STR_OR_NONE,
     "data.val_fraction": _float(0.0, 1.0), "data.test_fraction": _float(0.0, 1.0), "data.split_seed": _int(),
     "data.max_train": _int(1, none=True), "data.format": _STR_OR_NONE, "data.keys": _MAP, "data.options": _MAP,

@@ -4,7 +4,7 @@ Sources (detected automatically):
 - a ``qm9pack`` CSV (header contains ``XYZ_Ang``; coordinates in Å as a JSON-like list in that
   column, element symbols in ``Elements``), or a folder of them (``qm9_part*.csv``, as in the
   ``qm9pack`` wheel: ``pip install 'frameavg[qm9]'``; the path ``qm9pack`` means that folder);
-- an extxyz file whose ``info`` carries the same column names (``../shared/data/qm9_subset``).
+- an extxyz file whose ``info`` carries the same column names (``shipped:qm9_subset``).
 
 Targets are stored under short names, converted as PyTorch Geometric's QM9 does (energies in eV,
 everything else in its original unit):

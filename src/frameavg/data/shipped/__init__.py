@@ -9,6 +9,12 @@
   ``emt_dense/train`` etc. name its S2EF frame files. MIT licence.
 - ``qm9_subset``: 2,000 random QM9 molecules (seed 0) with all QM9 targets in original units
   (read with the ``qm9`` reader for eV). QM9 data CC0.
+- ``oxides_eos``: 295 bulk BO2 polymorphs (Ti, V, Ru, Ir, Sn), PBE equation-of-state points with
+  energies (eV) and forces (eV/Å), an ASE database (fairchem docs; Mehta, Salvador, Kitchin 2015).
+  MIT licence.
+- ``xu_kitchin_adsorption``: 882 fcc(111) slabs with atomic adsorbates and their adsorption
+  energies (eV per adsorbate, PBE; Xu & Kitchin 2014), read with the ``xu-kitchin`` reader (fairchem
+  docs). MIT licence.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ FILES = {
     "oc20_is2re/bs3": "oc20_is2re_samples/is2re_bs3.extxyz",
     "oc20_is2re/bs8": "oc20_is2re_samples/is2re_bs8.extxyz",
     "qm9_subset": "qm9_subset/qm9_random2000_seed0.extxyz",
+    "oxides_eos": "oxides_eos/oxides.db",
+    "xu_kitchin_adsorption": "xu_kitchin_adsorption",
     "emt_dense": "emt_dense",
     **{f"emt_dense/{split}": f"emt_dense/s2ef/{split}.lmdb" for split in ("train", "id", "ood_ads", "ood_cat", "ood_both")},
 }
