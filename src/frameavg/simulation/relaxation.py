@@ -275,7 +275,8 @@ def _generalized_forces(st: _Systems, forces: Tensor, stress: Tensor | None, cel
     virial = -volume[:, None, None] * stress
     deform = torch.linalg.solve(st.orig_cell, cell).transpose(1, 2)
     rows = torch.einsum("ri,rij->rj", forces, deform[st.system])
-    cell_rows = torch.linalg.solve(deform, virial.transpose(1, 2)).transpose(1, 2) / st.natoms.to(forces.dtype)[:, None, None]
+    cell_rows = torch.linalg.solve(deform, virial.transpose(1, 2)).transpose(1, 2)
+    cell_rows = cell_rows / st.natoms.to(forces.dtype)[:, None, None]
     rows[~st.atom] = cell_rows.reshape(-1, 3)
     return rows
 
