@@ -123,3 +123,17 @@ def test_cli_prints_one_json_document(capsys):
     assert row["steps"] == 12 and row["atoms"] == 9 and not row["periodic"]
     assert report["jumps"] == row["jumps"] == 0 and row["frame_set_sizes"] == [8]
     assert row["max_over_median"] == pytest.approx(row["max_abs_step_eV"] / row["median_abs_step_eV"])
+
+
+def test_cli_hard_neighbour_cap_jumps_and_strict_fails(capsys):
+    """A hard cap of 3 neighbours (cut arbitrarily at ties) swaps neighbours along the path: jumps."""
+    code = main(["symmetry", "--continuity", "--data", "shipped:rmd17_ethanol/test", "--model", "schnet",
+                 "--max-neighbors", "3", "--strict-neighbors", "--steps", "100", "--step", "0.003", "--json",
+                 "--strict"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    row = report["structures"][0]
+    assert code == 1 and report["jumps"] >= 1 and report["meta"]["max_neighbors"] == 3
+    assert row["largest_step"] in row["jump_steps"] and row["max_over_local"] > 10
+    assert [line for line in captured.err.splitlines() if line.strip()] == [
+        f"frameavg: warning: the energy jumped {report['jumps']} time(s) along the path"]
