@@ -21,6 +21,7 @@ from frameavg.data.pyg_compat import batch_increments, batch_slices, set_num_gra
 from frameavg.derivatives import energy_gradients
 from frameavg.errors import ConfigError
 from frameavg.frames.compute import DEFAULT_MAX_FRAMES, DEFAULT_TOL, Frames, compute_frames
+from frameavg.frames.lattice_frames import PERIODIC_FRAMES
 from frameavg.frames.methods import FrameMethod
 from frameavg.outputs import (
     DIRECT,
@@ -74,6 +75,10 @@ class FrameAveraging(nn.Module):
             ``num_rbf``; its cutoff is ``cutoff``) built when ``method`` or ``eval_method`` is
             ``learned``/``se3-learned``. It is a submodule (``self.canonicalizer``): trained with
             the model, saved in ``state_dict()``.
+        periodic: frames of periodic graphs: ``cloud`` (PCA of the image-invariant frame cloud),
+            ``lattice`` (one frame from the reduced cell: constant at fixed cell, so MD and
+            relaxations see a continuous average) or ``lattice-symmetric`` (the lattice's own
+            frame set: also invariant to how the cell is written); see ``frames.lattice_frames``.
 
     ``forward(batch, return_frames=True)`` also returns the ``Frames`` used (degeneracy flags,
     frame counts); ``frames_of(batch)`` computes them without running the model.
@@ -95,6 +100,7 @@ class FrameAveraging(nn.Module):
         max_frames: int = DEFAULT_MAX_FRAMES,
         seed: int = 0,
         canonicalizer: dict | None = None,
+        periodic: str = "cloud",
     ):
         super().__init__()
         forces = force_mode(forces, "forces", FORCE_MODES, legacy=True)
@@ -109,6 +115,9 @@ class FrameAveraging(nn.Module):
         self.tol = tol
         self.max_frames = max_frames
         self.seed = seed
+        if periodic not in PERIODIC_FRAMES:
+            raise ConfigError(f"unknown periodic frames '{periodic}' (choose from {', '.join(PERIODIC_FRAMES)})")
+        self.periodic = periodic
         self.generator = torch.Generator().manual_seed(seed)
         self.canonicalizer = None
         if "learned" in (self.train_spec.kind, self.eval_spec.kind):
@@ -176,6 +185,7 @@ class FrameAveraging(nn.Module):
             tol=self.tol,
             max_frames=self.max_frames,
             generator=generator,
+            periodic=self.periodic,
         )
 
     def forward(self, batch, *, return_frames: bool = False):

@@ -50,7 +50,13 @@ from dataclasses import dataclass
 import torch
 
 from frameavg.errors import ConfigError, DataError
-from frameavg.frames.cloud import CLOUD_LEVELS, MAX_CLOUD_LEVEL, FrameCloud, frame_cloud
+from frameavg.frames.cloud import CLOUD_LEVELS, MAX_CLOUD_LEVEL, FrameCloud, frame_cloud, periodic_graphs
+from frameavg.frames.lattice_frames import (
+    PERIODIC_FRAMES,
+    lattice_bases,
+    lattice_basis_frames,
+    lattice_shell_cloud,
+)
 from frameavg.frames.linalg import random_orthogonal, random_z_rotations, symmetric_eigh
 from frameavg.frames.methods import FrameMethod
 
@@ -104,6 +110,8 @@ class Frames:
         truncated [B] bool: frame set cut at ``max_frames`` (averaging is then approximate).
         method: the FrameMethod used.
         cloud_level, periodic: see ``frames.cloud`` (None for ``DA``).
+        lattice [B] bool or None: graphs whose frames come from their lattice
+            (``frames.lattice_frames``) rather than a frame cloud.
         fallback [B] bool or None: ``learned`` frames only: graphs whose learned vectors were
             degenerate and that use the PCA frame set instead (``frames.learned``).
     """
@@ -128,6 +136,7 @@ class Frames:
     cloud_level: torch.Tensor | None = None
     periodic: torch.Tensor | None = None
     fallback: torch.Tensor | None = None
+    lattice: torch.Tensor | None = None
 
     @property
     def num_graphs(self) -> int:
@@ -142,8 +151,10 @@ class Frames:
         names = self.degeneracy_names()
         if self.periodic is None or self.cloud_level is None:
             return names
-        return [f"{name}/{CLOUD_LEVELS[level]}" if periodic else name
-                for name, periodic, level in zip(names, self.periodic.tolist(), self.cloud_level.tolist())]
+        lattice = self.lattice.tolist() if self.lattice is not None else [False] * len(names)
+        return [("lattice" if from_lattice else f"{name}/{CLOUD_LEVELS[level]}") if periodic else name
+                for name, periodic, level, from_lattice in zip(names, self.periodic.tolist(),
+                                                                self.cloud_level.tolist(), lattice)]
 
 
 def compute_frames(
@@ -162,6 +173,7 @@ def compute_frames(
     tol: float = DEFAULT_TOL,
     max_frames: int = DEFAULT_MAX_FRAMES,
     generator: torch.Generator | None = None,
+    periodic: str = "cloud",
 ) -> Frames:
     """Frames and canonical copies of every graph of a batch (no Python loop over graphs except
     for the rare triple-degenerate ones).
@@ -175,6 +187,9 @@ def compute_frames(
         edge_index [2,E], cell_offsets [E,3]: neighbour list reused for periodic clouds.
         cutoff: radius of periodic clouds, Å. tol: relative tolerance of all degeneracy decisions.
         max_frames: cap on a graph's frame set. generator: source of randomness (stochastic, DA).
+        periodic: frames of periodic graphs: ``cloud`` (PCA of the frame cloud, ``frames.cloud``),
+            ``lattice`` (one frame from the reduced cell, constant at fixed cell) or
+            ``lattice-symmetric`` (the lattice's own frame set); see ``frames.lattice_frames``.
 
     Differentiable with respect to ``pos`` (and ``cell``): forces of frame-averaged energies can be
     taken by autograd through the frames.
@@ -200,21 +215,10 @@ def compute_frames(
         info = FrameSetInfo(None, zeros, zeros, torch.zeros(num_graphs, dtype=torch.bool, device=pos.device))
         set_size = torch.ones(num_graphs, dtype=torch.long, device=pos.device)
     else:
-        noise = LINEAR_NOISE * torch.finfo(pos.dtype).eps
-        level = None
-        while True:  # periodic graphs whose cloud does not determine a frame widen it (frames.cloud)
-            cloud = frame_cloud(
-                pos, batch, num_graphs, cell=cell, pbc=pbc, atomic_numbers=atomic_numbers,
-                edge_index=edge_index, cell_offsets=cell_offsets, cutoff=cutoff, level=level,
-            )
-            rotation, graph, info = frame_sets(cloud, num_graphs, spec, tol=tol, max_frames=max_frames, noise=noise)
-            widen = info.unresolved & cloud.periodic & (cloud.level < MAX_CLOUD_LEVEL)
-            if not info.any_unresolved or not bool(widen.any()):
-                break
-            level = cloud.level + widen.long()
-        info.cloud_level, info.periodic = cloud.level, cloud.periodic
-        _check_extent(info.extent, counts, cloud.periodic)
-        translation = cloud.translation
+        rotation, graph, info, translation = _frame_sets_of_batch(
+            pos, batch, num_graphs, spec, cell=cell, pbc=pbc, atomic_numbers=atomic_numbers, edge_index=edge_index,
+            cell_offsets=cell_offsets, cutoff=cutoff, tol=tol, max_frames=max_frames, periodic=periodic)
+        _check_extent(info.extent, counts, info.periodic)
         set_size = torch.bincount(graph, minlength=num_graphs)
         if spec.kind == "stochastic":
             rotation, graph = _pick_one(rotation, graph, set_size, generator)
@@ -242,6 +246,98 @@ def frames_for_batch(batch, method: str | FrameMethod = "all", dim: str = "3D", 
         cell_offsets=getattr(batch, "cell_offsets", None),
         **kwargs,
     )
+
+
+def _frame_sets_of_batch(pos, batch, num_graphs, spec, *, cell, pbc, atomic_numbers, edge_index, cell_offsets,
+                         cutoff, tol, max_frames, periodic):
+    """Full frame sets of a batch: rotations [K,3,3] and their graph [K] (sorted), the
+    ``FrameSetInfo`` and the centroids [B,3]. Periodic graphs take their frames from the lattice
+    (``periodic`` = ``lattice`` / ``lattice-symmetric``, where the lattice gives one) or from the
+    frame cloud; every other graph from the cloud."""
+    if periodic not in PERIODIC_FRAMES:
+        raise ConfigError(f"unknown periodic frames '{periodic}' (choose from {', '.join(PERIODIC_FRAMES)})")
+    usable = None
+    if periodic != "cloud" and cell is not None and pbc is not None:
+        rows, rank, usable = lattice_bases(cell, pbc, num_graphs, spec.dim, tol)
+        if not bool(usable.any()):
+            usable = None
+    if usable is None:
+        return _cloud_frame_sets(pos, batch, num_graphs, spec, cell, pbc, atomic_numbers, edge_index, cell_offsets,
+                                 cutoff, tol, max_frames)
+    device = pos.device
+    counts = torch.bincount(batch, minlength=num_graphs)
+    translation = torch.zeros(num_graphs, 3, dtype=torch.float64, device=device).index_add(0, batch, pos.to(torch.float64))
+    translation = translation / counts.unsqueeze(-1).to(torch.float64)
+    zeros = torch.zeros(num_graphs, dtype=torch.long, device=device)
+    dims = 3 if spec.dim == "3D" else 2
+    info = FrameSetInfo(torch.zeros(num_graphs, dims, dtype=torch.float64, device=device), zeros.clone(), zeros.clone(),
+                        torch.zeros(num_graphs, dtype=torch.bool, device=device),
+                        extent=torch.ones(num_graphs, dtype=torch.float64, device=device),
+                        cloud_level=zeros.clone(), periodic=periodic_graphs(cell, pbc, num_graphs, device))
+    info.lattice = usable.clone()
+    if periodic == "lattice":
+        rotations, owners = lattice_basis_frames(rows, rank, usable, dim=spec.dim, proper=spec.proper, tol=tol)
+    else:
+        vectors, owner = lattice_shell_cloud(rows, rank, usable)
+        cloud = FrameCloud(vectors=vectors, weight=torch.ones(vectors.shape[0], dtype=torch.float64, device=device),
+                           graph=owner, translation=translation, periodic=info.periodic, level=zeros)
+        rotations, owners, shell_info = frame_sets(cloud, num_graphs, spec, tol=tol, max_frames=max_frames)
+        keep = usable.index_select(0, owners)
+        rotations, owners = rotations[keep], owners[keep]
+        for name in ("eigenvalues", "degeneracy", "harmonic_order", "truncated"):
+            getattr(info, name)[usable] = getattr(shell_info, name)[usable]
+    rotations, owners = [rotations], [owners]
+    rest = torch.nonzero(~usable).flatten()
+    if rest.numel():
+        sub = _sub_batch(rest, pos, batch, num_graphs, cell, pbc, atomic_numbers, edge_index, cell_offsets)
+        rot, own, sub_info, _ = _cloud_frame_sets(*sub[:3], spec, *sub[3:], cutoff, tol, max_frames)
+        rotations.append(rot)
+        owners.append(rest.index_select(0, own))
+        for name in ("eigenvalues", "degeneracy", "harmonic_order", "truncated", "extent", "cloud_level"):
+            getattr(info, name)[rest] = getattr(sub_info, name).to(getattr(info, name).dtype)
+    rotation, owner = torch.cat(rotations), torch.cat(owners)
+    order = torch.argsort(owner, stable=True)
+    return rotation.index_select(0, order), owner.index_select(0, order), info, translation
+
+
+def _sub_batch(graphs, pos, batch, num_graphs, cell, pbc, atomic_numbers, edge_index, cell_offsets):
+    """The batch restricted to ``graphs`` [G] (sorted): positional arguments of ``_cloud_frame_sets``
+    up to ``cell_offsets``, atoms and edges renumbered."""
+    keep_graph = torch.zeros(num_graphs, dtype=torch.bool, device=pos.device)
+    keep_graph[graphs] = True
+    new_graph = torch.cumsum(keep_graph.long(), 0) - 1
+    atoms = torch.nonzero(keep_graph.index_select(0, batch)).flatten()
+    new_atom = torch.full((pos.shape[0],), -1, dtype=torch.long, device=pos.device)
+    new_atom[atoms] = torch.arange(atoms.shape[0], device=pos.device)
+    sub_edges = sub_offsets = None
+    if edge_index is not None and cell_offsets is not None:
+        kept = torch.nonzero(keep_graph.index_select(0, batch.index_select(0, edge_index[1]))).flatten()
+        sub_edges = new_atom[edge_index[:, kept]]
+        sub_offsets = cell_offsets.index_select(0, kept)
+    return (pos.index_select(0, atoms), new_graph.index_select(0, batch.index_select(0, atoms)), graphs.shape[0],
+            cell.reshape(num_graphs, 3, 3).index_select(0, graphs), pbc.reshape(num_graphs, 3).index_select(0, graphs),
+            None if atomic_numbers is None else atomic_numbers.index_select(0, atoms), sub_edges, sub_offsets)
+
+
+def _cloud_frame_sets(pos, batch, num_graphs, spec, cell, pbc, atomic_numbers, edge_index, cell_offsets, cutoff,
+                      tol, max_frames):
+    """Frame sets from the frame cloud (``frames.cloud``), widening the cloud of periodic graphs
+    that it does not determine; same returns as ``_frame_sets_of_batch``."""
+    noise = LINEAR_NOISE * torch.finfo(pos.dtype).eps
+    level = None
+    while True:
+        cloud = frame_cloud(
+            pos, batch, num_graphs, cell=cell, pbc=pbc, atomic_numbers=atomic_numbers,
+            edge_index=edge_index, cell_offsets=cell_offsets, cutoff=cutoff, level=level,
+        )
+        rotation, graph, info = frame_sets(cloud, num_graphs, spec, tol=tol, max_frames=max_frames, noise=noise)
+        widen = info.unresolved & cloud.periodic & (cloud.level < MAX_CLOUD_LEVEL)
+        if not info.any_unresolved or not bool(widen.any()):
+            break
+        level = cloud.level + widen.long()
+    info.cloud_level, info.periodic = cloud.level, cloud.periodic
+    info.lattice = torch.zeros(num_graphs, dtype=torch.bool, device=pos.device)
+    return rotation, graph, info, cloud.translation
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,6 +402,7 @@ class FrameSetInfo:
     any_unresolved: bool = False
     cloud_level: torch.Tensor | None = None
     periodic: torch.Tensor | None = None
+    lattice: torch.Tensor | None = None  # [B] bool: frames from the lattice (frames.lattice_frames)
 
 
 def frame_sets(
@@ -670,4 +767,5 @@ def expand_frames(pos, batch, counts, translation, rotation, graph, cell, spec, 
         method=spec,
         cloud_level=info.cloud_level,
         periodic=info.periodic,
+        lattice=info.lattice,
     )

@@ -12,6 +12,9 @@ METHODS = ("all", "stochastic", "det", "DA", "learned", "se3-all", "se3-stochast
 _KINDS = ("all", "stochastic", "det", "DA", "learned")
 #: ``k`` random frames per graph: the names "2" .. "8" (and "se3-2" ...).
 SAMPLE_COUNTS = tuple(range(2, 9))
+#: Sources of the frames of periodic graphs (``FrameAveraging(periodic=...)``, config
+#: ``frames.periodic``); see ``frames.lattice_frames``.
+PERIODIC_FRAMES = ("lattice", "lattice-symmetric", "cloud")
 SAMPLED = tuple(str(k) for k in SAMPLE_COUNTS) + tuple(f"se3-{k}" for k in SAMPLE_COUNTS)
 
 

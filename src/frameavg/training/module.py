@@ -38,8 +38,8 @@ def build_network(config: dict) -> torch.nn.Module:
     from frameavg.frames.averaging import FrameAveraging
 
     return FrameAveraging(model, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"],
-                          seed=config["seed"],
-                          canonicalizer=frames.get("canonicalizer"))
+                          seed=config["seed"], canonicalizer=frames.get("canonicalizer"),
+                          periodic=frames.get("periodic", "cloud"))  # checkpoints saved before the key: cloud
 
 
 class AtomisticTask(L.LightningModule):
