@@ -52,23 +52,23 @@ def _batch(structures):
     return Batch.from_data_list(clones)
 
 
-def _oxides(shared_data, count=3, stride=37):
+def _oxides(real_data, count=3, stride=37):
     """Bulk oxide crystals of the EOS set (6-atom cells of different shapes)."""
-    rows = list(ase.db.connect(shared_data / "oxides_eos" / "oxides.db").select())[::stride][:count]
+    rows = list(ase.db.connect(real_data / "oxides_eos" / "oxides.db").select())[::stride][:count]
     return [model_inputs(atoms_to_data(row.toatoms(), dtype=torch.float64)) for row in rows]
 
 
 @pytest.fixture(scope="module")
-def periodic_structures(shared_data):
+def periodic_structures(real_data):
     """3 oxide crystals and 2 OC20 IS2RE slabs (65 and 24 atoms)."""
-    three = slabs(shared_data, torch.float64, 3)
-    return _oxides(shared_data) + [three[0], three[2]]
+    three = slabs(real_data, torch.float64, 3)
+    return _oxides(real_data) + [three[0], three[2]]
 
 
 @pytest.fixture(scope="module")
-def molecules(shared_data):
+def molecules(real_data):
     """4 QM9 molecules and 2 rMD17 ethanol frames."""
-    return load_molecules(shared_data, torch.float64)
+    return load_molecules(real_data, torch.float64)
 
 
 @pytest.mark.parametrize("name", ["faenet", "schnet", "painn"])
@@ -199,15 +199,40 @@ def test_k_sets_match_the_reference_sizes():
     assert 25 <= inside // 2 <= 40
 
 
-def test_training_step_updates_ewald_weights(periodic_structures):
-    model = _model("faenet").train()
-    before = {k: v.clone() for k, v in model.ewald.named_parameters()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
-    out = model(_batch(periodic_structures[:2]))
-    (out["energy"].square().sum()).backward()
-    optimizer.step()
-    changed = [k for k, v in model.ewald.named_parameters() if not torch.equal(v, before[k])]
-    assert len(changed) == len(before)
+@pytest.mark.parametrize("name", ["faenet", "schnet", "painn"])
+def test_ewald_block_sees_an_atom_beyond_the_cutoff_and_the_short_range_model_does_not(molecules, name):
+    """Ablation: an oxygen atom 7 Å, then 9 Å from every atom of an ethanol frame (beyond the 5 Å
+    cutoff, so no edge reaches it). The short-range model alone gives the same energy and no force
+    on it at both places; with the Ewald block the energy differs and the far atom feels a force,
+    i.e. the block carries information past the cutoff (a block that only saw edges, or whose
+    output were dropped, would fail)."""
+    ethanol = molecules[4]
+    span = float(ethanol.pos[:, 0].max())
+
+    def with_far_oxygen(distance):
+        far = ethanol.clone()
+        extra = torch.tensor([[span + distance, 0.0, 0.0]], dtype=ethanol.pos.dtype)
+        far.pos = torch.cat([ethanol.pos, extra]).requires_grad_(True)
+        far.atomic_numbers = torch.cat([ethanol.atomic_numbers, torch.tensor([8])])
+        far.natoms = torch.tensor([far.pos.shape[0]])
+        return far
+
+    def energy_and_far_force(model, distance):
+        far = with_far_oxygen(distance)
+        assert float(torch.cdist(far.pos[-1:], far.pos[:-1]).min()) > CUTOFF
+        batch = _batch([far])
+        assert not bool((batch.edge_index == far.pos.shape[0] - 1).any())  # no edge reaches the far atom
+        energy = model(batch)["energy"].sum()
+        (gradient,) = torch.autograd.grad(energy, batch.pos)
+        return energy.item(), gradient[-1].norm().item()
+
+    torch.manual_seed(0)
+    short = build_model(name, **SMALL[name]).to(torch.float64).eval()
+    near, far = energy_and_far_force(short, 7.0), energy_and_far_force(short, 9.0)
+    assert near[0] == pytest.approx(far[0], rel=0, abs=1e-10) and near[1] == far[1] == 0.0
+    ewald = _model(name)
+    near, far = energy_and_far_force(ewald, 7.0), energy_and_far_force(ewald, 9.0)
+    assert abs(near[0] - far[0]) > 1e-6 * abs(near[0]) and near[1] > 1e-8 and far[1] > 1e-8
 
 
 @pytest.mark.parametrize("which", ["molecules", "periodic_structures"])

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.trainer.states import RunningStage
 from torch_geometric.data import Batch
 
 from frameavg.errors import ConfigError, DataError, FrameavgError
@@ -49,24 +51,24 @@ class BudgetValidationCadence(L.Callback):
     """Under a time budget, validate every n epochs with n = ceil(t_val / (fraction · t_train)), so
     validation takes at most ``fraction`` of the training time (t_val: the last validation pass,
     t_train: the last epoch's training batches). Only for schedules that do not read validation
-    metrics (cosine, constant)."""
+    metrics (cosine, constant). ``clock``: seconds, the budget's clock (``BudgetTimer``)."""
 
-    def __init__(self, fraction: float):
-        self.fraction = fraction
+    def __init__(self, fraction: float, clock=time.monotonic):
+        self.fraction, self.clock = fraction, clock
         self.epoch_start = self.last_batch_end = self.val_start = self.val_s = None
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        self.epoch_start = time.perf_counter()
+        self.epoch_start = self.clock()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.last_batch_end = time.perf_counter()
+        self.last_batch_end = self.clock()
 
     def on_validation_epoch_start(self, trainer, module) -> None:
-        self.val_start = time.perf_counter()
+        self.val_start = self.clock()
 
     def on_validation_epoch_end(self, trainer, module) -> None:
         if not trainer.sanity_checking:
-            self.val_s = time.perf_counter() - self.val_start
+            self.val_s = self.clock() - self.val_start
 
     def on_train_epoch_end(self, trainer, module) -> None:
         # Lightning has already run (or skipped) this epoch's validation: set the cadence for the next
@@ -75,7 +77,48 @@ class BudgetValidationCadence(L.Callback):
             trainer.check_val_every_n_epoch = max(1, math.ceil(self.val_s / (self.fraction * train_s)))
 
 
-def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: str | None = None) -> L.Trainer:
+class BudgetTimer(Timer):
+    """Lightning's ``Timer`` (stops the run when ``minutes`` of training have elapsed, checked after
+    every step; validation counts, the elapsed time is saved in checkpoints and resumed) reading
+    ``clock`` (seconds) instead of ``time.monotonic``. The schedule follows the same clock
+    (``AtomisticTask.training_seconds``). Its checkpoint state keeps the key ``Timer``."""
+
+    def __init__(self, minutes: float, clock=time.monotonic):
+        super().__init__(duration={"minutes": minutes}, interval="step")
+        self.clock = clock
+
+    @property
+    def state_key(self) -> str:
+        return "Timer"  # the key of the plain Timer, so checkpoints resume either way
+
+    def time_elapsed(self, stage=RunningStage.TRAINING) -> float:
+        stage = RunningStage(stage)
+        start, end = self._start_time[stage], self._end_time[stage]
+        offset = self._offset if stage == RunningStage.TRAINING else 0
+        if start is None:
+            return offset
+        return (self.clock() if end is None else end) - start + offset
+
+    def on_train_start(self, trainer, module) -> None:
+        self._start_time[RunningStage.TRAINING] = self.clock()
+
+    def on_train_end(self, trainer, module) -> None:
+        self._end_time[RunningStage.TRAINING] = self.clock()
+
+    def on_validation_start(self, trainer, module) -> None:
+        self._start_time[RunningStage.VALIDATING] = self.clock()
+
+    def on_validation_end(self, trainer, module) -> None:
+        self._end_time[RunningStage.VALIDATING] = self.clock()
+
+    def on_test_start(self, trainer, module) -> None:
+        self._start_time[RunningStage.TESTING] = self.clock()
+
+    def on_test_end(self, trainer, module) -> None:
+        self._end_time[RunningStage.TESTING] = self.clock()
+
+def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: str | None = None,
+                  clock=time.monotonic) -> L.Trainer:
     """Lightning's trainer for ``config`` (``precision``: the resolved precision, which may differ
     from the config's after a fallback; see ``frameavg.precision``)."""
     from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, LearningRateMonitor,
@@ -101,12 +144,13 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: st
         callbacks.append(EarlyStopping(monitor=optim["monitor"], patience=optim["early_stopping_patience"]))
     if optim["ema_decay"]:
         callbacks.append(EMAWeightAveraging(decay=float(optim["ema_decay"])))
-    max_time = {"minutes": optim["max_time_minutes"]} if optim["max_time_minutes"] else None
-    if max_time and optim["scheduler"] != "plateau" and "check_val_every_n_epoch" not in trainer_cfg:
-        callbacks.append(BudgetValidationCadence(optim["max_val_time_fraction"]))
+    if optim["max_time_minutes"]:
+        callbacks.append(BudgetTimer(optim["max_time_minutes"], clock))
+        if optim["scheduler"] != "plateau" and "check_val_every_n_epoch" not in trainer_cfg:
+            callbacks.append(BudgetValidationCadence(optim["max_val_time_fraction"], clock))
     try:
         return L.Trainer(
-            default_root_dir=run_dir, max_epochs=optim["max_epochs"], max_time=max_time,
+            default_root_dir=run_dir, max_epochs=optim["max_epochs"],
             gradient_clip_val=optim["clip_grad"], callbacks=callbacks, inference_mode=False,
             use_distributed_sampler=False, deterministic=False,
             logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
@@ -116,7 +160,7 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: st
         raise ConfigError(f"invalid trainer option: {exc}") from None
 
 
-def train(config: dict, resume: str | None = None, report=None) -> dict:
+def train(config: dict, resume: str | None = None, report=None, *, clock=time.monotonic, callbacks=()) -> dict:
     """Train per ``config``. Returns {"run_dir", "checkpoint", "epochs", "test", "baseline", "plots"}
     on rank 0 ("test" is None without a test set) and None on the other ranks of a DDP run.
 
@@ -124,6 +168,8 @@ def train(config: dict, resume: str | None = None, report=None) -> dict:
     load), the model section, the resume checkpoint (readable, a frameavg checkpoint of the same
     model) and the data. ``report``: called with one line each for the split sizes and reading
     time, the fitted normaliser and the precision and threads (the CLI prints them to stderr).
+    ``clock``: the clock of the time budget (``optim.max_time_minutes``), seconds; ``callbacks``:
+    extra Lightning callbacks (the tests drive a fake clock with one).
     Lightning's start-up banners, tips and known deprecation chatter are silenced."""
     validate_model_section(config)
     checkpoint = None if resume is None else _resume_checkpoint(resume, config)
@@ -134,7 +180,8 @@ def train(config: dict, resume: str | None = None, report=None) -> dict:
     torch.set_num_threads(threads)  # restored when the run ends
     try:
         with _quiet_lightning():
-            return _fit(config, checkpoint, resume, precision, requested, threads, report or (lambda line: None))
+            return _fit(config, checkpoint, resume, precision, requested, threads, report or (lambda line: None),
+                        clock, callbacks)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -159,7 +206,7 @@ def _quiet_lightning():
 
 
 def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, requested: str, threads: int,
-         report):
+         report, clock, callbacks):
     L.seed_everything(config["seed"], workers=True, verbose=False)
     data = AtomisticDataModule(config["data"], config["targets"], seed=config["seed"], dtype=precision.dtype)
     start = time.perf_counter()
@@ -186,7 +233,7 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
     run_dir = _run_dir(config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
-    trainer = build_trainer(config, run_dir, precision=precision.name)
+    trainer = build_trainer(config, run_dir, callbacks, precision=precision.name, clock=clock)
     trainer.fit(task, datamodule=data, ckpt_path=resume)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if trainer.global_rank != 0:
