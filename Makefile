@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` and `make test`. Both create .venv if absent.
+# The README's two commands: `make demo` and `make test` (`make test-fast`: without the tests marked
+# slow, for development). All create .venv if absent.
 PYTHON ?= python3.11
 TORCH ?= 2.13.0
 # TORCH may be a version (2.13.0) or a full pip requirement (torch>=2.5).
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.frameavg-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -32,7 +32,7 @@ def real_data() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data(real_data) -> Path:
-    """Former name of ``real_data`` (the data once lived in ../shared/data); use ``real_data``."""
+    """Former name of ``real_data`` (from when the data lived outside the repository); use ``real_data``."""
     return real_data
 
 
