@@ -86,6 +86,7 @@ def trained_checkpoint(tmp_path_factory):
     return train(config)["checkpoint"]
 
 
+@pytest.mark.slow
 def test_the_shipped_demo_runs_from_the_cli_and_warns_about_unseen_elements(trained_checkpoint):
     """`frameavg adsorbml` on every split of the shipped folder: the table, --json, and a warning
     for Pt, which the training systems (Cu, Ag) never contain."""

@@ -118,6 +118,7 @@ def test_forces_and_stress_equal_finite_differences(real_data):
             assert abs(stress[i, j] - (values[0] - values[1]) / (2 * h) / volume) < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path, index, dim", [("rmd17_ethanol/train.xyz", 0, "3D"),
                                                ("oc20_is2re_samples/is2re_bs3.extxyz", 2, "2D")],
                          ids=["ethanol", "oc20-slab"])

@@ -54,6 +54,7 @@ def test_relax_oc20_samples_reports_is2rs_metrics(oc20_checkpoint, tmp_path, cap
     assert all(np.isfinite(a.get_potential_energy()) for a in relaxed)
 
 
+@pytest.mark.slow
 def test_relax_sharded_over_two_processes_equals_one(oc20_checkpoint, tmp_path):
     """--devices 2 (Lightning's DDP launcher, gloo on CPU): each rank relaxes its shard; the merged
     output, in input order, equals a single-process run."""
@@ -74,6 +75,7 @@ def test_relax_sharded_over_two_processes_equals_one(oc20_checkpoint, tmp_path):
         assert a.info["steps"] == b.info["steps"]
 
 
+@pytest.mark.slow
 def test_md_nve_reports_drift_and_stability(ethanol_checkpoint, tmp_path, capsys):
     out = tmp_path / "md.extxyz"
     assert main(["md", "--checkpoint", ethanol_checkpoint, "--data", str(shipped_path("rmd17_ethanol/test")),

@@ -170,6 +170,7 @@ def test_train_json_is_one_document_on_stdout_with_the_progress_bar_on(tmp_path,
     assert document["epochs"] == 1 and "Epoch 0" in captured.err  # the bar went to stderr
 
 
+@pytest.mark.slow
 def test_validation_cadence_keeps_validation_under_its_share_of_the_budget(tmp_path):
     """A validation pass as long as the training epoch, and a 10 % share: validation runs every
     ~10 epochs after the first, and never on every epoch."""
