@@ -46,9 +46,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def oc20_slabs(shared_data):
+def oc20_slabs(real_data):
     """The 8 OC20 IS2RE sample slabs: 65, 172, 24, 49, 52, 54, 78, 93 atoms (587 in all)."""
-    path = shared_data / "oc20_is2re_samples" / "is2re_bs8.extxyz"
+    path = real_data / "oc20_is2re_samples" / "is2re_bs8.extxyz"
     return [data_to_atoms(d) for d in iter_structures(path, dtype=torch.float64)]
 
 
