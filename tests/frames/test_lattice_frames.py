@@ -157,6 +157,9 @@ def test_config_default_is_lattice_and_old_checkpoints_keep_the_cloud():
                                    "num_interactions": 1, "num_gaussians": 8, "tag_hidden_channels": 4,
                                    "pg_hidden_channels": 4},
               "frames": {"dims": "3D", "train": "stochastic", "eval": "all"}, "denoise": {"mode": "none"}}
-    assert build_network(config).periodic == "cloud"
-    config["frames"]["periodic"] = "lattice"
-    assert build_network(config).periodic == "lattice"
+    old = build_network(config)
+    assert (old.periodic, old.continuous) == ("cloud", False)
+    config["frames"].update(periodic="lattice", continuous=True)
+    new = build_network(config)
+    assert (new.periodic, new.continuous) == ("lattice", True)
+    assert DEFAULTS["frames"]["continuous"] is True

@@ -54,12 +54,14 @@ def test_old_frames_key_is_read_as_frames_dims_with_a_warning(tmp_path):
     path.write_text("frames: {frames: 2D, train: se3-stochastic}\n")
     with pytest.warns(FutureWarning, match=r"'frames.frames' is deprecated; write 'frames.dims'"):
         config = load_config(path)
-    assert config["frames"] == {"dims": "2D", "train": "se3-stochastic", "eval": "all", "canonicalizer": {}}
+    assert config["frames"] == {"dims": "2D", "train": "se3-stochastic", "eval": "all", "periodic": "lattice",
+                                "continuous": True, "canonicalizer": {}}
     with pytest.warns(FutureWarning, match="override: 'frames.frames' is deprecated"):
         assert load_config(None, ["frames.frames=none"])["frames"]["dims"] == "none"
     with pytest.warns(FutureWarning):
         assert load_config(None, ["--frames.frames", "2D", "frames.dims=2D"])["frames"]["dims"] == "2D"
     assert load_config(None, ["frames.dims=none"])["frames"] == {"dims": "none", "train": "stochastic", "eval": "all",
+                                                              "periodic": "lattice", "continuous": True,
                                                               "canonicalizer": {}}
 
 

@@ -197,7 +197,8 @@ def _prepare(case: BenchCase) -> _Prepared:
     net = build_model(name, **kwargs)
     if frames is not None:
         net = FrameAveraging(net, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"], seed=0,
-                             canonicalizer=frames.get("canonicalizer"), periodic=frames.get("periodic", "lattice"))
+                             canonicalizer=frames.get("canonicalizer"), periodic=frames.get("periodic", "lattice"),
+                             continuous=frames.get("continuous", True))
     params = sum(p.numel() for p in net.parameters())  # a learned-frames canonicaliser included
     net = net.to(case.device)
 

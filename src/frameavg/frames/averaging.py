@@ -79,6 +79,8 @@ class FrameAveraging(nn.Module):
             ``lattice`` (one frame from the reduced cell: constant at fixed cell, so MD and
             relaxations see a continuous average) or ``lattice-symmetric`` (the lattice's own
             frame set: also invariant to how the cell is written); see ``frames.lattice_frames``.
+        continuous: weighted frames whose average is a continuous function of the positions (and
+            cell), exact invariance kept (``frames.smooth``); ``det`` keeps plain frame sets.
 
     ``forward(batch, return_frames=True)`` also returns the ``Frames`` used (degeneracy flags,
     frame counts); ``frames_of(batch)`` computes them without running the model.
@@ -101,6 +103,7 @@ class FrameAveraging(nn.Module):
         seed: int = 0,
         canonicalizer: dict | None = None,
         periodic: str = "cloud",
+        continuous: bool = False,
     ):
         super().__init__()
         forces = force_mode(forces, "forces", FORCE_MODES, legacy=True)
@@ -118,6 +121,7 @@ class FrameAveraging(nn.Module):
         if periodic not in PERIODIC_FRAMES:
             raise ConfigError(f"unknown periodic frames '{periodic}' (choose from {', '.join(PERIODIC_FRAMES)})")
         self.periodic = periodic
+        self.continuous = continuous
         self.generator = torch.Generator().manual_seed(seed)
         self.canonicalizer = None
         if "learned" in (self.train_spec.kind, self.eval_spec.kind):
@@ -186,6 +190,7 @@ class FrameAveraging(nn.Module):
             max_frames=self.max_frames,
             generator=generator,
             periodic=self.periodic,
+            continuous=self.continuous,
         )
 
     def forward(self, batch, *, return_frames: bool = False):

@@ -59,6 +59,7 @@ from frameavg.frames.lattice_frames import (
 )
 from frameavg.frames.linalg import random_orthogonal, random_z_rotations, symmetric_eigh
 from frameavg.frames.methods import FrameMethod
+from frameavg.frames.smooth import DEFAULT_BLEND_WIDTH, smooth_frame_sets
 
 #: Degeneracy classes, indexed by ``Frames.degeneracy``.
 DEGENERACY = ("none", "pair", "linear", "triple", "point")
@@ -174,6 +175,8 @@ def compute_frames(
     max_frames: int = DEFAULT_MAX_FRAMES,
     generator: torch.Generator | None = None,
     periodic: str = "cloud",
+    continuous: bool = False,
+    blend_width: float = DEFAULT_BLEND_WIDTH,
 ) -> Frames:
     """Frames and canonical copies of every graph of a batch (no Python loop over graphs except
     for the rare triple-degenerate ones).
@@ -190,6 +193,8 @@ def compute_frames(
         periodic: frames of periodic graphs: ``cloud`` (PCA of the frame cloud, ``frames.cloud``),
             ``lattice`` (one frame from the reduced cell, constant at fixed cell) or
             ``lattice-symmetric`` (the lattice's own frame set); see ``frames.lattice_frames``.
+        continuous: weighted frames whose average is continuous in the positions
+            (``frames.smooth``; not for ``det``); ``blend_width``: width of their blending zones.
 
     Differentiable with respect to ``pos`` (and ``cell``): forces of frame-averaged energies can be
     taken by autograd through the frames.
@@ -215,15 +220,20 @@ def compute_frames(
         info = FrameSetInfo(None, zeros, zeros, torch.zeros(num_graphs, dtype=torch.bool, device=pos.device))
         set_size = torch.ones(num_graphs, dtype=torch.long, device=pos.device)
     else:
-        rotation, graph, info, translation = _frame_sets_of_batch(
+        smooth = (blend_width if continuous and spec.kind != "det" else None)
+        rotation, graph, weight, info, translation = _frame_sets_of_batch(
             pos, batch, num_graphs, spec, cell=cell, pbc=pbc, atomic_numbers=atomic_numbers, edge_index=edge_index,
-            cell_offsets=cell_offsets, cutoff=cutoff, tol=tol, max_frames=max_frames, periodic=periodic)
+            cell_offsets=cell_offsets, cutoff=cutoff, tol=tol, max_frames=max_frames, periodic=periodic, smooth=smooth)
         _check_extent(info.extent, counts, info.periodic)
         set_size = torch.bincount(graph, minlength=num_graphs)
-        if spec.kind == "stochastic":
+        if weight is not None and spec.kind in ("stochastic", "sample"):
+            rotation, graph, weight = _pick_weighted(rotation, graph, weight, set_size,
+                                                     1 if spec.kind == "stochastic" else spec.samples, generator)
+        elif spec.kind == "stochastic":
             rotation, graph = _pick_one(rotation, graph, set_size, generator)
         elif spec.kind == "sample":
             rotation, graph = _pick_k(rotation, graph, set_size, spec.samples, generator)
+        return expand_frames(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info, weight)
 
     return expand_frames(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info)
 
@@ -249,9 +259,10 @@ def frames_for_batch(batch, method: str | FrameMethod = "all", dim: str = "3D", 
 
 
 def _frame_sets_of_batch(pos, batch, num_graphs, spec, *, cell, pbc, atomic_numbers, edge_index, cell_offsets,
-                         cutoff, tol, max_frames, periodic):
-    """Full frame sets of a batch: rotations [K,3,3] and their graph [K] (sorted), the
-    ``FrameSetInfo`` and the centroids [B,3]. Periodic graphs take their frames from the lattice
+                         cutoff, tol, max_frames, periodic, smooth):
+    """Full frame sets of a batch: rotations [K,3,3] and their graph [K] (sorted), their weights
+    [K] (None: equal weights), the ``FrameSetInfo`` and the centroids [B,3]. ``smooth``: blend
+    width of continuous weighted frames for the cloud (None: plain frame sets). Periodic graphs take their frames from the lattice
     (``periodic`` = ``lattice`` / ``lattice-symmetric``, where the lattice gives one) or from the
     frame cloud; every other graph from the cloud."""
     if periodic not in PERIODIC_FRAMES:
@@ -263,7 +274,7 @@ def _frame_sets_of_batch(pos, batch, num_graphs, spec, *, cell, pbc, atomic_numb
             usable = None
     if usable is None:
         return _cloud_frame_sets(pos, batch, num_graphs, spec, cell, pbc, atomic_numbers, edge_index, cell_offsets,
-                                 cutoff, tol, max_frames)
+                                 cutoff, tol, max_frames, smooth)
     device = pos.device
     counts = torch.bincount(batch, minlength=num_graphs)
     translation = torch.zeros(num_graphs, 3, dtype=torch.float64, device=device).index_add(0, batch, pos.to(torch.float64))
@@ -287,17 +298,20 @@ def _frame_sets_of_batch(pos, batch, num_graphs, spec, *, cell, pbc, atomic_numb
         for name in ("eigenvalues", "degeneracy", "harmonic_order", "truncated"):
             getattr(info, name)[usable] = getattr(shell_info, name)[usable]
     rotations, owners = [rotations], [owners]
+    weights = [(1.0 / torch.bincount(owners[0], minlength=num_graphs).clamp(min=1).to(torch.float64))[owners[0]]]
     rest = torch.nonzero(~usable).flatten()
     if rest.numel():
         sub = _sub_batch(rest, pos, batch, num_graphs, cell, pbc, atomic_numbers, edge_index, cell_offsets)
-        rot, own, sub_info, _ = _cloud_frame_sets(*sub[:3], spec, *sub[3:], cutoff, tol, max_frames)
+        rot, own, sub_weight, sub_info, _ = _cloud_frame_sets(*sub[:3], spec, *sub[3:], cutoff, tol, max_frames, smooth)
         rotations.append(rot)
         owners.append(rest.index_select(0, own))
+        weights.append(sub_weight if sub_weight is not None else (1.0 / torch.bincount(own).to(torch.float64))[own])
         for name in ("eigenvalues", "degeneracy", "harmonic_order", "truncated", "extent", "cloud_level"):
             getattr(info, name)[rest] = getattr(sub_info, name).to(getattr(info, name).dtype)
-    rotation, owner = torch.cat(rotations), torch.cat(owners)
+    rotation, owner, weight = torch.cat(rotations), torch.cat(owners), torch.cat(weights)
     order = torch.argsort(owner, stable=True)
-    return rotation.index_select(0, order), owner.index_select(0, order), info, translation
+    weight = weight.index_select(0, order) if smooth is not None else None
+    return rotation.index_select(0, order), owner.index_select(0, order), weight, info, translation
 
 
 def _sub_batch(graphs, pos, batch, num_graphs, cell, pbc, atomic_numbers, edge_index, cell_offsets):
@@ -320,7 +334,7 @@ def _sub_batch(graphs, pos, batch, num_graphs, cell, pbc, atomic_numbers, edge_i
 
 
 def _cloud_frame_sets(pos, batch, num_graphs, spec, cell, pbc, atomic_numbers, edge_index, cell_offsets, cutoff,
-                      tol, max_frames):
+                      tol, max_frames, smooth):
     """Frame sets from the frame cloud (``frames.cloud``), widening the cloud of periodic graphs
     that it does not determine; same returns as ``_frame_sets_of_batch``."""
     noise = LINEAR_NOISE * torch.finfo(pos.dtype).eps
@@ -330,14 +344,19 @@ def _cloud_frame_sets(pos, batch, num_graphs, spec, cell, pbc, atomic_numbers, e
             pos, batch, num_graphs, cell=cell, pbc=pbc, atomic_numbers=atomic_numbers,
             edge_index=edge_index, cell_offsets=cell_offsets, cutoff=cutoff, level=level,
         )
-        rotation, graph, info = frame_sets(cloud, num_graphs, spec, tol=tol, max_frames=max_frames, noise=noise)
+        if smooth is None:
+            rotation, graph, info = frame_sets(cloud, num_graphs, spec, tol=tol, max_frames=max_frames, noise=noise)
+            weight = None
+        else:
+            rotation, graph, weight, info = smooth_frame_sets(cloud, num_graphs, spec, tol=tol, width=smooth,
+                                                              max_frames=max_frames, noise=noise)
         widen = info.unresolved & cloud.periodic & (cloud.level < MAX_CLOUD_LEVEL)
         if not info.any_unresolved or not bool(widen.any()):
             break
         level = cloud.level + widen.long()
     info.cloud_level, info.periodic = cloud.level, cloud.periodic
     info.lattice = torch.zeros(num_graphs, dtype=torch.bool, device=pos.device)
-    return rotation, graph, info, cloud.translation
+    return rotation, graph, weight, info, cloud.translation
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,13 +424,27 @@ class FrameSetInfo:
     lattice: torch.Tensor | None = None  # [B] bool: frames from the lattice (frames.lattice_frames)
 
 
-def frame_sets(
-    cloud: FrameCloud, num_graphs: int, spec: FrameMethod, *, tol: float, max_frames: int, noise: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor, FrameSetInfo]:
-    """The frame set of every graph: rotations [K,3,3] float64 and their graph [K] (sorted).
+@dataclass
+class Spectrum:
+    """The second moment of every graph's frame cloud and its classification (``classify``).
 
-    ``noise``: relative extent across the axis below which a ``linear`` cloud is exactly linear
-    (see the module docstring)."""
+    v [M,dim] cloud vectors (xy only in 2D), w [M] weights, g [M] graphs; values [B,dim] eigenvalues
+    (descending, differentiable), vectors [B,dim,dim] eigenvectors (columns); lam: ``values``
+    detached; degeneracy [B]; exactly_linear [B] bool; info: the ``FrameSetInfo`` so far."""
+
+    v: torch.Tensor
+    w: torch.Tensor
+    g: torch.Tensor
+    values: torch.Tensor
+    vectors: torch.Tensor
+    lam: torch.Tensor
+    degeneracy: torch.Tensor
+    exactly_linear: torch.Tensor
+    info: FrameSetInfo
+
+
+def classify(cloud: FrameCloud, num_graphs: int, spec: FrameMethod, *, tol: float, noise: float = 0.0) -> Spectrum:
+    """Eigen-decompose every graph's cloud moment and classify its spectrum (``DEGENERACY``)."""
     device = cloud.vectors.device
     dim = 3 if spec.dim == "3D" else 2
     v = cloud.vectors if dim == 3 else cloud.vectors[:, :2]
@@ -430,18 +463,32 @@ def frame_sets(
     else:
         degeneracy = torch.where(lam[:, 0] <= tol * extent, LINEAR, torch.where(close[:, 0], PAIR, NONE))
     degeneracy = torch.where(extent <= ZERO_EXTENT, POINT, degeneracy)
-
-    planar = (degeneracy == PAIR) | (degeneracy == LINEAR)
-    triple = degeneracy == TRIPLE
     linear, point = degeneracy == LINEAR, degeneracy == POINT
-    any_planar, any_triple, any_linear, any_point = torch.stack(
-        [planar.any(), triple.any(), linear.any(), point.any()]).tolist()
+    any_linear, any_point = torch.stack([linear.any(), point.any()]).tolist()
     exactly_linear = linear & _within_noise_of_axis(v, w, g, vectors, num_graphs, extent, noise) if any_linear else linear
     unresolved = exactly_linear | point
     any_unresolved = any_point or (any_linear and bool(exactly_linear.any()))
     harmonic = torch.zeros(num_graphs, dtype=torch.long, device=device)
     truncated = torch.zeros(num_graphs, dtype=torch.bool, device=device)
     info = FrameSetInfo(lam, degeneracy, harmonic, truncated, extent, unresolved, any_unresolved)
+    return Spectrum(v, w, g, values, vectors, lam, degeneracy, exactly_linear, info)
+
+
+def frame_sets(
+    cloud: FrameCloud, num_graphs: int, spec: FrameMethod, *, tol: float, max_frames: int, noise: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, FrameSetInfo]:
+    """The frame set of every graph: rotations [K,3,3] float64 and their graph [K] (sorted).
+
+    ``noise``: relative extent across the axis below which a ``linear`` cloud is exactly linear
+    (see the module docstring)."""
+    device = cloud.vectors.device
+    spectrum = classify(cloud, num_graphs, spec, tol=tol, noise=noise)
+    v, w, g, vectors, lam = spectrum.v, spectrum.w, spectrum.g, spectrum.vectors, spectrum.lam
+    degeneracy, exactly_linear, info = spectrum.degeneracy, spectrum.exactly_linear, spectrum.info
+    harmonic = info.harmonic_order
+    planar = (degeneracy == PAIR) | (degeneracy == LINEAR)
+    triple = degeneracy == TRIPLE
+    any_planar, any_triple = torch.stack([planar.any(), triple.any()]).tolist()
 
     simple = (degeneracy == NONE) | (degeneracy == POINT)
     rotation, owner = _sign_frames(v, w, g, vectors, degeneracy, simple, spec, tol, num_graphs)
@@ -711,6 +758,22 @@ def _pick_one(rotation, graph, set_size, generator):
     return rotation[choice], graph[choice]
 
 
+def _pick_weighted(rotation, graph, weight, set_size, k, generator):
+    """``k`` distinct frames per graph drawn with probabilities ∝ ``weight`` (Efraimidis–Spirakis
+    keys u^(1/w); all of a smaller set), their weights renormalised to sum to 1 per graph."""
+    u = torch.rand(graph.shape[0], generator=generator, dtype=torch.float64).to(graph.device)
+    key = torch.log(u.clamp(min=1e-300)) / weight.detach().clamp(min=1e-300)  # larger is better
+    order = torch.argsort(-key, stable=True)
+    order = order[torch.argsort(graph.index_select(0, order), stable=True)]  # by graph, then by key
+    start = torch.cumsum(set_size, 0) - set_size
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.shape[0], device=graph.device) - start.index_select(0, graph[order])
+    keep = rank < k
+    rotation, graph, weight = rotation[keep], graph[keep], weight[keep]
+    total = torch.zeros(set_size.shape[0], dtype=weight.dtype, device=weight.device).index_add(0, graph, weight)
+    return rotation, graph, weight / total.index_select(0, graph)
+
+
 def _pick_k(rotation, graph, set_size, k, generator):
     """``k`` distinct frames per graph, uniformly from its set (all of a smaller set); ``graph``
     is sorted, so a random key per frame ranks the frames of each graph independently."""
@@ -723,13 +786,15 @@ def _pick_k(rotation, graph, set_size, k, generator):
     return rotation[keep], graph[keep]
 
 
-def expand_frames(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info) -> Frames:
-    """``Frames`` from the chosen rotations [K,3,3] of graphs ``graph`` [K] (sorted): canonical
-    copies ``(pos − translation) @ U`` and the bookkeeping of the expanded batch."""
+def expand_frames(pos, batch, counts, translation, rotation, graph, cell, spec, set_size, info, weight=None) -> Frames:
+    """``Frames`` from the chosen rotations [K,3,3] of graphs ``graph`` [K] (sorted) and their
+    averaging weights [K] (None: equal): canonical copies ``(pos − translation) @ U`` and the
+    bookkeeping of the expanded batch."""
     device = pos.device
     num_frames = torch.bincount(graph, minlength=counts.shape[0])
     frame_index = torch.arange(graph.shape[0], device=device) - (torch.cumsum(num_frames, 0) - num_frames).index_select(0, graph)
-    weight = (1.0 / num_frames.to(torch.float64)).index_select(0, graph)
+    if weight is None:
+        weight = (1.0 / num_frames.to(torch.float64)).index_select(0, graph)
 
     sizes = counts.index_select(0, graph)
     new_ptr = torch.zeros(graph.shape[0] + 1, dtype=torch.long, device=device)

@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
         # lattice-symmetric (the lattice's frame set: also invariant to how the cell is written) | cloud
         # (PCA of the frame cloud; the default of checkpoints saved before this key existed)
         "periodic": "lattice",
+        # weighted frames whose average is continuous in the positions (frames.smooth); checkpoints
+        # saved before this key existed: false
+        "continuous": True,
         # learned frames (train/eval: learned | se3-learned): options of the canonicaliser
         # (channels, num_layers, num_rbf), see frameavg.frames.learned
         "canonicalizer": {},
@@ -165,6 +168,7 @@ SCHEMA: dict[str, tuple] = {
     "name": _STR, "seed": _int(), "run_dir": _STR, "plugins": _STR_LIST,
     "frames.dims": _choice(*FRAME_DIMS), "frames.train": _choice(*FRAME_METHODS),
     "frames.eval": _choice(*FRAME_METHODS), "frames.periodic": _choice(*PERIODIC_FRAMES),
+    "frames.continuous": _BOOL,
     "data.train": _STR_OR_NONE, "data.val": _STR_OR_NONE, "data.test": _STR_OR_NONE,
     "data.val_fraction": _float(0.0, 1.0), "data.test_fraction": _float(0.0, 1.0), "data.split_seed": _int(),
     "data.max_train": _int(1, none=True), "data.format": _STR_OR_NONE, "data.keys": _MAP, "data.options": _MAP,

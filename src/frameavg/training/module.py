@@ -39,7 +39,8 @@ def build_network(config: dict) -> torch.nn.Module:
 
     return FrameAveraging(model, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"],
                           seed=config["seed"], canonicalizer=frames.get("canonicalizer"),
-                          periodic=frames.get("periodic", "cloud"))  # checkpoints saved before the key: cloud
+                          # checkpoints saved before these keys: cloud frames, plain frame sets
+                          periodic=frames.get("periodic", "cloud"), continuous=frames.get("continuous", False))
 
 
 class AtomisticTask(L.LightningModule):
