@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 
 from frameavg.data import atoms_to_data
@@ -39,6 +40,7 @@ def _model(dim: str) -> FrameAveraging:
     return FrameAveraging(faenet, frames=dim, method="all", forces="from_energy", cutoff=CUTOFF).double().eval()
 
 
+@pytest.mark.slow
 def test_all_frames_faenet_is_invariant_on_random_structures(fuzz_settings):
     count, seed = fuzz_settings
     models = {dim: _model(dim) for dim in ("3D", "2D")}

@@ -45,6 +45,7 @@ def co_above_cu111(height: float = 7.5):
     return data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dim", ["3D", "2D"])
 def test_co_desorbed_above_cu111_is_exact(dim):
     """O (the heavier of the two rarest elements) sees only its C: a one-line cloud, whose
@@ -142,6 +143,7 @@ PERIODIC_DATA = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, path, dim, stride", PERIODIC_DATA, ids=[p[0] for p in PERIODIC_DATA])
 def test_real_periodic_structures_are_exact_with_faenet(real_data, name, path, dim, stride):
     """OC20 slabs (all 11 and the S2EF system), a stride of the Xu–Kitchin slabs (2D frames) and of
