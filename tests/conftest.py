@@ -30,12 +30,6 @@ def real_data() -> Path:
     return REAL_DATA
 
 
-@pytest.fixture(scope="session")
-def shared_data(real_data) -> Path:
-    """Former name of ``real_data`` (from when the data lived outside the repository); use ``real_data``."""
-    return real_data
-
-
 def pytest_addoption(parser):
     parser.addoption("--fuzz-structures", type=int, default=280,
                      help="structures in the frame-averaging fuzz test (the slow variant: 10000)")
