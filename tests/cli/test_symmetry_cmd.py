@@ -14,6 +14,7 @@ def _run(capsys, argv):
 def test_json_report_frame_averaged_raw_model_on_slabs(real_data, capsys):
     path = real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz"
     code, out, _ = _run(capsys, ["symmetry", "--data", str(path), "--limit", "2", "--frames", "2D", "--method", "all",
+                                 "--periodic", "lattice-symmetric",
                                  "--checks", "rotation,reflection,image,cell,batch", "--cutoff", "5", "--json"])
     assert code == 0
     report = json.loads(out)  # exactly one JSON document
@@ -23,6 +24,19 @@ def test_json_report_frame_averaged_raw_model_on_slabs(real_data, capsys):
         assert check["expected"] is True
         assert check["energy_abs_max"] < 1e-10 and check["forces_abs_max"] < 1e-10
     assert sum(d["count"] for d in report["degeneracy"].values()) == 2
+
+
+def test_lattice_frames_claim_no_invariance_to_the_choice_of_cell(real_data, capsys):
+    """The default periodic frames (one lattice frame) are exact to rotations, reflections and
+    images, and make no claim on how the cell is written."""
+    path = real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz"
+    code, out, _ = _run(capsys, ["symmetry", "--data", str(path), "--limit", "1", "--frames", "2D",
+                                 "--checks", "rotation,reflection,image,cell", "--cutoff", "5", "--json"])
+    assert code == 0
+    checks = {c["check"]: c for c in json.loads(out)["checks"]}
+    assert checks["cell"]["expected"] is False
+    for name in ("rotation", "reflection", "image"):
+        assert checks[name]["expected"] is True and checks[name]["energy_abs_max"] < 1e-10
 
 
 def test_table_shows_bare_model_is_not_invariant(real_data, capsys):

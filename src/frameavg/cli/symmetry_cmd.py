@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 
@@ -16,7 +17,7 @@ _CLAIMS_ALL = {"rotation": True, "reflection": True, "translation": True, "permu
 
 def register(sub) -> None:
     from frameavg.evaluation.symmetry import CHECKS
-    from frameavg.frames.methods import METHODS
+    from frameavg.frames.methods import METHODS, PERIODIC_FRAMES
 
     parser = sub.add_parser(
         "symmetry",
@@ -39,6 +40,10 @@ def register(sub) -> None:
                         help="frame averaging dimension (default: the checkpoint's, else 3D); none = the bare model")
     parser.add_argument("--method", default=None, choices=list(METHODS),
                         help="frame method (default: the checkpoint's evaluation method, else all)")
+    parser.add_argument("--periodic", default=None, choices=list(PERIODIC_FRAMES),
+                        help="frames of periodic structures (default: the checkpoint's, else lattice)")
+    parser.add_argument("--continuous", default=None, action=argparse.BooleanOptionalAction,
+                        help="weighted frames whose average is continuous (default: the checkpoint's, else on)")
     parser.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
     parser.add_argument("--trials", type=int, default=1, help="random transforms per structure and check")
     parser.add_argument("--cutoff", type=float, default=None, help="neighbour-list cutoff, Å (default: the model's, else 6)")
@@ -87,7 +92,7 @@ def run(args) -> int:
     report = symmetry_report(
         model, structures, checks=checks, dim=frames if frames != "none" else "3D", cutoff=cutoff,
         max_neighbors=max_neighbors, strict_neighbors=args.strict_neighbors, trials=args.trials, batch_size=args.batch_size, seed=args.seed,
-        expected=claims(frames, method, _bare_model(model)), atol=args.atol, rtol=args.rtol,
+        expected=claims(frames, method, _bare_model(model), periodic=_periodic_frames(model)), atol=args.atol, rtol=args.rtol,
     )
     report.meta.update({"data": str(args.data), "model": name, "frames": frames, "method": method})
     if args.json:
@@ -146,9 +151,23 @@ def run_continuity(args, model, structures, *, frames, method, cutoff, max_neigh
     return 0
 
 
-def claims(frames: str, method: str | None, model=None) -> dict:
+def _frame_options(args, net) -> dict:
+    """``periodic``/``continuous`` for a new FrameAveraging: the flags given, else those of the
+    checkpoint's wrapper ``net`` (when it has one)."""
+    options = {}
+    for key in ("periodic", "continuous"):
+        value = getattr(args, key)
+        if value is None and net is not None and hasattr(net, key):
+            value = getattr(net, key)
+        if value is not None:
+            options[key] = value
+    return options
+
+
+def claims(frames: str, method: str | None, model=None, periodic: str = "cloud") -> dict:
     """The symmetries guaranteed by the frame method (exactly for all/det; approximately never) or
-    by the model's construction (its ``invariances`` attribute, e.g. SchNet's rotations)."""
+    by the model's construction (its ``invariances`` attribute, e.g. SchNet's rotations).
+    ``periodic="lattice"`` frames depend on how a cell is written: no claim on ``cell``."""
     if frames == "none" or method is None:
         out = {"permutation": True, "image": True, "cell": True, "batch": True, "repeat": True,
                "rotation": False, "reflection": False, "translation": False}
@@ -159,9 +178,16 @@ def claims(frames: str, method: str | None, model=None) -> dict:
             out.update(rotation=False, reflection=False, repeat=False)
         if method.startswith("se3-"):
             out["reflection"] = False
+        if periodic == "lattice":
+            out["cell"] = False
     for check in getattr(model, "invariances", ()):
         out[check] = True
     return out
+
+
+def _periodic_frames(model) -> str:
+    """The ``periodic`` option of the frame-averaging wrapper in ``model`` ("cloud" without one)."""
+    return getattr(getattr(model, "net", model), "periodic", "cloud")
 
 
 def _bare_model(model):
@@ -185,7 +211,7 @@ def build_symmetry_model(args, dtype):
         frames = args.frames or (net.eval_spec.dim if isinstance(net, FrameAveraging) else "none")
         method = args.method or (net.eval_spec.name if isinstance(net, FrameAveraging) else None)
         if frames != "none":
-            if isinstance(net, FrameAveraging) and frames == net.eval_spec.dim:
+            if isinstance(net, FrameAveraging) and frames == net.eval_spec.dim and not _frame_options(args, None):
                 # the same wrapper, so learned frames keep the checkpoint's trained canonicaliser
                 task.net = net.with_eval_method(method or "all")
                 task.net.reset_generator(args.seed)
@@ -193,7 +219,8 @@ def build_symmetry_model(args, dtype):
                 raise ConfigError(f"--frames {frames}: learned frames need the canonicaliser trained with the "
                                   "checkpoint's own frames; leave --frames out")
             else:
-                task.net = FrameAveraging(inner, frames=frames, method=method or "all", seed=args.seed)
+                task.net = FrameAveraging(inner, frames=frames, method=method or "all", seed=args.seed,
+                                          **_frame_options(args, net))
         else:
             task.net = inner
             method = None
@@ -203,13 +230,17 @@ def build_symmetry_model(args, dtype):
         return task.to(dtype).eval(), frames, method, cutoff, max_neighbors, f"checkpoint {args.checkpoint}"
 
     from frameavg.models import build_model
+    from frameavg.training.config import DEFAULTS, NEW_RUN_MODEL_DEFAULTS
 
     name = args.model or "raw-mpnn"
     torch.manual_seed(args.seed)
-    inner = build_model(name)
+    inner = build_model(name, **NEW_RUN_MODEL_DEFAULTS.get(name, {}))  # as a new run would build it
     frames = args.frames or "3D"
     method = None if frames == "none" else (args.method or "all")
-    model = inner if frames == "none" else FrameAveraging(inner, frames=frames, method=method, seed=args.seed)
+    options = {"periodic": DEFAULTS["frames"]["periodic"], "continuous": DEFAULTS["frames"]["continuous"],
+               **_frame_options(args, None)}
+    model = inner if frames == "none" else FrameAveraging(inner, frames=frames, method=method, seed=args.seed,
+                                                          **options)
     cutoff = args.cutoff or float(getattr(inner, "cutoff", 6.0))
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {args.limit}")
