@@ -154,13 +154,15 @@ def _report_failures(source, status: list[str]) -> None:
 
 def run_oversmoothing(args) -> int:
     from frameavg.cli.main import print_json
+    from frameavg.data.budget import MemoryBudget
     from frameavg.evaluation.oversmoothing import mad_per_layer
 
     task, keys, precision = _load_model(args)
     # no labels are needed: the training run's label names apply only when given with --keys
     structures, failed = _read(args.data, args, task, keys if args.keys else {}, precision)
     kept = [d for i, d in enumerate(structures) if i not in failed][: max(1, args.limit)]
-    mad = mad_per_layer(task.net, kept, batch_size=args.batch_size)
+    mad = mad_per_layer(task.net, kept, batch_size=args.batch_size,
+                        budget=MemoryBudget.for_config(task.net, task.config["data"]), source=args.data)
     if args.json:
         print_json({"mad_per_layer": mad, "structures": len(kept)})
     else:
@@ -183,7 +185,8 @@ def run_test(args) -> int:
         missing = [t for t, on in task.config["targets"].items() if on and t not in structures[0]]
         if missing:
             raise FrameavgError(f"{path}: no '{', '.join(missing)}' labels to test against (use --keys)")
-        metrics, pred = evaluate(task, structures, args.batch_size, failed=failed, precision=precision)
+        metrics, pred = evaluate(task, structures, args.batch_size, failed=failed, precision=precision,
+                                 source=path)
         _report_failures(path, pred["status"])
         if len(failed) == len(structures) or metrics.get("structures_failed") == len(structures):
             raise FrameavgError(f"{path}: no structure could be predicted (first error: "
@@ -204,7 +207,7 @@ def run_predict(args) -> int:
     task, keys, precision = _load_model(args)
     structures, failed = _read(args.data, args, task, keys, precision)
     metrics, pred = evaluate(task, structures, args.batch_size, failed=failed, stress=args.stress or None,
-                             precision=precision)
+                             precision=precision, source=args.data)
     _report_failures(args.data, pred["status"])
     write_predictions(Path(args.out), structures, pred)
     bad = sum(s != "ok" for s in pred["status"])

@@ -128,8 +128,11 @@ def _neighbor_settings(kwargs: dict) -> tuple[float, int | None]:
     return cutoff, kwargs.get("max_neighbors", kwargs.get("max_num_neighbors"))  # FAENet takes both names
 
 
-def load_batch(dataset: str, cutoff: float, max_neighbors: int | None, device: str = "cpu"):
-    """The dataset's benchmark batch (PyG ``Batch``) with energies in ``energy`` and a radius graph."""
+def load_batch(dataset: str, cutoff: float, max_neighbors: int | None, device: str = "cpu", budget=None):
+    """The dataset's benchmark batch (PyG ``Batch``) with energies in ``energy`` and a radius graph:
+    its first graphs, as many as fit ``budget`` (``data.budget.MemoryBudget``; None: all)."""
+    from frameavg.data.budget import batches_by_budget
+
     from torch_geometric.data import Batch
 
     from frameavg.data.neighbors import RadiusGraph
@@ -143,7 +146,8 @@ def load_batch(dataset: str, cutoff: float, max_neighbors: int | None, device: s
         if "tags" not in data:
             data.tags = torch.zeros(data.num_nodes, dtype=torch.long)
         graphs.append(transform(data))
-    return Batch.from_data_list(graphs).to(device)
+    first = next(batches_by_budget(graphs, budget, source=path))
+    return Batch.from_data_list(graphs[:len(first)]).to(device)
 
 
 def _peak_rss_mb() -> float:
@@ -183,6 +187,7 @@ class _Prepared:
 
 def _prepare(case: BenchCase) -> _Prepared:
     """Build the case's model and batch; ``step`` runs one inference or training step."""
+    from frameavg.data.budget import MemoryBudget
     from frameavg.frames.averaging import FrameAveraging
     from frameavg.models import build_model
     from frameavg.precision import resolve
@@ -193,7 +198,6 @@ def _prepare(case: BenchCase) -> _Prepared:
     with_forces = DATASETS[case.dataset][3]
     kwargs["regress_forces"] = "from_energy" if with_forces else None
     cutoff, max_neighbors = _neighbor_settings(kwargs)
-    batch = load_batch(case.dataset, cutoff, max_neighbors, case.device)
     net = build_model(name, **kwargs)
     if frames is not None:
         net = FrameAveraging(net, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"], seed=0,
@@ -201,6 +205,9 @@ def _prepare(case: BenchCase) -> _Prepared:
                              continuous=frames.get("continuous", True))
     params = sum(p.numel() for p in net.parameters())  # a learned-frames canonicaliser included
     net = net.to(case.device)
+    # the case's batch, cut to what the memory budget allows (``graphs`` in the record says how many)
+    budget = MemoryBudget.for_network(net, cutoff=cutoff, max_neighbors=max_neighbors, training=case.mode == "train")
+    batch = load_batch(case.dataset, cutoff, max_neighbors, case.device, budget=budget)
 
     def predict():  # force models differentiate inside, without keeping a graph for a backward pass
         with torch.no_grad(), precision.context():

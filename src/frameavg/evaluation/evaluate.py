@@ -10,6 +10,7 @@ import math
 import torch
 from torch_geometric.data import Batch
 
+from frameavg.data.budget import MemoryBudget, batches_by_budget
 from frameavg.derivatives import voigt_to_matrix
 from frameavg.errors import DataError
 from frameavg.outputs import ENERGY, FORCES, STRESS
@@ -20,7 +21,7 @@ from frameavg.training.module import AtomisticTask
 @torch.no_grad()
 def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
              failed: dict[int, str] | None = None, stress: bool | None = None,
-             precision=None) -> tuple[dict, dict]:
+             precision=None, budget: MemoryBudget | None = None, source: str | None = None) -> tuple[dict, dict]:
     """OC20 metrics over all structures at once, and the predictions (eV, eV/Å, eV/Å³) per structure.
 
     A structure the model refuses (a ``DataError``: an element it does not embed, bad tags) does
@@ -32,6 +33,9 @@ def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
     structures without a cell volume). ``precision``: a ``frameavg.precision.Precision`` to run the
     model under (its autocast; the task's net and the structures must already be in its dtype and
     on the task's device).
+    Batches hold at most ``batch_size`` structures and fit ``budget`` (``data.budget``; default:
+    the task's network and ``data.memory_fraction`` of the memory available now); a structure that
+    alone does not fit raises a ``DataError`` naming it (in ``source``) before anything runs.
     """
     task.eval()
     stress = task.predict_stress if stress is None else stress
@@ -40,8 +44,9 @@ def evaluate(task: AtomisticTask, structures: list, batch_size: int = 64,
         status[i] = message
     outputs: list[dict | None] = [None] * len(structures)
     todo = [i for i in range(len(structures)) if status[i] == "ok"]
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+    if budget is None:
+        budget = MemoryBudget.for_config(task.net, task.config["data"])
+    for chunk in list(batches_by_budget(structures, budget, batch_size, source=source, indices=todo)):
         try:
             parts = _predict_split(task, [structures[i] for i in chunk], stress, precision)
         except DataError:

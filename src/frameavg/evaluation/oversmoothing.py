@@ -40,10 +40,14 @@ def _faenet_of(model: nn.Module):
 
 
 @torch.no_grad()
-def mad_per_layer(model: nn.Module, structures: list, *, batch_size: int = 32) -> list[float]:
+def mad_per_layer(model: nn.Module, structures: list, *, batch_size: int = 32, budget=None,
+                  source: str | None = None) -> list[float]:
     """MAD of every layer [num_interactions + 1] (0: the embedding) averaged over the graphs of
     ``structures`` (``Data`` with neighbour lists), with ``model`` (a FAENet, possibly inside
-    ``FrameAveraging`` or a training task) in eval mode."""
+    ``FrameAveraging`` or a training task) in eval mode. Batches: at most ``batch_size``
+    structures within ``budget`` (``data.budget``; default: the model's, half the available memory)."""
+    from frameavg.data.budget import MemoryBudget, batches_by_budget
+
     if not structures:
         raise DataError("no structures to measure")
     faenet = _faenet_of(model)
@@ -68,11 +72,14 @@ def mad_per_layer(model: nn.Module, structures: list, *, batch_size: int = 32) -
     handles = [faenet.register_forward_pre_hook(remember_graphs)]
     for index, block in enumerate(faenet.interaction_blocks, start=1):
         handles.append(block.register_forward_hook(after_block(index)))
+    if budget is None:
+        budget = MemoryBudget.for_network(model, cutoff=float(faenet.cutoff))
+    chunks = list(batches_by_budget(structures, budget, batch_size, source=source))
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(structures), batch_size):
-            batch = Batch.from_data_list(structures[start:start + batch_size])
+        for chunk in chunks:
+            batch = Batch.from_data_list([structures[i] for i in chunk])
             model(batch)
     finally:
         for handle in handles:

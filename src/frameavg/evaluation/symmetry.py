@@ -152,16 +152,25 @@ def random_unimodular(rng: np.random.Generator, periodic: np.ndarray, steps: int
 # predictions
 
 
-def predict(model, structures: list[Data], *, graph=None, batch_size: int = 32) -> tuple[torch.Tensor, list[torch.Tensor | None], list]:
+def predict(model, structures: list[Data], *, graph=None, batch_size: int = 32,
+            budget=None) -> tuple[torch.Tensor, list[torch.Tensor | None], list]:
     """Energies [S] (float64), per-structure forces [n,3] (None if the model gives none and its
     energy does not depend on positions) and the frames info of each batch (FrameAveraging only).
 
     ``graph``: transform adding the neighbour list (e.g. ``RadiusGraph(6.0)``), or None.
-    Forces: the model's ``forces`` output, else −∂E/∂pos by autograd.
+    Forces: the model's ``forces`` output, else −∂E/∂pos by autograd. Batches: at most
+    ``batch_size`` structures within ``budget`` (``data.budget``; default: the model's in its
+    current mode, at the graph's cutoff, half the available memory).
     """
+    from frameavg.data.budget import MemoryBudget, batches_by_budget
+
+    if budget is None:
+        budget = MemoryBudget.for_network(model, cutoff=float(getattr(graph, "cutoff", None) or 6.0),
+                                          max_neighbors=getattr(graph, "max_neighbors", None),
+                                          training=bool(getattr(model, "training", False)))
     energies, forces, frames = [], [], []
-    for start in range(0, len(structures), batch_size):
-        chunk = [graph(d.clone()) if graph is not None else d for d in structures[start:start + batch_size]]
+    for indices in list(batches_by_budget(structures, budget, batch_size)):
+        chunk = [graph(structures[i].clone()) if graph is not None else structures[i] for i in indices]
         batch = Batch.from_data_list(chunk)
         with torch.no_grad():
             out = model(batch)

@@ -112,7 +112,7 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
         initial = [data_to_atoms(d) for d in datas]
         start = time.perf_counter()
         ml = relax(initial, provider, optimizer="lbfgs", optimizer_options=ADSORBML_LBFGS, fmax=fmax,
-                   steps=steps, progress=None if progress is None else
+                   steps=steps, max_atoms_per_batch=budget_rows(provider, datas, str(path)), progress=None if progress is None else
                    (lambda done, total, s=split: progress(f"ML relaxations ({s})", done, total)))
         ml_seconds = time.perf_counter() - start
         anomalies = []
@@ -156,6 +156,24 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
                          {"ml_best": min((c["ml_energy"] for c in entry["candidates"] if not c["anomalous"]),
                                          default=None)} for entry in evaluated]
     return report
+
+
+def budget_rows(provider, datas, source: str | None = None) -> int | None:
+    """Atoms per ML relaxation batch that fit the memory budget (``data.budget``: the network's
+    frames, its neighbour lists at cutoff + Verlet skin, half the available memory); None when all
+    placements fit together or the provider is no network (the engine then chooses). A placement
+    that alone does not fit raises a ``DataError`` naming it."""
+    from frameavg.data.budget import MemoryBudget, batches_by_budget
+
+    potential = getattr(provider, "potential", None)
+    if potential is None:
+        return None
+    budget = MemoryBudget.for_network(potential.net, cutoff=potential.cutoff + float(getattr(provider, "skin", 0.0)),
+                                      max_neighbors=potential.max_neighbors)
+    if len(list(batches_by_budget(datas, budget, source=source))) <= 1:
+        return None
+    per_atom = max(budget.cost(d) / max(int(d.num_nodes), 1) for d in datas)
+    return max(1, int((budget.limit - budget.base) / per_atom))
 
 
 def _check_placements(datas, path) -> None:

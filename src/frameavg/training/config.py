@@ -62,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 64,
         "num_workers": 0,
         "max_edges_per_atom": 2000,  # memory guard of the neighbour lists (see data.neighbors)
+        # fraction of the available memory one batch may use by the estimate of data.budget (batches
+        # of every evaluation are cut to fit; eval_batch_size is an upper bound)
+        "memory_fraction": 0.5,
     },
     "targets": {"energy": True, "forces": False, "stress": False},
     # auxiliary denoising (Noisy Nodes, Godwin et al. 2022), training batches only; see docs/denoising.md
@@ -175,6 +178,7 @@ SCHEMA: dict[str, tuple] = {
     "data.trusted": _BOOL, "data.cutoff": _float(0.0, open_low=True), "data.max_neighbors": _int(1, none=True),
     "data.batch_size": _int(1), "data.eval_batch_size": _int(1), "data.num_workers": _int(0),
     "data.max_edges_per_atom": _float(0.0, none=True, open_low=True),
+    "data.memory_fraction": _float(0.0, 1.0, open_low=True),
     "targets.energy": _BOOL, "targets.forces": _BOOL, "targets.stress": _BOOL,
     "loss.stress": _choice("mae", "mse"), "loss.stress_weight": _float(0.0),
     "loss.energy": _choice("mae", "mse"), "loss.forces": _choice("l2mae", "mae", "mse"),

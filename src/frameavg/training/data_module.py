@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Sampler, Subset
 from torch_geometric.loader import DataLoader
 
+from frameavg.data.budget import BudgetBatchSampler, MemoryBudget
 from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, RadiusGraph
 from frameavg.data.splits import random_split
 from frameavg.errors import ConfigError, DataError
@@ -106,6 +107,9 @@ class AtomisticDataModule(L.LightningDataModule):
         #: position of the train loader when resuming (``ResumableLoader.state_dict()``); set
         #: before ``fit`` because Lightning creates the loader's iterator before restoring state
         self.resume_loader_state: dict | None = None
+        #: memory budget of validation and test batches (``data.budget``; set by the training run
+        #: from its network): batches of at most ``eval_batch_size`` structures that fit it
+        self.eval_budget: MemoryBudget | None = None
 
     def required_labels(self) -> tuple[str, ...]:
         return tuple(name for name, on in self.targets.items() if on)
@@ -153,7 +157,25 @@ class AtomisticDataModule(L.LightningDataModule):
                                num_workers=self.cfg["num_workers"], drop_last=False)
 
     def val_dataloader(self):
-        return DataLoader(self.val_set, batch_size=self.cfg["eval_batch_size"], shuffle=False)
+        return self._eval_loader(self.val_set, "validation set", self.cfg["val"])
 
     def test_dataloader(self):
-        return DataLoader(self.test_set, batch_size=self.cfg["eval_batch_size"], shuffle=False)
+        return self._eval_loader(self.test_set, "test set", self.cfg["test"])
+
+    def check_budgets(self, net) -> None:
+        """Before the first step: set ``eval_budget`` from ``net`` and refuse (one-line error) a
+        training batch size, or a validation/test structure, that does not fit (``data.budget``)."""
+        from frameavg.data.budget import check_training_batches
+
+        check_training_batches(self.train_set, MemoryBudget.for_config(net, self.cfg, training=True),
+                               self.cfg["batch_size"])
+        self.eval_budget = MemoryBudget.for_config(net, self.cfg)
+        for loader in (self.val_dataloader(), self.test_dataloader() if self.test_set else None):
+            if loader is not None:
+                loader.batch_sampler.batches()
+
+    def _eval_loader(self, dataset, name: str, path) -> DataLoader:
+        """Batches in order, of at most ``eval_batch_size`` structures within ``eval_budget``."""
+        source = f"{name} ({path or 'split of ' + str(self.cfg['train'])})"
+        sampler = BudgetBatchSampler(dataset, self.eval_budget, self.cfg["eval_batch_size"], source=source)
+        return DataLoader(dataset, batch_sampler=sampler)

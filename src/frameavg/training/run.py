@@ -230,6 +230,7 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
             report(describe_init(task.init_record))
     else:
         data.resume_loader_state = _loader_state(checkpoint)
+    data.check_budgets(task.net)
     run_dir = _run_dir(config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
