@@ -136,6 +136,10 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: st
         LearningRateMonitor(logging_interval="step"),
         *callbacks_extra,
     ]
+    if trainer_cfg["enable_progress_bar"]:
+        from frameavg.training.progress import progress_bar
+
+        callbacks.append(progress_bar())  # validation figures labelled by epoch; per epoch in a log
     if every_n:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step}",
                                          auto_insert_metric_name=False, every_n_train_steps=int(every_n),
