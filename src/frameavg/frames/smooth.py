@@ -20,7 +20,7 @@ tol + width, C² in between):
   m_p = Σ w (x + iy)^p and r_p = |m_p| / Σ w |x + iy|^p, p = 1..12. Order p gets the weight
   c_p = S(r_p) · Π_{q<p} (1 − S(r_q)) (a soft "smallest decisive order") and gives the p in-plane
   directions e1 = arg(m_p)/p + 2πj/p, hence the frames [e1, h·(s·a × e1), s·a] of
-  ``compute._plane_frames`` (axis signs s, handedness h unless proper), each with
+  ``compute.plane_frames`` (axis signs s, handedness h unless proper), each with
   weight option × c_p / (p · #choices). What no order takes, Π (1 − S(r_q)), goes to the
   directions of the innermost in-plane shell. For a distinct spectrum, p = 2 in either plane gives
   the 8 sign frames [±u1, ±u2, ±u3] of plain PCA; equal frames of the two options are merged.
@@ -39,6 +39,7 @@ import torch
 
 from frameavg.frames.cloud import FrameCloud
 from frameavg.frames.methods import FrameMethod
+from frameavg.frames.sets import MAX_HARMONIC, POINT, classify, innermost_directions, plane_frames, shell_frames, sign_frames
 
 #: Width of the blending zones above ``tol`` (relative gap or relative harmonic moment).
 DEFAULT_BLEND_WIDTH = 0.05
@@ -55,18 +56,16 @@ def smooth_frame_sets(cloud: FrameCloud, num_graphs: int, spec: FrameMethod, *, 
                       max_frames: int, noise: float = 0.0):
     """Weighted frame sets: rotations [K,3,3], graph [K] (sorted), weight [K] (float64, sums to 1
     per graph, differentiable) and the ``FrameSetInfo`` (see the module docstring)."""
-    from frameavg.frames.compute import POINT, _plane_frames, _sign_frames, classify, shell_frames
-
     spectrum = classify(cloud, num_graphs, spec, tol=tol, noise=noise)
     device, info = cloud.vectors.device, spectrum.info
     hard = spectrum.exactly_linear | (spectrum.degeneracy == POINT)
     parts = []
     if bool(hard.any()):  # no continuous choice exists: the frames of frames.compute, equal weights
-        rot, own = _sign_frames(spectrum.v, spectrum.w, spectrum.g, spectrum.vectors, spectrum.degeneracy,
+        rot, own = sign_frames(spectrum.v, spectrum.w, spectrum.g, spectrum.vectors, spectrum.degeneracy,
                                 spectrum.degeneracy == POINT, spec, tol, num_graphs)
         parts.append(_uniform(rot, own))
         if bool(spectrum.exactly_linear.any()):
-            rot, own, _ = _plane_frames(cloud, spectrum.vectors, spectrum.lam, spectrum.degeneracy,
+            rot, own, _ = plane_frames(cloud, spectrum.vectors, spectrum.lam, spectrum.degeneracy,
                                         spectrum.exactly_linear, spectrum.exactly_linear, spec, tol)
             parts.append(_uniform(rot, own))
     soft = ~hard
@@ -85,7 +84,7 @@ def smooth_frame_sets(cloud: FrameCloud, num_graphs: int, spec: FrameMethod, *, 
     for basis, weight, axis_last in options:
         chosen = soft & (weight.detach() > 0)
         if bool(chosen.any()):
-            parts.append(_weighted_plane_frames(cloud, chosen, basis, weight, axis_last, spec, tol, width, info))
+            parts.append(_weightedplane_frames(cloud, chosen, basis, weight, axis_last, spec, tol, width, info))
     for graph in torch.nonzero(soft & (remainder.detach() > 0)).flatten().tolist():
         rot = shell_frames(cloud.vectors[cloud.graph == graph], proper=spec.proper, tol=tol)
         own = torch.full((rot.shape[0],), graph, dtype=torch.long, device=device)
@@ -100,12 +99,10 @@ def _uniform(rotation: torch.Tensor, owner: torch.Tensor):
     return rotation, owner, (1.0 / counts.to(torch.float64)).index_select(0, owner)
 
 
-def _weighted_plane_frames(cloud, chosen, basis, option_weight, axis_last, spec, tol, width, info):
+def _weightedplane_frames(cloud, chosen, basis, option_weight, axis_last, spec, tol, width, info):
     """Frames and weights of one plane option for the ``chosen`` graphs [B] bool: ``basis``
     [B,3,3] holds (b1, b2, axis) as columns; frame columns are [e1, e2, axis] (``axis_last``) or
     [axis, e1, e2]."""
-    from frameavg.frames.compute import MAX_HARMONIC, _innermost_directions
-
     device = cloud.vectors.device
     idx = torch.nonzero(chosen).flatten()
     local = torch.full((chosen.shape[0],), -1, dtype=torch.long, device=device)
@@ -142,7 +139,7 @@ def _weighted_plane_frames(cloud, chosen, basis, option_weight, axis_last, spec,
     rest = undecided[:, -1]
     for g in torch.nonzero(rest.detach() > 0).flatten().tolist():  # no decisive order: innermost shell
         sel = owner == g
-        dirs = _innermost_directions(proj[sel, 0], proj[sel, 1], tol)
+        dirs = innermost_directions(proj[sel, 0], proj[sel, 1], tol)
         e1s.append(dirs[:, :1] * plane[g, :, 0] + dirs[:, 1:] * plane[g, :, 1])
         graphs.append(torch.full((dirs.shape[0],), g, dtype=torch.long, device=device))
         weights.append(rest[g].expand(dirs.shape[0]) / dirs.shape[0])
