@@ -61,3 +61,20 @@ def graphs(structures, cutoff: float = CUTOFF) -> Batch:
 def raw_model(dtype=torch.float64, seed: int = 0, direct_forces: bool = True) -> RawCoordinateMPNN:
     torch.manual_seed(seed)
     return RawCoordinateMPNN(hidden=16, num_layers=2, cutoff=CUTOFF, direct_forces=direct_forces).to(dtype).eval()
+
+
+def small_faenet(dim: str = "3D", *, cutoff: float = 6.0, periodic: str = "cloud", continuous: bool = False,
+                 forces=None, smooth: bool = True, dtype=torch.float64):
+    """A small random FAENet (hidden 32, 2 blocks; seed 0) in frame averaging with all frames;
+    ``smooth``: polynomial envelope and LayerNorm (the new-run defaults), else the original's."""
+    from frameavg.frames import FrameAveraging
+    from frameavg.models import FAENet
+
+    torch.manual_seed(0)
+    model = FAENet(cutoff=cutoff, hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=20,
+                   tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,
+                   regress_forces=None, envelope="polynomial" if smooth else "none", norm="layer" if smooth else "graph")
+    fa = FrameAveraging(model, frames=dim, method="all", forces=forces, cutoff=cutoff, periodic=periodic,
+                        continuous=continuous)
+    return fa.to(dtype).eval()
+

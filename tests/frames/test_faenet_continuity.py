@@ -13,20 +13,15 @@ from ase.build import bulk
 from frameavg.data import atoms_to_data
 from frameavg.data.neighbors import RadiusGraph
 from frameavg.evaluation.continuity import continuity_check, cu111_slab, reference_structures
-from frameavg.frames import FrameAveraging
-from frameavg.models import FAENet
 from torch_geometric.data import Batch
+
+from .structures import small_faenet
 
 CUTOFF = 5.0
 
 
-def faenet(dim: str, *, periodic: str = "lattice", continuous: bool = True, forces=None) -> FrameAveraging:
-    torch.manual_seed(0)
-    model = FAENet(cutoff=CUTOFF, hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=20,
-                   tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,
-                   regress_forces=None, envelope="polynomial", norm="layer")
-    return FrameAveraging(model, frames=dim, method="all", forces=forces, cutoff=CUTOFF, periodic=periodic,
-                          continuous=continuous).double().eval()
+def faenet(dim: str, *, periodic: str = "lattice", continuous: bool = True, forces=None):
+    return small_faenet(dim, cutoff=CUTOFF, periodic=periodic, continuous=continuous, forces=forces)
 
 
 @pytest.fixture(scope="module")

@@ -11,26 +11,19 @@ from ase.build import add_adsorbate, bulk, fcc111, molecule
 
 from frameavg.data import atoms_to_data, read_structures
 from frameavg.evaluation.testing import assert_symmetric
-from frameavg.frames import FrameAveraging
 from frameavg.frames.compute import compute_frames, frames_for_batch
 from frameavg.frames.lattice_frames import reduction_transform
-from frameavg.models import FAENet
 from frameavg.training.config import DEFAULTS
 from frameavg.training.module import build_network
 
-from .structures import graphs
+from .structures import graphs, small_faenet
 
 CUTOFF = 6.0
 EXACT = ("rotation", "reflection", "translation", "permutation", "image")
 
 
-def faenet_fa(dim: str, periodic: str, dtype=torch.float64) -> FrameAveraging:
-    torch.manual_seed(0)
-    model = FAENet(cutoff=CUTOFF, hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=20,
-                   tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,
-                   regress_forces=None)
-    fa = FrameAveraging(model, frames=dim, method="all", forces="from_energy", cutoff=CUTOFF, periodic=periodic)
-    return fa.to(dtype).eval()
+def faenet_fa(dim: str, periodic: str, dtype=torch.float64):
+    return small_faenet(dim, cutoff=CUTOFF, periodic=periodic, forces="from_energy", smooth=False, dtype=dtype)
 
 
 def thermal_fcc(repeat=2, rattle=0.05, seed=1, dtype=torch.float64):

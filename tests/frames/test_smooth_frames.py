@@ -14,23 +14,16 @@ from torch_geometric.data import Batch
 from frameavg.data import atoms_to_data, read_structures
 from frameavg.evaluation.symmetry import model_inputs
 from frameavg.evaluation.testing import assert_symmetric
-from frameavg.frames import FrameAveraging
 from frameavg.frames.compute import compute_frames
-from frameavg.models import FAENet
 
-from .structures import graphs
+from .structures import graphs, small_faenet
 
 CUTOFF = 6.0
 EXACT = ("rotation", "reflection", "translation", "permutation")
 
 
-def faenet_fa(continuous: bool, dim: str = "3D", periodic: str = "cloud", forces=None) -> FrameAveraging:
-    torch.manual_seed(0)
-    model = FAENet(cutoff=CUTOFF, hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=20,
-                   tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,
-                   regress_forces=None, envelope="polynomial", norm="layer")
-    return FrameAveraging(model, frames=dim, method="all", forces=forces, cutoff=CUTOFF, periodic=periodic,
-                          continuous=continuous).double().eval()
+def faenet_fa(continuous: bool, dim: str = "3D", periodic: str = "cloud", forces=None):
+    return small_faenet(dim, cutoff=CUTOFF, periodic=periodic, continuous=continuous, forces=forces)
 
 
 def stretched(atoms: Atoms, strain: float) -> torch.Tensor:
