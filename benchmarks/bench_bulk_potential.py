@@ -11,6 +11,11 @@ cost and relaxations to symmetric minima, for trained checkpoints (e.g. FAENet a
    converged count, steps, wall time, and EMT's largest force at each result (how close to the
    true minimum the model's minimum is).
 
+3. ``slab`` (with ``--slab-checkpoints``, models trained on slabs, e.g. ``configs/emt_dense.yaml``
+   and ``configs/painn_emt_dense.yaml``): a Cu(111) slab with O on an fcc hollow, free atoms
+   rattled by 0.05 Å (``frameavg.evaluation.continuity.cu111_slab``), relaxed with FIRE and LBFGS
+   as above, and NVE of the same slab (1 fs, ``--md-steps``, 300 K start).
+
 Usage::
 
     python benchmarks/bench_bulk_potential.py --checkpoints faenet=RUN/checkpoints/best.ckpt,painn=... \
@@ -85,6 +90,26 @@ def relax_row(name: str, provider, optimizer: str, structures, names) -> dict:
             "of": len(per), "steps": [p["steps"] for p in per], "wall_s": wall, "structures": per}
 
 
+def slab_rows(checkpoints: dict, md_steps: int) -> dict:
+    from frameavg.evaluation.continuity import cu111_slab
+
+    slab = cu111_slab(adsorbate="O", rattle=0.05, seed=0)
+    relax_rows = []
+    for optimizer in ("fire", "lbfgs"):
+        relax_rows.append(relax_row("EMT", EMT(), optimizer, [slab], ["cu111_O_hollow"]))
+        for name, path in checkpoints.items():
+            relax_rows.append(relax_row(name, path, optimizer, [slab], ["cu111_O_hollow"]))
+            print(json.dumps({k: v for k, v in relax_rows[-1].items() if k != "structures"}), flush=True)
+    md_rows = []
+    for name, calculator in [("EMT", EMT())] + [(n, FrameavgCalculator(checkpoint=p, dtype="float64"))
+                                                for n, p in checkpoints.items()]:
+        result = run_md(slab, calculator, ensemble="nve", temperature_K=300.0, timestep_fs=1.0, steps=md_steps,
+                        every=10, seed=0)
+        md_rows.append({"model": name, **result.summary()})
+        print(json.dumps(md_rows[-1]), flush=True)
+    return {"relax": relax_rows, "md": md_rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", required=True, help="name=path,name=path")
@@ -92,6 +117,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--md-steps", type=int, default=2000)
     parser.add_argument("--tables", default="md,relax")
+    parser.add_argument("--slab-checkpoints", default=None, help="name=path,... of models trained on slabs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoints.split(","))
@@ -114,6 +140,9 @@ def main() -> None:
                 rows.append(relax_row(name, path, optimizer, structures, names))
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "structures"}), flush=True)
         report["relax"] = rows
+    if args.slab_checkpoints:
+        report["slab"] = slab_rows(dict(item.split("=", 1) for item in args.slab_checkpoints.split(",")),
+                                   args.md_steps)
     text = json.dumps(report, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
