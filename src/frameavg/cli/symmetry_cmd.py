@@ -156,7 +156,7 @@ def _frame_options(args, net) -> dict:
     checkpoint's wrapper ``net`` (when it has one)."""
     options = {}
     for key in ("periodic", "continuous"):
-        value = getattr(args, key)
+        value = getattr(args, key, None)
         if value is None and net is not None and hasattr(net, key):
             value = getattr(net, key)
         if value is not None:

@@ -387,8 +387,8 @@ def search_budget(seconds: Callable[[int], tuple[float, int]], sizes: Sequence[i
 def measured_budget(provider, waiting: list, relax_cell: bool) -> tuple[int, str]:
     """(rows per batch, source) for ``waiting`` [(key, Atoms)] (prepared): everything on a GPU or
     for a provider without a model; on a CPU, ``search_budget`` on the first structures (a warm-up
-    and a few model calls), kept for the process per model, device and dtype once it found where
-    the time per atom stops falling (or tried every size)."""
+    and a few model calls), kept for the process per model, device and dtype (where the time per atom
+    stops falling; all the structures when it was still falling with every one of them in)."""
     total = max(1, sum(len(atoms) + (3 if relax_cell else 0) for _, atoms in waiting))
     potential = getattr(provider, "potential", None)
     if potential is None or potential.device.type != "cpu" or not waiting:
@@ -405,10 +405,10 @@ def measured_budget(provider, waiting: list, relax_cell: bool) -> tuple[int, str
         k, plateau = search_budget(timer, [k for k in BUDGET_SIZES if k <= len(sample)])
     except (DataError, MemoryError, RuntimeError):  # the engine meets (and reports) it per structure
         return min(total, CPU_ATOMS_PER_BATCH), "default"
-    if not plateau and len(sample) < max(BUDGET_SIZES):  # still falling with every structure in
-        return total, "measured"
-    cache[slot] = int(rows[k])
-    return int(rows[k]), "measured"
+    # still falling with every structure in: all of them in one batch is the best measured, and
+    # kept like a plateau (a second measurement would only add calls, and noise)
+    cache[slot] = total if not plateau and len(sample) < max(BUDGET_SIZES) else int(rows[k])
+    return cache[slot], "measured"
 
 
 def _batch_timer(provider, sample, relax_cell):
