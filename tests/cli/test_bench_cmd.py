@@ -20,6 +20,7 @@ from frameavg.models import MODELS
 RECORD_KEYS = {"model", "config", "dataset", "mode", "precision", "graphs_per_s", "params"}
 
 
+@pytest.mark.slow
 def test_json_records_for_faenet_with_and_without_all_frames(capsys):
     """Interleaved rounds, ratios as medians of per-round ratios with their spread, a bf16 column
     (on a CPU without bf16 instructions it runs as float32, and says so)."""
@@ -119,6 +120,7 @@ def test_a_failing_case_becomes_an_error_record():
     assert "failed: ConfigError" in format_table([record])
 
 
+@pytest.mark.slow
 def test_extension_models_bench_beside_faenet(capsys):
     """Ewald and learned-frame variants run in the same interleaved rounds as FAENet (paper batch:
     periodic Ewald on the OC20 slabs) and carry their extension in the model they build."""

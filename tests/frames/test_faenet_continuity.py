@@ -38,6 +38,7 @@ def test_default_frames_are_continuous_along_a_random_path(structures, name):
 
 
 @pytest.mark.parametrize("name", ["slab_adsorbate", "slab_ideal", "ethanol"])
+@pytest.mark.slow
 def test_continuous_cloud_frames_are_continuous_along_a_random_path(structures, name):
     """The cloud frames (``periodic="cloud"``) with weights: no jump on the slabs and ethanol. (On
     nearly cubic bulk clouds the triple-degenerate remainder still switches: docs/frames.md.)"""

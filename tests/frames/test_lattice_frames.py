@@ -55,7 +55,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("periodic", ["lattice", "lattice-symmetric"])
+@pytest.mark.parametrize("periodic", ["lattice", pytest.param("lattice-symmetric", marks=pytest.mark.slow)])
 def test_lattice_frames_are_exact_in_float64(case, periodic):
     """Rotations, reflections, translations, permutations and periodic images to 1e-10 (energies,
     eV) and forces (eV/Å); ``lattice-symmetric`` also to the choice of cell."""
@@ -67,6 +67,7 @@ def test_lattice_frames_are_exact_in_float64(case, periodic):
 
 
 @pytest.mark.parametrize("periodic", ["lattice", "lattice-symmetric"])
+@pytest.mark.slow
 def test_lattice_frames_are_exact_in_float32(periodic):
     data = thermal_fcc(dtype=torch.float32)
     assert_symmetric(faenet_fa("3D", periodic, torch.float32), [data], atol=1e-4, checks=EXACT, dim="3D",
@@ -139,6 +140,7 @@ def test_mixed_batch_uses_the_cloud_for_molecules_and_matches_separate_graphs():
         assert torch.allclose(together.rotation[together.graph == index], alone.rotation, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_shipped_oc20_slabs_are_exact_with_lattice_frames():
     slabs = read_structures("shipped:oc20_is2re/bs3", dtype=torch.float64)[:2]
     assert_symmetric(faenet_fa("2D", "lattice"), slabs, atol=1e-10, checks=EXACT, dim="2D", cutoff=CUTOFF, trials=2)

@@ -77,6 +77,7 @@ def test_continuous_frames_are_exact(name, ethanol):
                      cutoff=CUTOFF, trials=2)
 
 
+@pytest.mark.slow
 def test_periodic_cloud_with_continuous_frames_is_exact():
     from ase.build import bulk
 
@@ -95,6 +96,7 @@ def test_weights_sum_to_one_and_blend_inside_the_zone():
     assert int(frames.num_frames[0]) > 8
 
 
+@pytest.mark.slow
 def test_a_degeneracy_class_change_is_continuous_with_weighted_frames():
     """Benzene stretched along x from its exact D6h shape: the plain frame set switches from the
     24 pair frames to the 8 sign frames when the gap passes tol, and a FAENet (not exactly
@@ -130,6 +132,7 @@ def test_forces_equal_finite_differences_at_and_near_a_symmetric_molecule(strain
         assert abs(float(forces[atom, axis]) - numeric) < 1e-6, (atom, axis, float(forces[atom, axis]), numeric)
 
 
+@pytest.mark.slow
 def test_stochastic_frames_follow_the_weights():
     """One frame per call, drawn with probability ∝ weight, then weight 1."""
     atoms = molecule("C6H6")

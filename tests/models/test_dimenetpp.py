@@ -121,6 +121,7 @@ def test_paper_and_equal_width_parameter_counts():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.slow
 def test_energy_invariant_and_forces_equivariant(real_data, dtype):
     """Rotations, reflections, translations, permutations, periodic images and cell choices, on
     molecules and OC20 slabs (65 and 24 atoms, 12 neighbours). Measured max errors: float32
@@ -133,6 +134,7 @@ def test_energy_invariant_and_forces_equivariant(real_data, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.slow
 def test_frame_averaging_around_dimenetpp_stays_invariant_and_changes_nothing(real_data, dtype):
     assert_frame_averaging_changes_nothing(small(dtype), real_data, dtype, SYMMETRY_TOL[dtype], max_neighbors=12)
 

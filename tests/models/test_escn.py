@@ -63,6 +63,7 @@ def _batch(structures):
 
 
 @pytest.mark.parametrize("nonlinearity", ["grid", "gate"])
+@pytest.mark.slow
 def test_repeated_calls_are_bitwise_identical_and_edge_order_does_not_matter(real_data, nonlinearity):
     """The edge frame is a function of the geometry: two calls give the same bits (published eSCN
     draws a random roll per call); shuffling the edges changes only the summation order."""
@@ -166,6 +167,7 @@ def test_rotating_into_the_edge_frame_and_back_is_the_identity(real_data):
 
 
 @pytest.mark.parametrize("regress_forces", ["from_energy", "direct"])
+@pytest.mark.slow
 def test_gate_variant_is_exactly_symmetric(real_data, regress_forces):
     """With the exact gate instead of grids only floating point is left. Measured at initialisation
     (3 ethanol, 3 QM9, 1 OC20 slab): float64 |ΔE| <= 9e-15 eV, |ΔF| <= 5e-14 eV/Å over all checks;
@@ -179,6 +181,7 @@ def test_gate_variant_is_exactly_symmetric(real_data, regress_forces):
 
 
 @pytest.mark.parametrize("regress_forces", ["from_energy", "direct"])
+@pytest.mark.slow
 def test_grid_variant_is_symmetric_up_to_the_grid_error(real_data, regress_forces):
     """Published non-linearity (SiLU on OCP's grids): translations, permutations, periodic images and
     cells exact (float64 <= 1e-14); rotations within the grid error, measured at initialisation

@@ -19,6 +19,7 @@ from frameavg.simulation.adsorbml import run_adsorbml
 FOLDER = shipped_path("emt_dense")
 
 
+@pytest.mark.slow
 def test_emt_as_the_model_recovers_the_ground_truth():
     """The ML relaxations are the ground-truth ones (same engine, optimiser and fmax), so every
     strategy succeeds, the relaxed-energy MAE is ~0 and ML-only costs one call per system."""

@@ -26,6 +26,7 @@ def _records(folder):
     return out
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic_and_resumes_after_an_interruption(tmp_path):
     first = generate_adsorption(tmp_path / "a", SMALL)
 
@@ -136,6 +137,7 @@ def _cli(*args):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_generate_and_info_from_the_cli(tmp_path):
     out = tmp_path / "dense"
     made = _cli("data", "generate-adsorption", "--out", str(out), "--metals", "Cu", "--adsorbates", "O",
