@@ -31,9 +31,9 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 def neighbor_cap_warning(max_neighbors: int) -> str:
     """The consequence of simulating with a hard neighbour cap of ``max_neighbors``."""
     k = int(max_neighbors)
-    return (f"this model caps neighbours at {k} (max_neighbors): its energy jumps when the {k}th and "
-            f"{k + 1}th neighbours swap, so MD will not conserve energy and relaxations may stall; "
-            "retrain with max_neighbors: null (model and data)")
+    return (f"this model caps neighbours at {k} (max_neighbors): its energy jumps when the k-th and "
+            f"(k+1)-th neighbours (k = {k}) swap, so MD will not conserve energy and relaxations may "
+            "stall; retrain with max_neighbors: null (model and data)")
 
 
 class Potential:
