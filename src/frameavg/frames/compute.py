@@ -280,7 +280,7 @@ def _frame_sets_of_batch(pos, batch, num_graphs, spec, *, cell, pbc, atomic_numb
                         cloud_level=zeros.clone(), periodic=periodic_graphs(cell, pbc, num_graphs, device))
     info.lattice = usable.clone()
     if periodic == "lattice":
-        rotations, owners = lattice_basis_frames(rows, rank, usable, dim=spec.dim, proper=spec.proper, tol=tol)
+        rotations, owners = lattice_basis_frames(rows, rank, usable, dim=spec.dim, proper=spec.proper)
     else:
         vectors, owner = lattice_shell_cloud(rows, rank, usable)
         cloud = FrameCloud(vectors=vectors, weight=torch.ones(vectors.shape[0], dtype=torch.float64, device=device),

@@ -120,22 +120,21 @@ def lattice_bases(cell: torch.Tensor, pbc: torch.Tensor | None, num_graphs: int,
             flat = (reduced.detach() @ reduced.detach().T).cpu().numpy()
             if np.linalg.det(flat / (np.trace(flat) / 2)) <= tol:
                 continue
+            # the projected in-plane rows, reduced as a 2D lattice of their own
+            reduced = torch.as_tensor(reduction_transform(flat, tol), dtype=reduced.dtype, device=reduced.device) @ reduced
         rows[b, : reduced.shape[0]] = reduced
         rank[b] = reduced.shape[0]
     return rows, rank, rank >= 2
 
 
 def lattice_basis_frames(rows: torch.Tensor, rank: torch.Tensor, usable: torch.Tensor, *, dim: str,
-                         proper: bool, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lattice`` frames [K,3,3] (columns e1, e2, e3) and their graph [K] for the ``usable`` graphs
-    (see the module docstring); differentiable in ``rows``."""
+                         proper: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lattice`` frames [K,3,3] (columns e1, e2, e3) and their graph [K] for the ``usable`` graphs,
+    from the reduced rows of ``lattice_bases`` (see the module docstring); differentiable in ``rows``."""
     frames, owners = [], []
     for b in torch.nonzero(usable).flatten().tolist():
         d = int(rank[b])
-        basis = rows[b, :d]
-        gram = (basis.detach() @ basis.detach().T).cpu().numpy()
-        transform = torch.as_tensor(reduction_transform(gram, tol), dtype=basis.dtype, device=basis.device)
-        reduced = transform @ basis
+        reduced = rows[b, :d]
         e1 = reduced[0] / torch.linalg.vector_norm(reduced[0])
         u2 = reduced[1] - (reduced[1] @ e1) * e1
         e2 = u2 / torch.linalg.vector_norm(u2)
