@@ -253,20 +253,27 @@ def plane_frames(cloud, vectors, lam, degeneracy, planar, exactly_linear, spec, 
         e1, which = torch.cat(e1), torch.cat(which)
 
     # choices (axis sign s, handedness h); det mode fixes s by the third moment along the axis
-    s_values = [1.0, -1.0] if spec.dim == "3D" else [1.0]
-    h_values = [1.0] if spec.proper else [1.0, -1.0]
-    choices = torch.tensor([[a, h] for a in s_values for h in h_values], dtype=torch.float64, device=device)
+    frames, choices = direction_frames(e1, axis.index_select(0, which), spec)  # columns e1, e2, axis
     keep = torch.ones(which.shape[0], choices.shape[0], dtype=torch.bool, device=device)
     if spec.kind == "det" and spec.dim == "3D":
         rule, decisive, _ = _third_moment_rule(v, w, owner, axis[:, :, None], count, tol)
         keep = ~decisive[which] | (choices[None, :, 0] == rule[which])
-    a = choices[None, :, 0, None] * axis.index_select(0, which)[:, None, :]
-    first = e1[:, None, :].expand_as(a)
-    second = choices[None, :, 1, None] * torch.linalg.cross(a, first)
-    frames = torch.stack([first, second, a], dim=-1)  # columns e1, e2, axis
     frames = torch.where(axis_last.index_select(0, which)[:, None, None, None], frames, frames[..., [2, 0, 1]])
     frame_owner = idx.index_select(0, which)[:, None].expand_as(keep)
     return frames[keep], frame_owner[keep], order
+
+
+def direction_frames(e1: torch.Tensor, axis: torch.Tensor, spec: FrameMethod) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames [K,C,3,3] with columns [e1, h·(s·axis × e1), s·axis] from in-plane directions e1 [K,3]
+    and axes [K,3], for the C choices [C,2] of axis sign s (3D only) and handedness h (both unless
+    proper); returns the frames and the choices."""
+    s_values = [1.0, -1.0] if spec.dim == "3D" else [1.0]
+    h_values = [1.0] if spec.proper else [1.0, -1.0]
+    choices = torch.tensor([[a, h] for a in s_values for h in h_values], dtype=torch.float64, device=e1.device)
+    a = choices[None, :, 0, None] * axis[:, None, :]
+    first = e1[:, None, :].expand_as(a)
+    second = choices[None, :, 1, None] * torch.linalg.cross(a, first)
+    return torch.stack([first, second, a], dim=-1), choices
 
 
 def harmonic_orientation(x, y, w, owner, count, active, tol):

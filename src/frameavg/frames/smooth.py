@@ -39,7 +39,16 @@ import torch
 
 from frameavg.frames.cloud import FrameCloud
 from frameavg.frames.methods import FrameMethod
-from frameavg.frames.sets import MAX_HARMONIC, POINT, classify, innermost_directions, plane_frames, shell_frames, sign_frames
+from frameavg.frames.sets import (
+    MAX_HARMONIC,
+    POINT,
+    classify,
+    direction_frames,
+    innermost_directions,
+    plane_frames,
+    shell_frames,
+    sign_frames,
+)
 
 #: Width of the blending zones above ``tol`` (relative gap or relative harmonic moment).
 DEFAULT_BLEND_WIDTH = 0.05
@@ -150,15 +159,9 @@ def _weightedplane_frames(cloud, chosen, basis, option_weight, axis_last, spec, 
 
 
 def _frames_from_directions(e1, axis, owner, weight, axis_last, spec):
-    """Frames [e1, h·(s·axis × e1), s·axis] over axis signs s (3D) and handedness h (unless
-    proper), each with ``weight`` / #choices."""
-    s_values = [1.0, -1.0] if spec.dim == "3D" else [1.0]
-    h_values = [1.0] if spec.proper else [1.0, -1.0]
-    choices = torch.tensor([[s, h] for s in s_values for h in h_values], dtype=torch.float64, device=e1.device)
-    a = choices[None, :, 0, None] * axis[:, None, :]
-    first = e1[:, None, :].expand_as(a)
-    second = choices[None, :, 1, None] * torch.linalg.cross(a, first)
-    frames = torch.stack([first, second, a], dim=-1)
+    """``sets.direction_frames`` of every direction, each with ``weight`` / #choices, flattened;
+    columns reordered to [axis, e1, e2] unless ``axis_last``."""
+    frames, choices = direction_frames(e1, axis, spec)
     if not axis_last:
         frames = frames[..., [2, 0, 1]]
     count = choices.shape[0]
