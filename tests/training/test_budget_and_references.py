@@ -231,3 +231,33 @@ def test_init_from_a_missing_checkpoint_fails_before_the_run(tmp_path):
     with pytest.raises(ConfigError, match="init_from: checkpoint not found"):
         train(load_config(None, TINY_MODEL + ETHANOL + [f"run_dir={tmp_path}", "model.init_from=nowhere.ckpt"]))
     assert not any(tmp_path.iterdir())
+
+
+class SleepingSteps(L.Callback):
+    """Each training step waits ``seconds`` without using the CPU; counts the steps run."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.steps = seconds, 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        import time
+
+        time.sleep(self.seconds)
+        self.steps += 1
+
+
+@pytest.mark.parametrize("budget_clock", ["wall", "cpu"])
+def test_the_budget_clock_cpu_counts_only_this_process_s_compute(tmp_path, budget_clock):
+    # 0.6 s of budget, steps that each sleep 0.5 s: the wall clock stops the run by the 2nd step;
+    # the CPU clock does not count sleeping (or another process's turn on a shared core), so all
+    # 8 steps of the one epoch run (a tiny step costs far less than 0.6 s / 8 of CPU)
+    sleeper = SleepingSteps(0.5)
+    config = load_config(None, TINY_MODEL + ETHANOL + [
+        "data.max_train=64", "data.val_fraction=0.05", "data.batch_size=8", "optim.max_epochs=1",
+        "optim.max_time_minutes=0.01", f"optim.budget_clock={budget_clock}", "trainer.threads=1",
+        f"run_dir={tmp_path}", "name=clock"])
+    train(config, callbacks=[sleeper])
+    if budget_clock == "wall":
+        assert 1 <= sleeper.steps <= 2
+    else:
+        assert sleeper.steps == 8

@@ -106,6 +106,9 @@ DEFAULTS: dict[str, Any] = {
         "ema_decay": None,
         "max_epochs": 10,
         "max_time_minutes": None,
+        # the clock of that budget: wall (elapsed time) or cpu (this process's CPU time, so runs
+        # sharing cores get equal compute)
+        "budget_clock": "wall",
         # with max_time_minutes (cosine or constant schedule): validate only every n epochs, n chosen
         # so that validation takes at most this fraction of the training time
         "max_val_time_fraction": 0.1,
@@ -193,6 +196,7 @@ SCHEMA: dict[str, tuple] = {
     "optim.plateau_factor": _float(0.0, 1.0, open_low=True), "optim.clip_grad": _float(0.0, none=True),
     "optim.ema_decay": _float(0.0, 1.0, none=True, open_low=True), "optim.max_epochs": _int(1),
     "optim.max_time_minutes": _float(0.0, none=True, open_low=True),
+    "optim.budget_clock": _choice("wall", "cpu"),
     "optim.max_val_time_fraction": _float(0.0, 1.0, open_low=True),
     "optim.early_stopping_patience": _int(1, none=True), "optim.monitor": _STR,
     "trainer.num_nodes": _int(1), "trainer.precision": _choice(*PRECISION_NAMES),

@@ -164,7 +164,11 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: st
         raise ConfigError(f"invalid trainer option: {exc}") from None
 
 
-def train(config: dict, resume: str | None = None, report=None, *, clock=time.monotonic, callbacks=()) -> dict:
+#: The clocks ``optim.budget_clock`` names, seconds.
+BUDGET_CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}
+
+
+def train(config: dict, resume: str | None = None, report=None, *, clock=None, callbacks=()) -> dict:
     """Train per ``config``. Returns {"run_dir", "checkpoint", "epochs", "test", "baseline", "plots"}
     on rank 0 ("test" is None without a test set) and None on the other ranks of a DDP run.
 
@@ -172,10 +176,12 @@ def train(config: dict, resume: str | None = None, report=None, *, clock=time.mo
     load), the model section, the resume checkpoint (readable, a frameavg checkpoint of the same
     model) and the data. ``report``: called with one line each for the split sizes and reading
     time, the fitted normaliser and the precision and threads (the CLI prints them to stderr).
-    ``clock``: the clock of the time budget (``optim.max_time_minutes``), seconds; ``callbacks``:
+    ``clock``: the clock of the time budget (``optim.max_time_minutes``), seconds (None: the one
+    ``optim.budget_clock`` names); ``callbacks``:
     extra Lightning callbacks (the tests drive a fake clock with one).
     Lightning's start-up banners, tips and known deprecation chatter are silenced."""
     validate_model_section(config)
+    clock = clock or BUDGET_CLOCKS[config["optim"]["budget_clock"]]
     checkpoint = None if resume is None else _resume_checkpoint(resume, config)
     requested = config["trainer"]["precision"]
     precision = resolve_precision(requested, device_of_accelerator(config["trainer"]["accelerator"]))
