@@ -1,15 +1,21 @@
 """Simulation throughput, side by side in one run (numbers for docs/simulation.md).
 
-1. ``relax``: 64 real slabs (the 11 OC20 IS2RE samples and 53 Xu–Kitchin slabs, 2D frames), and 64
-   rMD17 ethanol frames (3D frames), relaxed with FIRE for exactly ``--steps`` steps (fmax 1e-9: a
-   random model's forces are small, so a looser threshold would stop after a step or two) by the
-   batched engine (one model call per step for all structures) and by ASE's FIRE looped over the
-   same 64 with the FrameavgCalculator of the same model. Both follow the same trajectories
-   (tested), so the ratio of structures relaxed per second is pure engine efficiency.
-2. ``calculator``: calls/s of the calculator with the Verlet skin (0.5 Å) against a neighbour list
+1. ``relax``: 64 real slabs (the 11 OC20 IS2RE samples and 53 Xu–Kitchin slabs, 2D frames), 64
+   rMD17 ethanol frames (3D frames) and a mixed set (32 ethanol frames + 32 of the slabs, one 2D
+   model), relaxed with FIRE for exactly ``--steps`` steps (fmax 1e-9: a random model's forces are
+   small, so a looser threshold would stop after a step or two) by the batched engine (its atom
+   budget measured once per model, as ``relax`` chooses it by default) and by ASE's FIRE looped over
+   the same structures with the FrameavgCalculator of the same model. Both follow the same
+   trajectories (tested), so the ratio of structures relaxed per second is pure engine efficiency.
+   Each engine step is split into the model (the ``Potential`` call: batching, frames, forward and
+   backward), the inputs (neighbour lists and graphs of the batch) and the engine itself (the rest:
+   optimiser state, admissions and departures), in ms per step.
+2. ``overhead``: the same split for 8 to 512 ethanol frames in one batch (``--steps`` FIRE steps,
+   the budget set to all of them): whether the engine's own time per step stays flat.
+3. ``calculator``: calls/s of the calculator with the Verlet skin (0.5 Å) against a neighbour list
    rebuilt at every call, along the same NVE trajectory (ethanol, and a 2x2 supercell of an OC20
    slab with 100+ atoms).
-3. ``md``: MD steps/s (NVE, 0.5 fs) for ethanol and the 100+-atom slab.
+4. ``md``: MD steps/s (NVE, 0.5 fs) for ethanol and the 100+-atom slab.
 
 The models: ``--checkpoint-3d`` (ethanol; e.g. the demo's) and ``--checkpoint-2d`` (slabs; e.g.
 ``configs/oc20_samples_s2ef.yaml``), else a random FAENet (hidden 64, 2 interactions, cutoff 5 Å),
@@ -19,7 +25,7 @@ Alternating repeats (A B A B ...) so that load drift hits both sides alike; best
 
 Usage::
 
-    python benchmarks/bench_simulation.py [--tables relax,calculator,md] [--steps 60] [--repeats 3] [--json]
+    python benchmarks/bench_simulation.py [--tables relax,overhead,calculator,md] [--steps 60] [--repeats 3] [--json]
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from frameavg.data.atomic_data import data_to_atoms
 from frameavg.frames import FrameAveraging
 from frameavg.models import FAENet
 from frameavg.simulation import FrameavgCalculator, Potential, relax
+from frameavg.precision import cpu_flags
+from frameavg.simulation.relaxation import PotentialProvider
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "real"  # real data kept in the repository
 CUTOFF = 5.0
@@ -73,19 +81,102 @@ def molecules(count: int = 64) -> list:
 
 
 def relax_table(dtype: str, steps: int, repeats: int) -> list:
+    mixed = molecules(32) + slabs()[::2]
     return [_relax_case("64 slabs (OC20 + Xu–Kitchin, 2D frames)", slabs(), "2D", dtype, steps, repeats),
-            _relax_case("64 ethanol frames (3D frames)", molecules(), "3D", dtype, steps, repeats)]
+            _relax_case("64 ethanol frames (3D frames)", molecules(), "3D", dtype, steps, repeats),
+            _relax_case("mixed: 32 ethanol + 32 slabs (2D frames)", mixed, "2D", dtype, steps, repeats)]
+
+
+class _TimedCall:
+    """A ``Potential`` whose calls are timed (seconds in ``seconds``); everything else forwarded."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds = inner, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+class TimedProvider:
+    """A force provider (``PotentialProvider`` or any object with ``prepare``, ``release``,
+    ``evaluate``) whose calls are counted and timed. The time from the start of the first call to
+    the end of the last splits into the model (the ``Potential`` call, when there is one), the
+    inputs (the rest of the provider's time) and the engine (the time between calls). The
+    one-time work before the first step (reading structures into graphs) and after the last
+    (writing results) is left out."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        if hasattr(inner, "potential"):  # the engine measures its budget on provider.potential
+            inner.potential = self.potential = _TimedCall(inner.potential)
+        self.calls, self.provider_s, self.first, self.last = 0, 0.0, None, None
+
+    def prepare(self, key, atoms):
+        return self.inner.prepare(key, atoms)
+
+    def release(self, key):
+        return self.inner.release(key)
+
+    def evaluate(self, keys, positions, cells, stress):
+        start = time.perf_counter()
+        self.first = start if self.first is None else self.first
+        try:
+            return self.inner.evaluate(keys, positions, cells, stress)
+        finally:
+            self.last = time.perf_counter()
+            self.provider_s += self.last - start
+            self.calls += 1
+
+    def split_ms(self) -> dict:
+        """Per engine step, ms: model, inputs, engine (the time between calls)."""
+        calls = max(1, self.calls)
+        window = (self.last - self.first) if self.calls else 0.0
+        model_s = self.potential.seconds if hasattr(self, "potential") else 0.0
+        return {"engine_steps": self.calls, "model_ms": 1e3 * model_s / calls,
+                "inputs_ms": 1e3 * (self.provider_s - model_s) / calls,
+                "engine_ms": 1e3 * (window - self.provider_s) / max(1, calls - 1)}
+
+
+class HarmonicProvider:
+    """A model-free provider (F = -0.01 eV/Å² x, energy 0): the engine's own cost per step."""
+
+    def prepare(self, key, atoms):
+        pass
+
+    def release(self, key):
+        pass
+
+    def evaluate(self, keys, positions, cells, stress):
+        return {"energy": torch.zeros(len(keys), dtype=torch.float64), "forces": -0.01 * positions, "errors": {}}
+
+
+def timed_relax(structures, pot, steps: int, budget: int | None = None) -> tuple[float, list, dict]:
+    """(wall s, results, per-step split in ms) of one engine relaxation with a timed provider
+    (``pot``: a ``Potential``, or a provider such as ``HarmonicProvider``)."""
+    provider = TimedProvider(PotentialProvider(pot) if isinstance(pot, Potential) else pot)
+    start = time.perf_counter()
+    results = relax(structures, provider, optimizer="fire", fmax=1e-9, steps=steps, max_atoms_per_batch=budget)
+    return time.perf_counter() - start, results, provider.split_ms()
 
 
 def _relax_case(name, structures, dim, dtype, steps, repeats) -> dict:
     fmax = 1e-9
     pot = potential(dim, dtype)
     calc = FrameavgCalculator(potential=pot)
-    batched, looped = [], []
+    # the budget, measured once for this model (as relax does by default) and then cached
+    budget_info = relax(structures[:max(1, len(structures) // 2)], pot, optimizer="fire", fmax=fmax, steps=1)[0].info
+    batched, looped, splits = [], [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        results = relax(structures, pot, optimizer="fire", fmax=fmax, steps=steps)
-        batched.append(time.perf_counter() - start)
+        seconds, results, split = timed_relax(structures, pot, steps)
+        batched.append(seconds)
+        splits.append(split)
         start = time.perf_counter()
         reference_steps = []
         for atoms in structures:
@@ -105,7 +196,29 @@ def _relax_case(name, structures, dim, dtype, steps, repeats) -> dict:
         "batched_structures_per_s": len(structures) / min(batched),
         "ase_loop_structures_per_s": len(structures) / min(looped),
         "ratio_best": min(looped) / min(batched), "ratio_median": statistics.median(ratios),
+        "budget_atoms": int(results[0].info["max_atoms_per_batch"]), "budget_source": budget_info["budget_source"],
+        "engine_steps": splits[0]["engine_steps"],
+        **{key: statistics.median(s[key] for s in splits) for key in ("model_ms", "inputs_ms", "engine_ms")},
     }
+
+
+def overhead_table(dtype: str, steps: int, repeats: int, counts=(8, 32, 128, 512)) -> list:
+    """Per-step time of the engine, the inputs and the model for n ethanol frames in one batch."""
+    frames = [data_to_atoms(d) for d in iter_structures(DATA / "rmd17_ethanol" / "test_MD.xyz", dtype=torch.float64)]
+    pot = potential("3D", dtype)
+    rows = []
+    for n in counts:
+        structures = frames[:n]
+        budget = sum(len(a) for a in structures)
+        splits = [timed_relax(structures, pot, steps, budget)[2] for _ in range(repeats)]
+        row = {"molecules": n, "atoms": budget, "steps": steps, "dtype": dtype}
+        for key in ("model_ms", "inputs_ms", "engine_ms"):
+            row[key] = statistics.median(s[key] for s in splits)
+        row["engine_ms_min"] = min(s["engine_ms"] for s in splits)
+        free = [timed_relax(structures, HarmonicProvider(), 10 * steps, budget)[2]["engine_ms"] for _ in range(repeats)]
+        row["engine_ms_model_free"] = statistics.median(free)
+        rows.append(row)
+    return rows
 
 
 def _trajectory_timing(atoms, calc, steps: int) -> tuple[float, int]:
@@ -154,7 +267,7 @@ def md_table(dtype: str, steps: int, repeats: int) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", default="relax,calculator,md")
+    parser.add_argument("--tables", default="relax,overhead,calculator,md")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--steps", type=int, default=60, help="relaxation step cap / MD steps are 4x this")
     parser.add_argument("--repeats", type=int, default=3)
@@ -167,9 +280,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     CHECKPOINTS.update({dim: path for dim, path in (("3D", args.checkpoint_3d), ("2D", args.checkpoint_2d)) if path})
     tables = args.tables.split(",")
-    result = {"threads": torch.get_num_threads()}
+    result = {"threads": torch.get_num_threads(), "cpu": cpu_flags()["model"], "torch": torch.__version__}
     if "relax" in tables:
         result["relax"] = relax_table(args.dtype, args.steps, args.repeats)
+    if "overhead" in tables:
+        result["overhead"] = overhead_table(args.dtype, args.steps, args.repeats)
     if "calculator" in tables:
         result["calculator"] = calculator_table(args.dtype, 4 * args.steps, args.repeats)
     if "md" in tables:
@@ -180,7 +295,13 @@ def main() -> None:
     for r in result.get("relax", []):
         print(f"relax {r['case']} ({r['atoms']} atoms, {r['dtype']}, {r['max_steps']} FIRE steps, same steps as "
               f"ASE: {r['same_step_counts']}): batched {r['batched_structures_per_s']:.2f} structures/s, ASE loop "
-              f"{r['ase_loop_structures_per_s']:.2f} -> {r['ratio_best']:.1f}x (median {r['ratio_median']:.1f}x)")
+              f"{r['ase_loop_structures_per_s']:.2f} -> {r['ratio_best']:.1f}x (median {r['ratio_median']:.1f}x); "
+              f"budget {r['budget_atoms']} atoms ({r['budget_source']}), per step: model {r['model_ms']:.1f} ms, "
+              f"inputs {r['inputs_ms']:.1f} ms, engine {r['engine_ms']:.2f} ms")
+    for r in result.get("overhead", []):
+        print(f"overhead {r['molecules']} ethanol ({r['atoms']} atoms): per step model {r['model_ms']:.1f} ms, "
+              f"inputs {r['inputs_ms']:.1f} ms, engine {r['engine_ms']:.2f} ms (model-free provider: "
+              f"{r['engine_ms_model_free']:.2f} ms)")
     for row in result.get("calculator", []):
         print(f"calculator {row['system']}: skin {row['skin_calls_per_s']:.1f} calls/s ({row['skin_rebuilds']} rebuilds "
               f"in {row['steps'] + 1} calls), rebuild {row['rebuild_calls_per_s']:.1f} -> {row['ratio_best']:.2f}x")

@@ -99,6 +99,13 @@ def test_search_budget_stops_where_time_per_atom_stops_falling(best, sizes, expe
     assert search_budget(seconds, sizes) == expected
 
 
+def test_search_budget_is_not_stopped_by_one_noisy_size():
+    """Time per atom 10, then a noisy 10.5 at 2 structures, then falling to 3 at 8: the first-stop
+    rule would keep 1 structure; the batch of 8 is the smallest within 5 % of the lowest."""
+    per_atom = {1: 10.0, 2: 10.5, 4: 5.0, 8: 3.0, 16: 3.05, 32: 3.1}
+    assert search_budget(lambda k: (per_atom[k] * 10 * k, 10 * k), tuple(per_atom)) == (8, True)
+
+
 def test_search_budget_ignores_gains_below_the_threshold():
     """A 1 % gain per doubling is noise: the smallest batch is kept."""
     assert search_budget(lambda k: (10 * k * 0.99 ** math.log2(k), 10 * k), (1, 2, 4, 8), gain=0.05) == (1, True)

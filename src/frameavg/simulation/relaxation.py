@@ -372,16 +372,18 @@ _BUDGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {(de
 
 def search_budget(seconds: Callable[[int], tuple[float, int]], sizes: Sequence[int] = BUDGET_SIZES,
                   gain: float = BUDGET_GAIN) -> tuple[int, bool]:
-    """(structures per batch, plateau): the batch size after which the time per atom stops falling
-    by more than ``gain``; ``seconds(k)`` times one batch of the first k structures: (s, atoms).
-    ``plateau`` is False when the sizes ran out while the time per atom was still falling."""
-    best_k, best = sizes[0], math.inf
+    """(structures per batch, plateau): the smallest batch size whose time per atom is within
+    ``gain`` of the lowest over all ``sizes``; ``seconds(k)`` times one batch of the first k
+    structures: (s, atoms). Every size is timed, so one noisy size does not end the search.
+    ``plateau`` is False when the lowest is the largest size and still falling by more than ``gain``."""
+    per_atom = []
     for k in sizes:
         elapsed, atoms = seconds(k)
-        if elapsed / atoms > best * (1 - gain):
-            return best_k, True
-        best_k, best = k, elapsed / atoms
-    return best_k, False
+        per_atom.append(elapsed / atoms)
+    lowest = min(per_atom)
+    chosen = next(i for i, t in enumerate(per_atom) if t <= lowest * (1 + gain))
+    still_falling = len(sizes) > 1 and chosen == len(sizes) - 1 and per_atom[-1] < per_atom[-2] * (1 - gain)
+    return sizes[chosen], not still_falling
 
 
 def measured_budget(provider, waiting: list, relax_cell: bool) -> tuple[int, str]:
@@ -412,7 +414,7 @@ def measured_budget(provider, waiting: list, relax_cell: bool) -> tuple[int, str
 
 
 def _batch_timer(provider, sample, relax_cell):
-    """``seconds(k)``: (best of up to 3 calls while under 50 ms, atoms) of the provider on the
+    """``seconds(k)``: (best of 2 calls, or 3 while under 0.2 s, atoms) of the provider on the
     first k structures of ``sample`` at their starting positions."""
     keys = [key for key, _ in sample]
     positions = torch.from_numpy(np.concatenate([np.asarray(a.positions, dtype=np.float64) for _, a in sample]))
@@ -421,7 +423,7 @@ def _batch_timer(provider, sample, relax_cell):
 
     def seconds(k):
         best, spent, calls = math.inf, 0.0, 0
-        while calls == 0 or (calls < 3 and spent < 0.05):
+        while calls < 2 or (calls < 3 and spent < 0.2):
             start = time.perf_counter()
             provider.evaluate(keys[:k], positions[:atoms[k]], cells[:k], relax_cell)
             elapsed = time.perf_counter() - start
