@@ -330,70 +330,21 @@ def symmetry_report(
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
     energy, forces, frames = predict(model, structures, graph=graph, batch_size=batch_size)
-    energy_floor = 1e-6 * float(energy.abs().max())
     force_norms = [f.norm(dim=-1) for f in forces if f is not None]
     force_max = float(torch.cat(force_norms).max()) if force_norms else None
     force_mean = float(torch.cat(force_norms).mean()) if force_norms else None
     worst_energy = torch.zeros(len(structures), dtype=torch.float64)
     worst_force = torch.zeros(len(structures), dtype=torch.float64)
 
+    reference = _Reference(energy, forces, worst_energy, worst_force)
     rows = []
     for check in checks:
-        de_all, df_all, who = [], [], []
-        for _ in range(trials if check not in ("batch", "repeat") else 1):
-            if check == "batch":
-                idx = list(range(len(structures)))
-                e2, f2, _ = predict(model, structures, graph=graph, batch_size=1)
-                rotations = [np.eye(3)] * len(idx)
-                perms = [np.arange(d.pos.shape[0]) for d in structures]
-            elif check == "repeat":
-                idx = list(range(len(structures)))
-                e2, f2, _ = predict(model, structures, graph=graph, batch_size=batch_size)
-                rotations = [np.eye(3)] * len(idx)
-                perms = [np.arange(d.pos.shape[0]) for d in structures]
-            else:
-                idx = [i for i, d in enumerate(structures) if check not in PERIODIC_CHECKS or is_periodic(d)]
-                if not idx:
-                    break
-                moved = [transform_structure(structures[i], check, rng, dim) for i in idx]
-                e2, f2, _ = predict(model, [m.data for m in moved], graph=graph, batch_size=batch_size)
-                rotations = [m.rotation for m in moved]
-                perms = [m.permutation for m in moved]
-            e1 = energy[idx]
-            de = (e2 - e1).abs()
-            de_all.append(de)
-            who.extend(idx)
-            claimed = expected is None or expected.get(check) is not False
-            for k, i in enumerate(idx):
-                if forces[i] is None or f2[k] is None:
-                    continue
-                target = forces[i][torch.as_tensor(perms[k])] @ torch.as_tensor(rotations[k]).T
-                diff = (f2[k] - target).norm(dim=-1)
-                df_all.append(diff)
-                if claimed:
-                    worst_force[i] = max(float(worst_force[i]), float(diff.max()))
-            for k, i in enumerate(idx):
-                if claimed:
-                    worst_energy[i] = max(float(worst_energy[i]), float(de[k]))
+        claimed = expected is None or expected.get(check) is not False
+        de_all, df_all, who = _measure_check(model, structures, check, reference, claimed,
+                                             trials=trials, rng=rng, dim=dim, graph=graph, batch_size=batch_size)
         if not de_all:
             continue
-        de = torch.cat(de_all)
-        rel = de / torch.clamp(energy[who].abs(), min=energy_floor if energy_floor > 0 else 1e-300)
-        row = SymmetryRow(
-            check=check,
-            expected=None if expected is None else expected.get(check),
-            structures=len(set(who)),
-            energy_abs_mean=float(de.mean()),
-            energy_abs_max=float(de.max()),
-            energy_rel_mean=float(rel.mean()),
-            energy_rel_max=float(rel.max()),
-        )
-        if df_all:
-            df = torch.cat(df_all)
-            row.forces_abs_mean = float(df.mean())
-            row.forces_abs_max = float(df.max())
-            row.forces_rel_mean = _relative(row.forces_abs_mean, force_mean)
-            row.forces_rel_max = _relative(row.forces_abs_max, force_max)
+        row = _symmetry_row(check, expected, torch.cat(de_all), df_all, who, energy, force_mean, force_max)
         row.holds = row.within(atol, rtol)
         rows.append(row)
 
@@ -410,6 +361,75 @@ def symmetry_report(
                    "trials": trials, "seed": seed, "atol": atol, "rtol": rtol,
                    "dtype": str(structures[0].pos.dtype).removeprefix("torch.")}
     return report
+
+
+@dataclass
+class _Reference:
+    """Predictions on the untransformed structures (energy [B] eV, forces: [N_i, 3] eV/Å or None
+    each) and the worst errors per structure so far (energy, force; [B], updated in place)."""
+
+    energy: torch.Tensor
+    forces: list
+    worst_energy: torch.Tensor
+    worst_force: torch.Tensor
+
+
+def _transformed_predictions(model, structures, check, rng, dim, graph, batch_size):
+    """(indices, energies [k], forces, rotations, permutations) of one trial of ``check``; None when
+    no structure applies (a periodic check on molecules)."""
+    if check in ("batch", "repeat"):
+        idx = list(range(len(structures)))
+        e2, f2, _ = predict(model, structures, graph=graph, batch_size=1 if check == "batch" else batch_size)
+        return idx, e2, f2, [np.eye(3)] * len(idx), [np.arange(d.pos.shape[0]) for d in structures]
+    idx = [i for i, d in enumerate(structures) if check not in PERIODIC_CHECKS or is_periodic(d)]
+    if not idx:
+        return None
+    moved = [transform_structure(structures[i], check, rng, dim) for i in idx]
+    e2, f2, _ = predict(model, [m.data for m in moved], graph=graph, batch_size=batch_size)
+    return idx, e2, f2, [m.rotation for m in moved], [m.permutation for m in moved]
+
+
+def _measure_check(model, structures, check, ref: _Reference, claimed: bool, *, trials, rng, dim, graph,
+                   batch_size) -> tuple[list, list, list]:
+    """(energy errors per trial [k] eV, force errors per structure [N_i] eV/Å, structure indices)
+    of ``check``; claimed checks update ``ref``'s worst errors."""
+    de_all, df_all, who = [], [], []
+    for _ in range(trials if check not in ("batch", "repeat") else 1):
+        trial = _transformed_predictions(model, structures, check, rng, dim, graph, batch_size)
+        if trial is None:
+            break
+        idx, e2, f2, rotations, perms = trial
+        de = (e2 - ref.energy[idx]).abs()
+        de_all.append(de)
+        who.extend(idx)
+        for k, i in enumerate(idx):
+            if claimed:
+                ref.worst_energy[i] = max(float(ref.worst_energy[i]), float(de[k]))
+            if ref.forces[i] is None or f2[k] is None:
+                continue
+            target = ref.forces[i][torch.as_tensor(perms[k])] @ torch.as_tensor(rotations[k]).T
+            diff = (f2[k] - target).norm(dim=-1)
+            df_all.append(diff)
+            if claimed:
+                ref.worst_force[i] = max(float(ref.worst_force[i]), float(diff.max()))
+    return de_all, df_all, who
+
+
+def _symmetry_row(check, expected, de, df_all, who, energy, force_mean, force_max) -> SymmetryRow:
+    """The row of ``check``: energy errors ``de`` [k] eV of structures ``who``, force errors
+    ``df_all`` (per structure [N_i] eV/Å), relative to the reference energies [B] and force norms."""
+    energy_floor = 1e-6 * float(energy.abs().max())
+    rel = de / torch.clamp(energy[who].abs(), min=energy_floor if energy_floor > 0 else 1e-300)
+    row = SymmetryRow(check=check, expected=None if expected is None else expected.get(check),
+                      structures=len(set(who)), energy_abs_mean=float(de.mean()), energy_abs_max=float(de.max()),
+                      energy_rel_mean=float(rel.mean()), energy_rel_max=float(rel.max()))
+    if df_all:
+        df = torch.cat(df_all)
+        row.forces_abs_mean = float(df.mean())
+        row.forces_abs_max = float(df.max())
+        row.forces_rel_mean = _relative(row.forces_abs_mean, force_mean)
+        row.forces_rel_max = _relative(row.forces_abs_max, force_max)
+    return row
 
 
 def _relative(error: float, scale: float | None) -> float:
