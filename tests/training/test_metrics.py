@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from frameavg.training.metrics import (
+from frameavg.metrics import (
     energy_forces_within_threshold,
     energy_within_threshold,
     forces_cos,
@@ -65,7 +65,7 @@ def test_relaxation_metrics_by_hand():
     positions; ADwT = fraction of (structure, threshold 0.010..0.499 Å) pairs below."""
     import numpy as np
 
-    from frameavg.training.metrics import ADWT_THRESHOLDS, min_image_displacement, relaxation_metrics
+    from frameavg.metrics import ADWT_THRESHOLDS, min_image_displacement, relaxation_metrics
 
     cell = np.eye(3) * 10.0
     target_a = np.array([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [0.05, 3.0, 3.0], [5.0, 5.0, 5.0]])

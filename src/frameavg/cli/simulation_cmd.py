@@ -184,7 +184,7 @@ def relaxation_summary(results: list, datas: list, seconds: float, processes: in
     """Counts, steps, throughput and, where the data has relaxed references, the IS2RS metrics."""
     import numpy as np
 
-    from frameavg.training.metrics import relaxation_metrics
+    from frameavg.metrics import relaxation_metrics
 
     statuses = [r.info["status"] for r in results]
     steps = [r.info["steps"] for r in results]

@@ -75,7 +75,7 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
     from frameavg.data.adsorption import LABEL, read_manifest, read_slabs
     from frameavg.simulation.optimizers import ADSORBML_LBFGS
     from frameavg.simulation.relaxation import as_provider, relax
-    from frameavg.training.metrics import relaxation_metrics
+    from frameavg.metrics import relaxation_metrics
 
     folder = Path(folder)
     manifest = read_manifest(folder)
