@@ -65,6 +65,29 @@ _STRUCTURAL_ARRAYS = {
 _NODE_DTYPES = {np.dtype(bool): torch.bool}
 
 
+def _checked_geometry(atoms, fail) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(atomic numbers [N], positions [N, 3] Å, cell [3, 3] Å (zeros without periodicity), pbc [3])
+    of ``atoms``, or ``fail(message)`` raised for no atoms, unknown elements, non-finite
+    positions, a bad cell or atoms too close."""
+    if len(atoms) == 0:
+        raise fail("structure has zero atoms")
+    numbers = np.asarray(atoms.numbers)
+    bad = (numbers < 1) | (numbers > MAX_Z)
+    if bad.any():
+        raise fail(f"unknown element: atomic number {int(numbers[bad][0])} (valid: 1..{MAX_Z})")
+    positions = np.asarray(atoms.positions, dtype=np.float64)
+    if not np.isfinite(positions).all():
+        atom = int(np.argwhere(~np.isfinite(positions).all(axis=1))[0, 0])
+        raise fail(f"non-finite position (NaN or inf) for atom {atom}")
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    check_cell(cell, pbc, fail)
+    if not pbc.any():
+        cell = np.zeros((3, 3))
+    check_distances(positions, cell, pbc, fail)
+    return numbers, positions, cell, pbc
+
+
 def atoms_to_data(
     atoms,
     *,
@@ -97,23 +120,7 @@ def atoms_to_data(
         return DataError(message, source=source, index=index)
 
     n = len(atoms)
-    if n == 0:
-        raise fail("structure has zero atoms")
-    numbers = np.asarray(atoms.numbers)
-    bad = (numbers < 1) | (numbers > MAX_Z)
-    if bad.any():
-        raise fail(f"unknown element: atomic number {int(numbers[bad][0])} (valid: 1..{MAX_Z})")
-    positions = np.asarray(atoms.positions, dtype=np.float64)
-    if not np.isfinite(positions).all():
-        atom = int(np.argwhere(~np.isfinite(positions).all(axis=1))[0, 0])
-        raise fail(f"non-finite position (NaN or inf) for atom {atom}")
-
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    check_cell(cell, pbc, fail)
-    if not pbc.any():
-        cell = np.zeros((3, 3))
-    check_distances(positions, cell, pbc, fail)
+    numbers, positions, cell, pbc = _checked_geometry(atoms, fail)
 
     data = Data(
         pos=torch.as_tensor(positions, dtype=dtype),

@@ -489,6 +489,43 @@ def resolve_force_decoder_config(decoder_type: str, config: Mapping | None) -> t
     return hidden, norm
 
 
+def _neighbor_cap(max_neighbors: int | None, max_num_neighbors: int | None) -> int | None:
+    """The neighbour cap from ``max_neighbors`` or the original's name ``max_num_neighbors``."""
+    if max_num_neighbors is None:
+        return max_neighbors
+    if max_neighbors not in (40, max_num_neighbors):
+        raise ConfigError(f"max_neighbors={max_neighbors} and max_num_neighbors={max_num_neighbors} "
+                          "disagree; give one (max_num_neighbors is the original's name)")
+    return max_num_neighbors
+
+
+def _check_options(*, preprocess, mp_type, skip_co, energy_head, envelope, norm, num_interactions,
+                   envelope_exponent, max_atomic_number) -> None:
+    """``ConfigError`` for an option of ``FAENet`` outside its choices or range."""
+    if preprocess not in (None, "", "pbc_preprocess", "base_preprocess"):
+        raise ConfigError(
+            f"preprocess={preprocess!r} is not supported: give the batch edge_index and cell_offsets "
+            "(or neither, and the model builds the radius graph)"
+        )
+    for name, value, allowed in (
+        ("mp_type", mp_type, MP_TYPES),
+        ("skip_co", skip_co, SKIP_CO),
+        ("energy_head", energy_head, ENERGY_HEADS),
+        ("envelope", envelope, ENVELOPES),
+        ("norm", norm, NORMS),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"unknown {name} {value!r}; choose one of {allowed}")
+    if num_interactions < 1:
+        raise ConfigError(f"num_interactions must be >= 1, got {num_interactions}")
+    if isinstance(envelope_exponent, bool) or not isinstance(envelope_exponent, int) or envelope_exponent < 1:
+        raise ConfigError(f"envelope_exponent must be an integer >= 1, got {envelope_exponent!r}")
+    if not ORIGINAL_MAX_ATOMIC_NUMBER <= max_atomic_number <= MAX_ATOMIC_NUMBER:
+        raise ConfigError(
+            f"max_atomic_number must be in {ORIGINAL_MAX_ATOMIC_NUMBER}..{MAX_ATOMIC_NUMBER}, got {max_atomic_number}"
+        )
+
+
 class FAENet(EnergyModel):
     r"""FAENet: Frame Averaging Equivariant GNN (Duval et al., ICML 2023).
 
@@ -581,37 +618,14 @@ class FAENet(EnergyModel):
         envelope_exponent: int = 5,
         norm: str = "graph",
     ):
-        if max_num_neighbors is not None:
-            if max_neighbors not in (40, max_num_neighbors):
-                raise ConfigError(f"max_neighbors={max_neighbors} and max_num_neighbors={max_num_neighbors} "
-                                  "disagree; give one (max_num_neighbors is the original's name)")
-            max_neighbors = max_num_neighbors
+        max_neighbors = _neighbor_cap(max_neighbors, max_num_neighbors)
         regress_forces = None if regress_forces in ("", False) else regress_forces
         super().__init__(cutoff, max_neighbors, regress_forces, max_z=MAX_ATOMIC_NUMBER)
-        if preprocess not in (None, "", "pbc_preprocess", "base_preprocess"):
-            raise ConfigError(
-                f"preprocess={preprocess!r} is not supported: give the batch edge_index and cell_offsets "
-                "(or neither, and the model builds the radius graph)"
-            )
         skip_co = False if skip_co in (None, "", False) else skip_co
         energy_head = None if energy_head in ("", False) else energy_head
-        for name, value, allowed in (
-            ("mp_type", mp_type, MP_TYPES),
-            ("skip_co", skip_co, SKIP_CO),
-            ("energy_head", energy_head, ENERGY_HEADS),
-            ("envelope", envelope, ENVELOPES),
-            ("norm", norm, NORMS),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"unknown {name} {value!r}; choose one of {allowed}")
-        if num_interactions < 1:
-            raise ConfigError(f"num_interactions must be >= 1, got {num_interactions}")
-        if isinstance(envelope_exponent, bool) or not isinstance(envelope_exponent, int) or envelope_exponent < 1:
-            raise ConfigError(f"envelope_exponent must be an integer >= 1, got {envelope_exponent!r}")
-        if not ORIGINAL_MAX_ATOMIC_NUMBER <= max_atomic_number <= MAX_ATOMIC_NUMBER:
-            raise ConfigError(
-                f"max_atomic_number must be in {ORIGINAL_MAX_ATOMIC_NUMBER}..{MAX_ATOMIC_NUMBER}, got {max_atomic_number}"
-            )
+        _check_options(preprocess=preprocess, mp_type=mp_type, skip_co=skip_co, energy_head=energy_head,
+                       envelope=envelope, norm=norm, num_interactions=num_interactions,
+                       envelope_exponent=envelope_exponent, max_atomic_number=max_atomic_number)
         if mp_type == "simple":
             num_filters = hidden_channels  # the filter multiplies h directly
 
@@ -645,18 +659,22 @@ class FAENet(EnergyModel):
         self.output_block = OutputBlock(energy_head, hidden_channels, self.act)
         if energy_head == "weighted-av-initial-embeds":
             self.w_lin = Linear(hidden_channels, 1)
+        self._build_heads(force_decoder_model_config, denoising_head)
+
+    def _build_heads(self, force_decoder_model_config: Mapping | None, denoising_head: bool) -> None:
+        """The direct force decoder, the denoising head and the skip-connection mixer (as options ask)."""
+        hidden, interactions = self.hidden_channels, self.num_interactions
         self.decoder = None
         if self.regress_forces in DIRECT_MODES:
             decoder_hidden, decoder_norm = resolve_force_decoder_config(
-                force_decoder_type, force_decoder_model_config
+                self.force_decoder_type, force_decoder_model_config
             )
-            self.decoder = ForceDecoder(force_decoder_type, hidden_channels, decoder_hidden, decoder_norm, self.act)
-        self.denoising_head = (ForceDecoder("mlp", hidden_channels, hidden_channels, None, self.act)
-                               if denoising_head else None)
-        if skip_co == "concat":
-            self.mlp_skip_co = Linear(num_interactions + 1, 1)
-        elif skip_co == "concat_atom":
-            self.mlp_skip_co = Linear((num_interactions + 1) * hidden_channels, hidden_channels)
+            self.decoder = ForceDecoder(self.force_decoder_type, hidden, decoder_hidden, decoder_norm, self.act)
+        self.denoising_head = ForceDecoder("mlp", hidden, hidden, None, self.act) if denoising_head else None
+        if self.skip_co == "concat":
+            self.mlp_skip_co = Linear(interactions + 1, 1)
+        elif self.skip_co == "concat_atom":
+            self.mlp_skip_co = Linear((interactions + 1) * hidden, hidden)
 
     @property
     def num_params(self) -> int:

@@ -112,10 +112,7 @@ def run_md(
     Velocities start Maxwell–Boltzmann at ``temperature_K`` (seeded), without centre-of-mass
     motion (and without rotation for molecules). ``friction_per_fs``: Langevin friction;
     ``taut_fs``: Bussi thermostat time constant."""
-    from ase.md.bussi import Bussi
-    from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
-    from ase.md.verlet import VelocityVerlet
 
     if ensemble not in ENSEMBLES:
         raise ConfigError(f"unknown ensemble '{ensemble}' (choose {', '.join(ENSEMBLES)})")
@@ -128,14 +125,7 @@ def run_md(
     Stationary(atoms)
     if not atoms.pbc.any() and len(atoms) > 2:
         ZeroRotation(atoms)
-    dt = timestep_fs * units.fs
-    if ensemble == "nve":
-        dynamics = VelocityVerlet(atoms, timestep=dt)
-    elif ensemble == "langevin":
-        dynamics = Langevin(atoms, timestep=dt, temperature_K=temperature_K, friction=friction_per_fs / units.fs,
-                            rng=rng)
-    else:
-        dynamics = Bussi(atoms, timestep=dt, temperature_K=temperature_K, taut=taut_fs * units.fs, rng=rng)
+    dynamics = _integrator(atoms, ensemble, timestep_fs * units.fs, temperature_K, friction_per_fs, taut_fs, rng)
     pairs, reference = bonds(atoms)
     result = MDResult(ensemble=ensemble, steps=steps, timestep_fs=timestep_fs, steps_per_s=math.nan)
 
@@ -173,14 +163,34 @@ def run_md(
         dynamics.run(steps)
     elapsed = time.perf_counter() - start
     result.steps_per_s = steps / elapsed if elapsed > 0 else math.inf
-    if ensemble == "nve" and len(result.total_energies) > 1:
-        per_atom = np.asarray(result.total_energies) / len(atoms)
+    if ensemble == "nve":
+        _conservation(result, every_step, len(atoms))
+    return result
+
+
+def _integrator(atoms, ensemble: str, dt: float, temperature_K: float, friction_per_fs: float, taut_fs: float, rng):
+    """ASE's integrator of ``ensemble`` (``dt`` in ASE time units)."""
+    from ase.md.bussi import Bussi
+    from ase.md.langevin import Langevin
+    from ase.md.verlet import VelocityVerlet
+
+    if ensemble == "nve":
+        return VelocityVerlet(atoms, timestep=dt)
+    if ensemble == "langevin":
+        return Langevin(atoms, timestep=dt, temperature_K=temperature_K, friction=friction_per_fs / units.fs, rng=rng)
+    return Bussi(atoms, timestep=dt, temperature_K=temperature_K, taut=taut_fs * units.fs, rng=rng)
+
+
+def _conservation(result: MDResult, every_step: list, n_atoms: int) -> None:
+    """NVE figures of ``result`` (in place): drift and largest excursion from the recorded frames,
+    largest one-step jump and range from ``every_step`` (total energy after each step, eV)."""
+    if len(result.total_energies) > 1:
+        per_atom = np.asarray(result.total_energies) / n_atoms
         times_ps = np.asarray(result.times_fs) / 1000.0
         slope = np.polyfit(times_ps, per_atom, 1)[0]
         result.drift_meV_per_atom_per_ps = float(1000.0 * slope)
         result.max_excursion_meV_per_atom = float(1000.0 * np.abs(per_atom - per_atom[0]).max())
-    if ensemble == "nve" and len(every_step) > 1:
+    if len(every_step) > 1:
         totals = np.asarray(every_step)
         result.max_step_jump_meV = float(1000.0 * np.abs(np.diff(totals)).max())
-        result.energy_range_meV_per_atom = float(1000.0 * (totals.max() - totals.min()) / len(atoms))
-    return result
+        result.energy_range_meV_per_atom = float(1000.0 * (totals.max() - totals.min()) / n_atoms)
