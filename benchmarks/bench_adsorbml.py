@@ -5,10 +5,10 @@ S2EF frames of a generated dense folder, then screened with ``run_adsorbml`` on 
     python benchmarks/bench_adsorbml.py run --data emt_full --out RESULTS --models faenet --minutes 8
     python benchmarks/bench_adsorbml.py table --out RESULTS [--plot docs/adsorbml.png]
 
-Each model: configs/emt_dense.yaml with its model section swapped (the baselines' shipped widths,
-conservative forces, no frames for the equivariant/invariant baselines), ``--threads`` torch
-threads, ``--minutes`` of training (budget-aware cosine; S2EF validation frames split off the training
-systems), then
+Each model: its S2EF config (configs/emt_dense.yaml, painn_emt_dense.yaml, schnet_emt_dense.yaml:
+the same data, loss and schedule; conservative forces, no frames for the baselines), ``--threads``
+torch threads, ``--minutes`` of training measured in the process's CPU time (budget-aware cosine;
+S2EF validation frames split off the training systems), then
 the pipeline (LBFGS with AdsorbML's settings, fmax 0.02 eV/Å, 300 steps, float32, EMT single
 points and relaxations) on the first ``--max-systems`` systems of each split. Writes
 ``<out>/<model>.json`` and keeps the runs under ``<out>/runs``. ``faenet_ft``: the FAENet run
@@ -27,20 +27,18 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE_CONFIGS = {"schnet": "schnet.yaml", "painn": "painn.yaml"}
+#: Each model's shipped S2EF config on the dense folder (same data, loss and schedule).
+MODEL_CONFIGS = {"faenet": "emt_dense.yaml", "faenet_ft": "emt_dense.yaml", "schnet": "schnet_emt_dense.yaml",
+                 "painn": "painn_emt_dense.yaml"}
 
 
 def model_config(model: str, data: Path, minutes: float, threads: int, seed: int, runs: Path) -> dict:
-    config = yaml.safe_load((REPO / "configs" / "emt_dense.yaml").read_text())
-    if model not in ("faenet", "faenet_ft"):
-        section = yaml.safe_load((REPO / "configs" / BASELINE_CONFIGS[model]).read_text())["model"]
-        config["model"] = section | {"cutoff": config["data"]["cutoff"], "max_neighbors": config["data"]["max_neighbors"],
-                                     "regress_forces": "from_energy"}
-        config["frames"] = {"dims": "none"}
+    config = yaml.safe_load((REPO / "configs" / MODEL_CONFIGS[model]).read_text())
     config["name"] = f"adsorbml_{model}"
     config["seed"] = seed
     config["data"] |= {"train": str(data), "test": None}  # validation frames are split off the training systems
-    config["optim"] |= {"max_epochs": 100_000, "max_time_minutes": minutes}
+    # a budget in CPU time: models trained side by side on shared cores get equal compute
+    config["optim"] |= {"max_epochs": 100_000, "max_time_minutes": minutes, "budget_clock": "cpu"}
     config["trainer"] = config.get("trainer", {}) | {"enable_progress_bar": False, "threads": threads}
     config["run_dir"] = str(runs)
     if model == "faenet_ft":  # the study's fine-tuning: FAENet continued on the ID systems' frames

@@ -13,7 +13,7 @@ cost and relaxations to symmetric minima, for trained checkpoints (e.g. FAENet a
 
 3. ``slab`` (with ``--slab-checkpoints``, models trained on slabs, e.g. ``configs/emt_dense.yaml``
    and ``configs/painn_emt_dense.yaml``): a Cu(111) slab with O on an fcc hollow, free atoms
-   rattled by 0.05 Å (``frameavg.evaluation.continuity.cu111_slab``), relaxed with FIRE and LBFGS
+   rattled by 0.05 Å (``frameavg.evaluation.continuity.cu111_slab``, 3 seeds), relaxed with FIRE and LBFGS
    as above, and NVE of the same slab (1 fs, ``--md-steps``, 300 K start).
 
 Usage::
@@ -93,12 +93,14 @@ def relax_row(name: str, provider, optimizer: str, structures, names) -> dict:
 def slab_rows(checkpoints: dict, md_steps: int) -> dict:
     from frameavg.evaluation.continuity import cu111_slab
 
-    slab = cu111_slab(adsorbate="O", rattle=0.05, seed=0)
+    slabs = [cu111_slab(adsorbate="O", rattle=0.05, seed=seed) for seed in range(3)]
+    names = [f"cu111_O_hollow_rattled_{seed}" for seed in range(3)]
+    slab = slabs[0]
     relax_rows = []
     for optimizer in ("fire", "lbfgs"):
-        relax_rows.append(relax_row("EMT", EMT(), optimizer, [slab], ["cu111_O_hollow"]))
+        relax_rows.append(relax_row("EMT", EMT(), optimizer, slabs, names))
         for name, path in checkpoints.items():
-            relax_rows.append(relax_row(name, path, optimizer, [slab], ["cu111_O_hollow"]))
+            relax_rows.append(relax_row(name, path, optimizer, slabs, names))
             print(json.dumps({k: v for k, v in relax_rows[-1].items() if k != "structures"}), flush=True)
     md_rows = []
     for name, calculator in [("EMT", EMT())] + [(n, FrameavgCalculator(checkpoint=p, dtype="float64"))
