@@ -203,9 +203,9 @@ def build_symmetry_model(args, dtype):
     from frameavg.frames.averaging import FrameAveraging
 
     if args.checkpoint:
-        from frameavg.training.run import load_task
+        from frameavg.training.checkpoint_io import load_trained_model
 
-        task = load_task(args.checkpoint)
+        task = load_trained_model(args.checkpoint)
         net = task.net
         inner = net.model if isinstance(net, FrameAveraging) else net
         frames = args.frames or (net.eval_spec.dim if isinstance(net, FrameAveraging) else "none")

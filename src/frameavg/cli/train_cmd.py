@@ -111,11 +111,12 @@ def split_flags(items: list[str], *, valued=(), switches=()) -> tuple[list[str],
 
 
 def _load_model(args):
-    """(task on --device in --precision's dtype, label key mapping, resolved precision)."""
-    from frameavg.training.run import load_task
+    """(trained model on --device in --precision's dtype, label key mapping, resolved precision);
+    no Lightning is imported."""
+    from frameavg.training.checkpoint_io import load_trained_model
 
     precision = runtime_precision(args)
-    task = load_task(args.checkpoint).to(args.device)
+    task = load_trained_model(args.checkpoint).to(args.device)
     task.net.to(precision.dtype)
     keys = dict(task.config["data"]["keys"] or {})
     if args.keys:
@@ -131,7 +132,7 @@ def _read(path, args, task, keys, precision):
     prepared). A structure that fails does not stop the others: it is reported and skipped."""
     from frameavg.data import read_structures
     from frameavg.errors import DataError
-    from frameavg.training.data_module import graph_transform
+    from frameavg.training.network import graph_transform
 
     structures = read_structures(path, format=args.format, keys=keys or None, trusted=args.trusted,
                                  dtype=precision.dtype)
@@ -176,7 +177,7 @@ def run_test(args) -> int:
     """Metrics per ``--data`` file (one model load); one JSON document: the metrics of a single
     file, or ``{"files": {path: metrics}}`` for several."""
     from frameavg.cli.main import print_json
-    from frameavg.evaluation.evaluate import evaluate, paper_unit_metrics
+    from frameavg.training.inference import evaluate, paper_unit_metrics
 
     task, keys, precision = _load_model(args)
     per_file = {}
@@ -201,8 +202,8 @@ def run_test(args) -> int:
 
 
 def run_predict(args) -> int:
+    from frameavg.training.inference import evaluate
     from frameavg.training.predictions import write_predictions
-    from frameavg.evaluation.evaluate import evaluate
 
     task, keys, precision = _load_model(args)
     structures, failed = _read(args.data, args, task, keys, precision)

@@ -93,14 +93,15 @@ class Potential:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> "Potential":
-        """The potential of a ``frameavg train`` checkpoint (read with ``weights_only``)."""
-        from frameavg.training.run import load_task
+        """The potential of a ``frameavg train`` checkpoint (read with ``weights_only``; no Lightning)."""
+        from frameavg.training.checkpoint_io import load_trained_model
 
-        return cls.from_task(load_task(Path(path)), **kwargs)
+        return cls.from_task(load_trained_model(Path(path)), **kwargs)
 
     @classmethod
     def from_task(cls, task, **kwargs) -> "Potential":
-        """The potential of a trained ``AtomisticTask`` (its net, normaliser and data settings)."""
+        """The potential of a trained ``AtomisticTask`` or ``TrainedModel`` (its net, normaliser and
+        data settings)."""
         data = task.config["data"]
         kwargs.setdefault("cutoff", data["cutoff"])
         kwargs.setdefault("max_neighbors", data["max_neighbors"])

@@ -15,9 +15,9 @@ from torch.utils.data import Sampler, Subset
 from torch_geometric.loader import DataLoader
 
 from frameavg.data.budget import BudgetBatchSampler, MemoryBudget
-from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, RadiusGraph
 from frameavg.data.splits import random_split
 from frameavg.errors import ConfigError, DataError
+from frameavg.training.network import graph_transform  # also its old place
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -87,13 +87,6 @@ class ResumableLoader(DataLoader):
         self.epoch_sampler.set_epoch(epoch)
         self.consumed = consumed
         self._resumed = True
-
-
-def graph_transform(data_cfg: dict) -> RadiusGraph:
-    """The neighbour-list transform of a config's ``data`` section (training, test, predict and
-    simulations all build their graphs with it). Ties at ``max_neighbors`` are kept."""
-    return RadiusGraph(data_cfg["cutoff"], data_cfg["max_neighbors"], strict=False,
-                       max_edges_per_atom=data_cfg.get("max_edges_per_atom", MAX_EDGES_PER_ATOM))
 
 
 class AtomisticDataModule(L.LightningDataModule):

@@ -13,38 +13,19 @@ import math
 import lightning as L
 import torch
 
-from frameavg.derivatives import differentiable_inputs, voigt_to_matrix
+from frameavg.derivatives import voigt_to_matrix
 from frameavg.errors import ConfigError, TrainingError
+from frameavg.metrics import oc20_metrics
 from frameavg.outputs import DENOISING, ENERGY, FORCES, GRADIENT_FORCES, STRESS
 from frameavg.training.denoising import DenoiseSettings, denoising_loss, new_generator, noised_batch
 from frameavg.training.losses import energy_loss, forces_loss
-from frameavg.training.metrics import oc20_metrics
+from frameavg.training.network import PhysicalOutputs, build_network  # build_network: also its old place
 from frameavg.training.normalization import EnergyNormalizer
 
 
-def build_network(config: dict) -> torch.nn.Module:
-    """The model of ``config['model']``, wrapped in frame averaging per ``config['frames']``."""
-    from frameavg.models import build_model
-
-    model_cfg = dict(config["model"])
-    name = model_cfg.pop("name")
-    model_cfg.pop("init_from", None)  # weights to start from: applied by training.run.init_weights
-    if DenoiseSettings.from_config(config).enabled:
-        model_cfg["denoising_head"] = True
-    model = build_model(name, **model_cfg)
-    frames = config["frames"]
-    if str(frames["dims"]).lower() in ("none", "false", "null"):
-        return model
-    from frameavg.frames.averaging import FrameAveraging
-
-    return FrameAveraging(model, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"],
-                          seed=config["seed"], canonicalizer=frames.get("canonicalizer"),
-                          # checkpoints saved before these keys: cloud frames, plain frame sets
-                          periodic=frames.get("periodic", "cloud"), continuous=frames.get("continuous", False))
-
-
-class AtomisticTask(L.LightningModule):
-    """Trains ``build_network(config)`` on energies and/or forces."""
+class AtomisticTask(PhysicalOutputs, L.LightningModule):
+    """Trains ``build_network(config)`` on energies and/or forces (predicts through
+    ``PhysicalOutputs``, as the Lightning-free ``TrainedModel`` of a checkpoint does)."""
 
     def __init__(self, config: dict):
         super().__init__()
@@ -68,48 +49,6 @@ class AtomisticTask(L.LightningModule):
         self.noise_generator = new_generator(self.denoise)
         #: optimiser steps of the whole schedule without a time budget (set by configure_optimizers)
         self.schedule_steps: int | None = None
-
-    # ---- prediction -------------------------------------------------------------------------
-    def normalized_outputs(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
-        """Network outputs in normalised units (the batch is never modified).
-
-        ``forces``/``stress`` (default: whether they are training targets): ``gradient_forces`` =
-        −∂E/∂x of the (frame-averaged) energy with respect to the original positions is computed
-        when the network predicts no ``forces``, for the conservation loss, or for the gradient
-        loss when the network does not supply its own (detached) ``gradient_forces``, as FAENet's
-        ``direct_with_gradient_target`` does; with ``stress``, also ``virial`` and ``stress`` from
-        the strain derivative.
-        """
-        forces = self.predict_forces if forces is None else forces
-        stress = self.predict_stress if stress is None else stress
-        if not (forces or stress):
-            return dict(self.net(batch))
-        with torch.enable_grad():
-            inputs = differentiable_inputs(batch, stress=stress)
-            out = dict(self.net(inputs.batch))
-            cfg = self.loss_cfg
-            needs_own = cfg["conservation_weight"] > 0 or (cfg["gradient_weight"] > 0 and GRADIENT_FORCES not in out)
-            if FORCES not in out or (self.training and needs_own) or stress:
-                derived = inputs.derivatives(out[ENERGY], create_graph=self.training)
-                out[GRADIENT_FORCES] = derived.pop(FORCES)
-                out.setdefault(FORCES, out[GRADIENT_FORCES])
-                out.update(derived)
-        return out
-
-    def forward(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
-        """Predictions in physical units: ``energy`` [B] eV (float64), ``forces`` [N,3] eV/Å,
-        ``stress`` [B,3,3] eV/Å³ (``forces``/``stress`` default to the training targets)."""
-        forces = self.predict_forces if forces is None else forces
-        stress = self.predict_stress if stress is None else stress
-        out = self.normalized_outputs(batch, forces=forces, stress=stress)
-        pred = {ENERGY: self.normalizer.denormalize_energy(out[ENERGY], batch.atomic_numbers, batch.batch)}
-        if forces:
-            pred[FORCES] = self.normalizer.denormalize_forces(out[FORCES])
-            if GRADIENT_FORCES in out and out[GRADIENT_FORCES] is not out[FORCES]:
-                pred[GRADIENT_FORCES] = self.normalizer.denormalize_forces(out[GRADIENT_FORCES])
-        if stress:
-            pred[STRESS] = self.normalizer.denormalize_forces(out[STRESS])
-        return pred
 
     # ---- losses ------------------------------------------------------------------------------
     def compute_loss(self, batch, out: dict, *, energy: bool = True, forces: bool = True) -> dict:

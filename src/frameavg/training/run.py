@@ -1,5 +1,5 @@
 """Fit and load: the training workflow behind ``frameavg train`` (the test-set evaluation behind
-``frameavg test/predict`` and the end-of-training test is ``frameavg.evaluation.evaluate``)."""
+``frameavg test/predict`` and the end-of-training test is ``frameavg.training.inference``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from torch_geometric.data import Batch
 
 from frameavg.errors import ConfigError, DataError, FrameavgError
 from frameavg.precision import device_of_accelerator, normalize_name as normalize_precision, resolve as resolve_precision
-from frameavg.training.config import checkpoint_config, save_config, validate_model_section
+# read_checkpoint: also imported from here (its old place)
+from frameavg.training.checkpoint_io import instantiate, read_checkpoint, read_config, restore
+from frameavg.training.config import save_config, validate_model_section
 from frameavg.training.data_module import AtomisticDataModule
 from frameavg.training.module import AtomisticTask
 from frameavg.training.normalization import EnergyNormalizer
@@ -254,8 +256,7 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
     if data.test_set:
         # the weights in memory when fit ends (saved as last.ckpt), not best.ckpt
         result["test_weights"] = "last"
-        # the one call up the layers: the end-of-training test is the evaluation layer's
-        from frameavg.evaluation.evaluate import baseline_metrics, evaluate, paper_unit_metrics
+        from frameavg.training.inference import baseline_metrics, evaluate, paper_unit_metrics
 
         metrics, pred = evaluate(task, data.test_set, config["data"]["eval_batch_size"])
         result["test"] = metrics | paper_unit_metrics((config["data"]["keys"] or {}).get("energy"), metrics)
@@ -314,27 +315,6 @@ def default_threads(trainer_cfg: dict) -> int:
     devices = trainer_cfg.get("devices", 1)
     processes = devices if isinstance(devices, int) and str(trainer_cfg.get("accelerator", "cpu")) == "cpu" else 1
     return max(1, free // max(1, processes))
-
-
-def read_checkpoint(path) -> dict:
-    """A frameavg training checkpoint, read without executing pickles (``weights_only=True``);
-    ``FrameavgError`` for a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FrameavgError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupted, truncated, or holding objects a safe load refuses
-        text = str(exc)
-        if "Unsupported global" in text:
-            reason = "it holds Python objects beyond tensors and plain data, which frameavg never unpickles"
-        else:  # torch's other messages (invalid pickles, broken zip archives) end in advice that does not apply
-            reason = "not a PyTorch checkpoint, or a truncated or corrupted one"
-        raise FrameavgError(f"{path}: cannot read checkpoint safely ({reason})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or \
-            "config" not in (checkpoint.get("hyper_parameters") or {}):
-        raise FrameavgError(f"{path}: not a frameavg training checkpoint (no config/state_dict)")
-    return checkpoint
 
 
 def _resume_checkpoint(path, config: dict) -> dict:
@@ -400,30 +380,7 @@ def _fresh_dir(run_dir: Path) -> Path:
 
 
 def load_task(path: str | os.PathLike) -> AtomisticTask:
-    """Rebuild a trained task from a checkpoint without executing pickles (weights_only=True)."""
+    """Rebuild a trained task from a checkpoint without executing pickles (weights_only=True);
+    for inference alone, ``checkpoint_io.load_trained_model`` needs no Lightning."""
     checkpoint = read_checkpoint(path)
-    config = checkpoint_config(checkpoint["hyper_parameters"]["config"], where=str(path))
-    state = checkpoint["state_dict"]
-    try:
-        task = AtomisticTask(config)
-    except (ConfigError, TypeError, KeyError) as exc:
-        raise FrameavgError(f"{path}: the checkpoint's config does not build a model ({exc})") from None
-    record = (checkpoint.get("frameavg") or {}).get("precision") or {}
-    if record.get("used") == "64-true":  # weights stay float64 (not rounded on loading)
-        task.net.double()
-    shapes = {name: tuple(t.shape) for name, t in task.state_dict().items() if isinstance(t, torch.Tensor)}
-    wrong = [f"{name} {tuple(t.shape)} vs {shapes[name]}" for name, t in state.items()
-             if name in shapes and isinstance(t, torch.Tensor) and tuple(t.shape) != shapes[name]]
-    if wrong:
-        raise FrameavgError(f"{path}: weights do not fit the checkpoint's model config ({len(wrong)} tensors, "
-                            f"e.g. {wrong[0]}; was the checkpoint edited or its config changed?)")
-    missing, unexpected = task.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise FrameavgError(
-            f"{path}: checkpoint does not match its model config "
-            f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})"
-        )
-    task.training_elements = (checkpoint.get("frameavg") or {}).get("training_elements")
-    task.precision_record = record or None
-    task.eval()
-    return task
+    return restore(instantiate(AtomisticTask, read_config(checkpoint, path), path), checkpoint, path)

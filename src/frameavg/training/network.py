@@ -1,0 +1,117 @@
+"""The deployable pieces of a training config, without Lightning: the network, its neighbour-list
+transform, and ``TrainedModel`` (network + energy normaliser: predictions in eV, eV/Å, eV/Å³).
+
+``AtomisticTask`` (the LightningModule that trains) predicts through the same ``PhysicalOutputs``,
+so a checkpoint loaded for inference (``frameavg.training.checkpoint_io``) gives its numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, RadiusGraph
+from frameavg.derivatives import differentiable_inputs
+from frameavg.outputs import ENERGY, FORCES, GRADIENT_FORCES, STRESS
+from frameavg.training.denoising import DenoiseSettings
+from frameavg.training.normalization import EnergyNormalizer
+
+
+def build_network(config: dict) -> nn.Module:
+    """The model of ``config['model']``, wrapped in frame averaging per ``config['frames']``."""
+    from frameavg.models import build_model
+
+    model_cfg = dict(config["model"])
+    name = model_cfg.pop("name")
+    model_cfg.pop("init_from", None)  # weights to start from: applied by training.run.init_weights
+    if DenoiseSettings.from_config(config).enabled:
+        model_cfg["denoising_head"] = True
+    model = build_model(name, **model_cfg)
+    frames = config["frames"]
+    if str(frames["dims"]).lower() in ("none", "false", "null"):
+        return model
+    from frameavg.frames.averaging import FrameAveraging
+
+    return FrameAveraging(model, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"],
+                          seed=config["seed"], canonicalizer=frames.get("canonicalizer"),
+                          # checkpoints saved before these keys: cloud frames, plain frame sets
+                          periodic=frames.get("periodic", "cloud"), continuous=frames.get("continuous", False))
+
+
+def graph_transform(data_cfg: dict) -> RadiusGraph:
+    """The neighbour-list transform of a config's ``data`` section (training, test, predict and
+    simulations all build their graphs with it). Ties at ``max_neighbors`` are kept."""
+    return RadiusGraph(data_cfg["cutoff"], data_cfg["max_neighbors"], strict=False,
+                       max_edges_per_atom=data_cfg.get("max_edges_per_atom", MAX_EDGES_PER_ATOM))
+
+
+class PhysicalOutputs:
+    """Predictions of ``self.net`` (normalised units) in physical units through ``self.normalizer``.
+
+    A mixin for ``nn.Module`` subclasses with ``net``, ``normalizer``, ``predict_forces``,
+    ``predict_stress`` and ``loss_cfg`` (the config's ``loss`` section: which derivatives training
+    needs)."""
+
+    def normalized_outputs(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
+        """Network outputs in normalised units (the batch is never modified).
+
+        ``forces``/``stress`` (default: whether they are training targets): ``gradient_forces`` =
+        −∂E/∂x of the (frame-averaged) energy with respect to the original positions is computed
+        when the network predicts no ``forces``, for the conservation loss, or for the gradient
+        loss when the network does not supply its own (detached) ``gradient_forces``, as FAENet's
+        ``direct_with_gradient_target`` does; with ``stress``, also ``virial`` and ``stress`` from
+        the strain derivative.
+        """
+        forces = self.predict_forces if forces is None else forces
+        stress = self.predict_stress if stress is None else stress
+        if not (forces or stress):
+            return dict(self.net(batch))
+        with torch.enable_grad():
+            inputs = differentiable_inputs(batch, stress=stress)
+            out = dict(self.net(inputs.batch))
+            cfg = self.loss_cfg
+            needs_own = cfg["conservation_weight"] > 0 or (cfg["gradient_weight"] > 0 and GRADIENT_FORCES not in out)
+            if FORCES not in out or (self.training and needs_own) or stress:
+                derived = inputs.derivatives(out[ENERGY], create_graph=self.training)
+                out[GRADIENT_FORCES] = derived.pop(FORCES)
+                out.setdefault(FORCES, out[GRADIENT_FORCES])
+                out.update(derived)
+        return out
+
+    def forward(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
+        """Predictions in physical units: ``energy`` [B] eV (float64), ``forces`` [N,3] eV/Å,
+        ``stress`` [B,3,3] eV/Å³ (``forces``/``stress`` default to the training targets)."""
+        forces = self.predict_forces if forces is None else forces
+        stress = self.predict_stress if stress is None else stress
+        out = self.normalized_outputs(batch, forces=forces, stress=stress)
+        pred = {ENERGY: self.normalizer.denormalize_energy(out[ENERGY], batch.atomic_numbers, batch.batch)}
+        if forces:
+            pred[FORCES] = self.normalizer.denormalize_forces(out[FORCES])
+            if GRADIENT_FORCES in out and out[GRADIENT_FORCES] is not out[FORCES]:
+                pred[GRADIENT_FORCES] = self.normalizer.denormalize_forces(out[GRADIENT_FORCES])
+        if stress:
+            pred[STRESS] = self.normalizer.denormalize_forces(out[STRESS])
+        return pred
+
+
+class TrainedModel(PhysicalOutputs, nn.Module):
+    """A trained network and its normaliser (the inference half of ``AtomisticTask``); its
+    ``state_dict`` keys (``net.*``, ``normalizer.*``) are those of a training checkpoint."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = config
+        self.net = build_network(config)
+        self.normalizer = EnergyNormalizer()
+        self.predict_forces = bool(config["targets"]["forces"])
+        self.predict_stress = bool(config["targets"].get("stress", False))
+        self.loss_cfg = config["loss"]
+        #: atomic numbers of the training set (None when unknown)
+        self.training_elements: list[int] | None = None
+        #: {"requested", "used", "fallback"} precision of the training run
+        self.precision_record: dict | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is (the normaliser's buffers follow ``.to``)."""
+        return self.normalizer.mean.device
