@@ -3,7 +3,9 @@
 * no writes to ``os.environ``: the library reads its environment, the caller owns it;
 * PyG's private ``Batch`` bookkeeping and non-public PyG modules only in ``frameavg.data.pyg_compat``;
 * no reads of another object's or module's private (``_name``) attributes, except ALLOWED_PRIVATE;
-* no import cycles inside the package (module-level and function-level imports).
+* no import cycles inside the package (module-level and function-level imports);
+* layers: a module imports only from its own package, earlier packages or the top-level modules
+  (``LAYERS``), except ALLOWED_LAYER_EXCEPTIONS.
 
 Each failure lists ``file:line`` of every violation.
 """
@@ -339,3 +341,84 @@ def test_no_import_cycles_in_the_package():
         " -> ".join(f"{a}:{graph[a][b]}" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
         for cycle in import_cycles(graph)
     ])
+
+
+# --------------------------------------------------------------------------------------------
+# layers
+
+
+#: Packages in import order: a module may import from its own package and the ones before it.
+#: Rank 0 is the top-level modules (frameavg/*.py: errors, outputs, derivatives, precision, files,
+#: lazy, plugins, metrics, __init__), which import only each other.
+LAYERS = ("", "data", "frames", "models", "training", "evaluation", "simulation", "cli")
+#: (file, imported module) -> why this import goes up the layers.
+ALLOWED_LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
+
+
+def _layer(module: str) -> int:
+    """Rank in ``LAYERS`` of a ``frameavg...`` module (a top-level module: 0)."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else 0
+
+
+def frameavg_imports(path: str, tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, module) of every ``frameavg`` import in the module at ``path`` (``frameavg/...py``):
+    ``import x`` and ``from x import y`` at any depth, ``if TYPE_CHECKING:`` blocks included,
+    relative imports resolved, ``from frameavg import pkg`` as ``frameavg.pkg``, and the targets of
+    a lazy package's ``_EXPORTS`` (imported on first use)."""
+    module = _module_name(path)
+    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package
+                for _ in range(node.level - 1):
+                    anchor = anchor.rsplit(".", 1)[0]
+                base = f"{anchor}.{base}" if base else anchor
+            found += [(node.lineno, f"{base}.{a.name}" if base == "frameavg" else base) for a in node.names]
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and \
+                any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets):
+            found += [(v.lineno, v.value) for v in node.value.values
+                      if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+    return sorted((line, name) for line, name in set(found) if name.split(".")[0] == "frameavg")
+
+
+def layer_violations(sources: dict[str, tuple[str, ast.Module]]) -> list[tuple[str, int, str]]:
+    """(file, line, imported module) of every import of a later layer than the importer's."""
+    return [(path, line, name) for path, (_, tree) in sources.items()
+            for line, name in frameavg_imports(path, tree)
+            if _layer(name) > _layer(_module_name(path))]
+
+
+def test_layer_detector_catches_a_planted_violation():
+    text = ("from __future__ import annotations\n"
+            "from frameavg.errors import DataError\n"
+            "from frameavg.frames import compute\n"
+            "def f():\n"
+            "    from frameavg.simulation import relax\n"
+            "    import frameavg.cli.main\n"
+            "    from ..training import run\n"
+            "    from . import readers\n")
+    sources = {"frameavg/data/x.py": (text, ast.parse(text)),
+               "frameavg/cli/y.py": ("from frameavg.data import x\n", ast.parse("from frameavg.data import x\n")),
+               "frameavg/outputs.py": ("from frameavg import data\n", ast.parse("from frameavg import data\n"))}
+    assert layer_violations(sources) == [
+        ("frameavg/data/x.py", 3, "frameavg.frames"), ("frameavg/data/x.py", 5, "frameavg.simulation"),
+        ("frameavg/data/x.py", 6, "frameavg.cli.main"), ("frameavg/data/x.py", 7, "frameavg.training"),
+        ("frameavg/outputs.py", 1, "frameavg.data")]
+
+
+def test_imports_follow_the_layers():
+    """Data flows one way (docs/conventions.md): top-level modules -> data -> frames -> models ->
+    training -> evaluation -> simulation -> cli; a module imports nothing from a later package,
+    at module level or inside a function."""
+    found = layer_violations(_sources())
+    _fail("imports of a later layer (move the code down, or list it in ALLOWED_LAYER_EXCEPTIONS)", [
+        f"src/{path}:{line}: imports {name}" for path, line, name in found
+        if (path, name) not in ALLOWED_LAYER_EXCEPTIONS])
+    stale = sorted(set(ALLOWED_LAYER_EXCEPTIONS) - {(path, name) for path, _, name in found})
+    assert not stale, f"ALLOWED_LAYER_EXCEPTIONS entries no longer needed (remove them): {stale}"
