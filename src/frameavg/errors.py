@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class FrameavgError(Exception):
     """Base class of every error frameavg raises on purpose (bad input, bad config, ...)."""
@@ -27,3 +30,10 @@ class ConfigError(FrameavgError, ValueError):
 
 class TrainingError(FrameavgError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); checkpoints already written are kept."""
+
+
+def did_you_mean(given, options: Iterable, prefix: str = "") -> str:
+    """``"; did you mean '<prefix><closest>'?"`` for the option closest to ``given``, or ``""`` when
+    none is close (the hint every "unknown ..." error ends with)."""
+    close = difflib.get_close_matches(str(given), [str(option) for option in options], n=1)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""

@@ -22,7 +22,6 @@ Other numeric labels found in ``atoms.info`` (graph level, shape [1] or [1,k]) a
 
 from __future__ import annotations
 
-import difflib
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -30,7 +29,7 @@ import torch
 from torch_geometric.data import Data
 
 from frameavg.data import lattice
-from frameavg.errors import DataError
+from frameavg.errors import DataError, did_you_mean
 
 #: Atomic numbers the data layer accepts (every known element). Models embed a subset
 #: (``EnergyModel.max_z``); the mismatch is reported with both ranges.
@@ -177,8 +176,7 @@ def check_key_mapping(keys: Mapping[str, str], available: Iterable[str], fail) -
     available = sorted(available)
     for field, key in keys.items():
         if key not in available:
-            close = difflib.get_close_matches(key, available, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, available)
             raise fail(
                 f"key '{key}' (for field '{field}') not found; available keys: "
                 f"{', '.join(available) or 'none'}{hint}"

@@ -6,12 +6,11 @@ your own, from a plugin module: see docs/extending.md).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 
 from torch import nn
 
-from frameavg.errors import ConfigError
+from frameavg.errors import ConfigError, did_you_mean
 from frameavg.models.dimenetpp import DimeNetPlusPlus
 from frameavg.models.escn import ESCN
 from frameavg.models.faenet import FAENet
@@ -58,15 +57,11 @@ def build_model(name: str, **kwargs) -> nn.Module:
     """Instantiate the model registered as ``name`` with its constructor arguments."""
     key = str(name).lower()
     if key not in MODELS:
-        close = difflib.get_close_matches(key, MODELS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; available: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(key, MODELS)} (available: {', '.join(sorted(MODELS))})")
     accepted = [p for p in inspect.signature(MODELS[key].__init__).parameters if p != "self"]
     for argument in kwargs:
         if argument not in accepted:
-            close = difflib.get_close_matches(argument, accepted, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"model {name!r} has no argument {argument!r}{hint}")
+            raise ConfigError(f"model {name!r} has no argument {argument!r}{did_you_mean(argument, accepted)}")
     try:
         return MODELS[key](**kwargs)
     except TypeError as exc:  # a value of the wrong type deep in a constructor

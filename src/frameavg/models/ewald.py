@@ -42,7 +42,6 @@ estimated before any of this is allocated, and a k-set that would not fit ``max_
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
@@ -50,7 +49,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from frameavg.errors import ConfigError, DataError
+from frameavg.errors import ConfigError, DataError, did_you_mean
 from frameavg.models.blocks import GaussianSmearing
 from frameavg.precision import full_precision
 
@@ -127,9 +126,8 @@ class EwaldSettings:
         names = [f.name for f in fields(cls)]
         for key in config:
             if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"; did you mean 'ewald.{close[0]}'?" if close else ""
-                raise ConfigError(f"unknown setting 'ewald.{key}'{hint} (settings: {', '.join(names)})")
+                raise ConfigError(f"unknown setting 'ewald.{key}'{did_you_mean(key, names, 'ewald.')} "
+                                  f"(settings: {', '.join(names)})")
         return cls(**config)
 
 

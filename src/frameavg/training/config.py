@@ -10,7 +10,6 @@ imported before the model and the data are looked up (see docs/extending.md).
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import warnings
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from frameavg.errors import ConfigError
+from frameavg.errors import ConfigError, did_you_mean
 from frameavg.frames.methods import FRAME_DIMS as _FA_DIMS, METHODS as _FA_METHODS, PERIODIC_FRAMES
 from frameavg.frames.methods import SAMPLED as _FA_SAMPLED
 from frameavg.precision import ACCEPTED as PRECISION_NAMES
@@ -265,9 +264,8 @@ def _checked(value, rule, name):
         if isinstance(value, int) and not isinstance(value, bool) and str(value) in options:
             return str(value)  # frames.train: 2 (k random frames) written as a number
         if value not in options:
-            close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{name} must be one of {', '.join(map(str, options))}, got {value!r}{hint}")
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, options))}, got {value!r}"
+                              f"{did_you_mean(value, options)}")
         return value
     if kind == "int":
         _, low, high, none = rule
@@ -316,9 +314,8 @@ def validate_model_section(config: dict, where: str = "config") -> None:
     model = config["model"]
     name = str(model.get("name", "")).lower()
     if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{where}: unknown model '{model.get('name')}'{hint} (available: {', '.join(sorted(MODELS))})")
+        raise ConfigError(f"{where}: unknown model '{model.get('name')}'{did_you_mean(name, MODELS)} "
+                          f"(available: {', '.join(sorted(MODELS))})")
     if model.get("init_from") is not None and not Path(str(model["init_from"])).is_file():
         raise ConfigError(f"{where}: model.init_from: checkpoint not found: {model['init_from']}")
     denoising = (config.get("denoise") or {}).get("mode", "none") != "none"
@@ -332,9 +329,7 @@ def validate_model_section(config: dict, where: str = "config") -> None:
     accepted = [p for p in parameters if p != "self"]
     for key in model:
         if key not in ("name", "init_from") and key not in accepted:
-            close = difflib.get_close_matches(str(key), accepted, n=1)
-            hint = f"; did you mean 'model.{close[0]}'?" if close else ""
-            raise ConfigError(f"{where}: model '{name}' has no argument '{key}'{hint}")
+            raise ConfigError(f"{where}: model '{name}' has no argument '{key}'{did_you_mean(key, accepted, 'model.')}")
     for key, rule in _model_choices().get(name, {}).items():
         if key in model:
             model[key] = _checked(model[key], rule, f"{where}: 'model.{key}'")
@@ -510,9 +505,7 @@ def merge(base: dict, update: dict, *, where: str, prefix: str = "") -> None:
         full = f"{prefix}{key}"
         free = prefix.split(".")[0] in FREE_SECTIONS if prefix else False
         if key not in base and not free:
-            close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(f"{where}: unknown config key '{full}'{hint}")
+            raise ConfigError(f"{where}: unknown config key '{full}'{did_you_mean(key, base, prefix)}")
         if isinstance(base.get(key), dict) and key not in ("keys", "options", "canonicalizer"):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: '{full}' must be a mapping, got {value!r}")

@@ -11,7 +11,6 @@ modules are imported on first use (``load_readers``), so importing this package 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -20,7 +19,7 @@ import torch
 from torch_geometric.data import Data
 
 from frameavg.data.readers.catalog import BY_NAME, FORMATS
-from frameavg.errors import ConfigError, DataError
+from frameavg.errors import ConfigError, DataError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -114,9 +113,8 @@ def get_reader(format: str) -> Reader:
     """The reader registered under ``format`` (a name or an alias, case-insensitive)."""
     name = _ALIASES.get(str(format).lower())
     if name is None:
-        close = difflib.get_close_matches(str(format).lower(), list(_ALIASES), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown format '{format}'{hint}; available: {', '.join(sorted(_ALIASES))}")
+        raise ConfigError(f"unknown format '{format}'{did_you_mean(str(format).lower(), _ALIASES)} "
+                          f"(available: {', '.join(sorted(_ALIASES))})")
     return load_readers()[name]
 
 
