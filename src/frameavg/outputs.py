@@ -32,6 +32,8 @@ How ``forces`` is produced is one vocabulary, :data:`FORCE_MODES`, shared by the
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from enum import Enum
 
 from frameavg.errors import ConfigError
 
@@ -74,7 +76,45 @@ def force_mode(value, name: str = "regress_forces", allowed: tuple = FORCE_MODES
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
-#: Per-atom vector outputs, rotated back by FrameAveraging.
-VECTOR_OUTPUTS = (FORCES, GRADIENT_FORCES, DIRECT_FORCES, DIPOLE, DENOISING)
-#: Per-graph rank-2 tensor outputs, rotated back as U T Uᵀ.
-TENSOR_OUTPUTS = (STRESS, VIRIAL)
+
+class Level(str, Enum):
+    """What one row of an output belongs to."""
+
+    GRAPH = "graph"
+    ATOM = "atom"
+    EDGE = "edge"
+
+
+class Rank(str, Enum):
+    """How an output turns under a rotation R: unchanged, R v, or R T Rᵀ."""
+
+    SCALAR = "scalar"
+    VECTOR = "vector"
+    TENSOR = "tensor"
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """Level, rank and unit of a named output (shapes: [rows], [rows, 3] or [rows, 3, 3])."""
+
+    level: Level
+    rank: Rank
+    unit: str
+
+
+#: Every named output's kind; frame averaging and the metrics read these, never a tensor's size.
+OUTPUT_KINDS = {
+    ENERGY: OutputKind(Level.GRAPH, Rank.SCALAR, "eV"),
+    FORCES: OutputKind(Level.ATOM, Rank.VECTOR, "eV/Å"),
+    GRADIENT_FORCES: OutputKind(Level.ATOM, Rank.VECTOR, "eV/Å"),
+    DIRECT_FORCES: OutputKind(Level.ATOM, Rank.VECTOR, "eV/Å"),
+    DIPOLE: OutputKind(Level.GRAPH, Rank.VECTOR, "e·Å"),
+    DENOISING: OutputKind(Level.ATOM, Rank.VECTOR, "Å"),
+    DENOISING_POTENTIAL: OutputKind(Level.ATOM, Rank.SCALAR, "eV"),
+    STRESS: OutputKind(Level.GRAPH, Rank.TENSOR, "eV/Å³"),
+    VIRIAL: OutputKind(Level.GRAPH, Rank.TENSOR, "eV"),
+}
+#: Vector outputs, rotated back by FrameAveraging.
+VECTOR_OUTPUTS = tuple(name for name, kind in OUTPUT_KINDS.items() if kind.rank is Rank.VECTOR)
+#: Rank-2 tensor outputs, rotated back as U T Uᵀ.
+TENSOR_OUTPUTS = tuple(name for name, kind in OUTPUT_KINDS.items() if kind.rank is Rank.TENSOR)

@@ -228,6 +228,29 @@ def test_unusable_model_outputs_are_config_errors(ethanol):
         FrameAveraging(_Bad(lambda b: {"forces": torch.zeros(b.num_nodes, 2)}))(batch)
     with pytest.raises(ConfigError, match="forces must be one of"):
         FrameAveraging(raw_model(), forces="magic")
+    # a declared output's level is checked, not guessed from its size: per-graph forces are refused
+    with pytest.raises(ConfigError, match="'forces' is per atom but has leading size"):
+        FrameAveraging(_Bad(lambda b: {"energy": b.pos.sum().reshape(1).repeat(b.num_graphs),
+                                       "forces": torch.zeros(b.num_graphs, 3)}), forces="direct")(batch)
+
+
+def test_outputs_are_averaged_by_their_declared_kind(ethanol):
+    """A per-graph vector (dipole) is rotated back per graph; an undeclared output is a scalar unless
+    listed in ``vector_keys`` (its name no longer decides: "my_force" stays a scalar)."""
+    batch = graphs(ethanol[:2])
+
+    def outputs(b):
+        per_graph = torch.zeros(b.num_graphs, dtype=b.pos.dtype).index_add(0, b.batch, b.pos[:, 0])
+        return {"energy": per_graph, "dipole": torch.zeros(b.num_graphs, 3, dtype=b.pos.dtype).index_add(0, b.batch, b.pos),
+                "my_force": b.pos[:, :1].clone(), "my_vector": b.pos.clone()}
+
+    averaged = FrameAveraging(_Bad(outputs), vector_keys=("my_vector",), forces=None).eval()(batch)
+    centred = batch.pos - torch.zeros(2, 3, dtype=batch.pos.dtype).index_add(0, batch.batch, batch.pos)[batch.batch] / 9
+    # rotated back and averaged, a vector of the frame-canonical positions is the centred input
+    assert torch.allclose(averaged["my_vector"], centred, atol=1e-5)
+    assert torch.allclose(averaged["dipole"], torch.zeros(2, 3, dtype=batch.pos.dtype).index_add(0, batch.batch, centred),
+                          atol=1e-4)
+    assert averaged["my_force"].shape == (batch.num_nodes, 1)
 
 
 def test_single_atom_and_plain_data_inputs(ethanol):

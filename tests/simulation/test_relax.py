@@ -182,3 +182,14 @@ def test_atom_budget_and_trajectories(emt_slabs, tmp_path):
 
     frames = ase.io.read(tmp_path / "traj" / "b.traj", ":")
     assert len(frames) >= 2 and frames[-1].get_potential_energy() < frames[0].get_potential_energy()
+
+
+def test_relax_status_reads_back_every_status_text():
+    from frameavg.simulation import RelaxStatus
+
+    assert RelaxStatus.of("converged") is RelaxStatus.CONVERGED
+    assert RelaxStatus.of("not converged") is RelaxStatus.NOT_CONVERGED
+    assert RelaxStatus.of(RelaxStatus.FAILED.with_reason("non-finite stress")) is RelaxStatus.FAILED
+    assert RelaxStatus.FAILED.with_reason("x") == "failed: x" and RelaxStatus.CONVERGED.with_reason("x") == "converged"
+    with pytest.raises(ValueError):
+        RelaxStatus.of("finished")

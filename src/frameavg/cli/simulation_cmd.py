@@ -185,14 +185,15 @@ def relaxation_summary(results: list, datas: list, seconds: float, processes: in
     import numpy as np
 
     from frameavg.metrics import relaxation_metrics
+    from frameavg.simulation.relaxation import RelaxStatus
 
-    statuses = [r.info["status"] for r in results]
+    statuses = [RelaxStatus.of(r.info["status"]) for r in results]
     steps = [r.info["steps"] for r in results]
     summary = {
         "structures": len(results),
-        "converged": sum(s == "converged" for s in statuses),
-        "not_converged": sum(s == "not converged" for s in statuses),
-        "failed": sum(s.startswith("failed") for s in statuses),
+        "converged": sum(s is RelaxStatus.CONVERGED for s in statuses),
+        "not_converged": sum(s is RelaxStatus.NOT_CONVERGED for s in statuses),
+        "failed": sum(s is RelaxStatus.FAILED for s in statuses),
         "steps_mean": float(np.mean(steps)) if steps else 0.0,
         "steps_max": int(max(steps)) if steps else 0,
         "seconds": seconds,
@@ -202,7 +203,7 @@ def relaxation_summary(results: list, datas: list, seconds: float, processes: in
         "max_atoms_per_batch": max((r.info.get("max_atoms_per_batch", 0) for r in results), default=0),
         "budget_source": results[0].info.get("budget_source") if results else None,
     }
-    have_pos = [k for k, d in enumerate(datas) if "pos_relaxed" in d and not statuses[k].startswith("failed")]
+    have_pos = [k for k, d in enumerate(datas) if "pos_relaxed" in d and statuses[k] is not RelaxStatus.FAILED]
     if have_pos:
         energy_key = next((key for key in ("energy_relaxed", "y_relaxed") if all(key in datas[k] for k in have_pos)), None)
         metrics = relaxation_metrics(
@@ -252,9 +253,11 @@ def _write_atoms(path: Path, frames: list) -> None:
 
 
 def _warn_failures(source, results) -> None:
+    from frameavg.simulation.relaxation import RelaxStatus
+
     for index, atoms in enumerate(results):
         status = atoms.info.get("status", "")
-        if status.startswith("failed"):
+        if RelaxStatus.of(status) is RelaxStatus.FAILED:
             print(f"frameavg: warning: {source}, structure {index}: {status}", file=sys.stderr)
 
 

@@ -31,8 +31,12 @@ from frameavg.outputs import (
     FORCES,
     FROM_ENERGY,
     GRADIENT_FORCES,
+    OUTPUT_KINDS,
     TENSOR_OUTPUTS,
     VECTOR_OUTPUTS,
+    Level,
+    OutputKind,
+    Rank,
     force_mode,
 )
 from frameavg.precision import full, full_precision
@@ -64,8 +68,8 @@ class FrameAveraging(nn.Module):
             ``gradient_forces``) or None (outputs as the model gives them, averaged). The
             spellings ``model``/``gradient``/``both`` of earlier releases still work (deprecated).
         energy_key: the invariant output differentiated by ``forces="from_energy"``.
-        vector_keys / tensor_keys: outputs rotated back as vectors [...,3] / rank-2 tensors [...,3,3];
-            besides ``vector_keys``, every output whose name contains "force" is a vector.
+        vector_keys / tensor_keys: outputs without a declared kind (``frameavg.outputs.OUTPUT_KINDS``)
+            rotated back as vectors [...,3] / rank-2 tensors [...,3,3].
         cutoff: radius of the frame cloud of periodic graphs, Å (see frames.cloud).
         tol: relative tolerance of degeneracy decisions (see frames.compute).
         max_frames: cap on a graph's frame set.
@@ -346,32 +350,32 @@ def average_outputs(
     tensor_keys=DEFAULT_TENSOR_KEYS,
     energy_key: str = "energy",
 ) -> dict:
-    """Map model outputs on the enlarged batch back to the input batch (weighted frame average)."""
-    num_frames_total = frames.graph.shape[0]
-    num_expanded_atoms = frames.node_index.shape[0]
+    """Map model outputs on the enlarged batch back to the input batch (weighted frame average).
+
+    A named output's level (graph, atom, edge) and rank come from ``frameavg.outputs.OUTPUT_KINDS``
+    (``energy_key`` is a graph scalar); an output without a declared kind is per atom, per graph
+    or per edge by its leading size, and a vector or tensor when listed in ``vector_keys`` or
+    ``tensor_keys`` (else a scalar). ``ConfigError`` when a size disagrees with its level."""
+    rows = {Level.ATOM: frames.node_index.shape[0], Level.GRAPH: frames.graph.shape[0],
+            Level.EDGE: None if edges is None else edges[0].shape[0]}
     result = {}
     for key, value in outputs.items():
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             result[key] = value
             continue
-        size = value.shape[0]
-        if size == num_expanded_atoms and key != energy_key:
+        level, rank = _output_kind(key, value, rows, vector_keys, tensor_keys, energy_key)
+        if level is Level.ATOM:
             rotation, weight, target, length = frames.rotation[frames.batch], frames.weight[frames.batch], frames.node_index, num_atoms
-        elif size == num_frames_total:
+        elif level is Level.GRAPH:
             rotation, weight, target, length = frames.rotation, frames.weight, frames.graph, frames.num_graphs
-        elif edges is not None and size == edges[0].shape[0]:
+        else:
             edge_ids, edge_frame, length = edges
             rotation, weight, target = frames.rotation[edge_frame], frames.weight[edge_frame], edge_ids
-        else:
-            raise ConfigError(
-                f"model output '{key}' has leading size {size}: not atoms ({num_expanded_atoms}), "
-                f"graphs ({num_frames_total}) or edges of the enlarged batch"
-            )
-        if key in vector_keys or "force" in key:
+        if rank is Rank.VECTOR:
             if value.shape[-1] != 3:
                 raise ConfigError(f"vector output '{key}' must end with dimension 3, got {tuple(value.shape)}")
             value = torch.einsum("n...j,nij->n...i", value, rotation.to(value.dtype))
-        elif key in tensor_keys:
+        elif rank is Rank.TENSOR:
             if tuple(value.shape[-2:]) != (3, 3):
                 raise ConfigError(f"tensor output '{key}' must end with 3x3, got {tuple(value.shape)}")
             r = rotation.to(value.dtype)
@@ -381,4 +385,23 @@ def average_outputs(
             0, target, w * value
         )
     return result
+
+
+def _output_kind(key: str, value: torch.Tensor, rows: dict, vector_keys, tensor_keys, energy_key) -> tuple[Level, Rank]:
+    """(level, rank) of output ``key`` on the enlarged batch (``rows``: rows per level)."""
+    size = value.shape[0]
+    kind = OutputKind(Level.GRAPH, Rank.SCALAR, "") if key == energy_key else OUTPUT_KINDS.get(key)
+    if kind is not None:
+        if rows[kind.level] != size:
+            raise ConfigError(f"model output '{key}' is per {kind.level.value} but has leading size {size}, "
+                              f"not {rows[kind.level]}")
+        return kind.level, kind.rank
+    level = next((level for level in (Level.ATOM, Level.GRAPH, Level.EDGE) if rows[level] == size), None)
+    if level is None:
+        raise ConfigError(
+            f"model output '{key}' has leading size {size}: not atoms ({rows[Level.ATOM]}), "
+            f"graphs ({rows[Level.GRAPH]}) or edges of the enlarged batch"
+        )
+    rank = Rank.VECTOR if key in vector_keys else Rank.TENSOR if key in tensor_keys else Rank.SCALAR
+    return level, rank
 

@@ -16,6 +16,7 @@ _EXPORTS = {
     "Potential": "frameavg.simulation.potential",
     "FrameavgCalculator": "frameavg.simulation.calculator",
     "relax": "frameavg.simulation.relaxation",
+    "RelaxStatus": "frameavg.simulation.relaxation",
     "run_md": "frameavg.simulation.md",
     "MDResult": "frameavg.simulation.md",
     "ADSORBML_LBFGS": "frameavg.simulation.optimizers",

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from frameavg.errors import ConfigError, DataError
+from frameavg.simulation.relaxation import RelaxStatus
 
 GROUND_TRUTHS = ("emt", "none")
 #: AdsorbML's ML relaxation settings (and the ground-truth relaxations of RX@k).
@@ -139,7 +140,7 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
                 flagged[flag] = flagged.get(flag, 0) + 1
         report["splits"][split] = {
             "systems": len(groups), "placements": len(datas),
-            "ml_converged": sum(a.info["status"] == "converged" for a in ml),
+            "ml_converged": sum(RelaxStatus.of(a.info["status"]) is RelaxStatus.CONVERGED for a in ml),
             "anomalous_placements": sum(bool(f) for f in anomalies), "anomalies": flagged,
             "relaxed_energy_mae": metrics["relaxed_energy_mae"], "adwt": metrics["average_distance_within_threshold"],
             "ml_seconds": ml_seconds, "ml_structure_evaluations": int(sum(n + 1 for n in taken)),  # steps + 1 per placement

@@ -43,6 +43,7 @@ import numpy as np
 
 from frameavg.data.adsorption import FORMAT, LABEL, SPLITS
 from frameavg.errors import ConfigError, DataError
+from frameavg.simulation.relaxation import RelaxStatus
 
 #: Elements EMT models (ASE's ``EMT`` parameters).
 EMT_METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
@@ -362,7 +363,7 @@ def _relaxed_clean_slab(metal, facet, a, settings):
 
     slab = build_slab(metal, facet, a, settings)
     clean = relax([slab], EMT(), optimizer="lbfgs", fmax=settings.fmax, steps=settings.steps)[0]
-    if clean.info["status"] != "converged":
+    if RelaxStatus.of(clean.info["status"]) is not RelaxStatus.CONVERGED:
         raise DataError(f"the clean {metal}({facet}) slab did not relax: {clean.info['status']}")
     clean.calc = None
     clean.info = {"system": f"{metal}-{facet}", "energy": clean.info["energy"], "lattice_constant": a,
@@ -451,7 +452,7 @@ def _manifest(settings, references, slabs, systems) -> dict:
             energy = float(final.info["energy"])
             rows.append({"placement": p, "site": site, "status": final.info["status"], "steps": int(final.info["steps"]),
                          "energy": _round(energy), "adsorption_energy": _round(energy - ref), "anomalies": flags})
-        valid = [r for r in rows if r["status"] == "converged" and not r["anomalies"]]
+        valid = [r for r in rows if RelaxStatus.of(r["status"]) is RelaxStatus.CONVERGED and not r["anomalies"]]
         best = min(valid, key=lambda r: r["energy"]) if valid else None
         entries.append({
             "index": index, "system": s.name, "metal": s.metal, "facet": s.facet, "adsorbate": s.adsorbate,
@@ -461,7 +462,8 @@ def _manifest(settings, references, slabs, systems) -> dict:
             "ground_truth_min_placement": None if best is None else best["placement"],
             "placements": rows})
     counts = {split: sum(e["split"] == split for e in entries) for split in SPLITS}
-    flagged = sum(r["status"] != "converged" or bool(r["anomalies"]) for e in entries for r in e["placements"])
+    flagged = sum(RelaxStatus.of(r["status"]) is not RelaxStatus.CONVERGED or bool(r["anomalies"])
+                  for e in entries for r in e["placements"])
     return {"format": FORMAT, "label": LABEL, "ground_truth": "ase.calculators.emt.EMT", "settings": asdict(settings),
             "gas_references": {k: _round(v) for k, v in references.items()},
             "lattice_constants": {f"{m}-{f}": _round(slab.info["lattice_constant"]) for (m, f), slab in slabs.items()},

@@ -42,6 +42,7 @@ import math
 import time
 import weakref
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -531,6 +532,24 @@ def _out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
+class RelaxStatus(str, Enum):
+    """How a relaxation ended. ``info["status"]`` is the value, with ``": <reason>"`` after
+    ``failed``; ``RelaxStatus.of(info["status"])`` reads it back."""
+
+    CONVERGED = "converged"
+    NOT_CONVERGED = "not converged"
+    FAILED = "failed"
+
+    @classmethod
+    def of(cls, status: str) -> "RelaxStatus":
+        """The status of an ``info["status"]`` text (``failed: ...`` is FAILED)."""
+        return cls.FAILED if str(status).startswith(cls.FAILED.value) else cls(status)
+
+    def with_reason(self, reason: str) -> str:
+        """The ``info["status"]`` text: the value, and ``: reason`` for a failure."""
+        return f"{self.value}: {reason}" if self is RelaxStatus.FAILED else self.value
+
+
 #: Failure codes of ``_absorb`` (0: evaluated) and their statuses (1: the provider's message).
 FAILURES = {2: "non-finite energy or forces", 3: "non-finite stress"}
 
@@ -595,11 +614,13 @@ class _Run:
         starts = (torch.cumsum(st.rows, 0) - st.rows)[index].tolist()
         for k, start in zip(index.tolist(), starts):
             key, code, steps = int(st.key[k]), int(failure[k]), int(st.steps[k])
-            status = (f"failed: {errors[k] if code == 1 else FAILURES[code]}" if code else
-                      "converged" if float(st.fmax[k]) < fmax else "not converged")
+            if code:
+                status = RelaxStatus.FAILED.with_reason(errors[k] if code == 1 else FAILURES[code])
+            else:
+                status = (RelaxStatus.CONVERGED if float(st.fmax[k]) < fmax else RelaxStatus.NOT_CONVERGED).value
             self.provider.release(key)
             atoms = self._atoms(st, k, start)
-            atoms.info.update(converged=status == "converged", steps=steps, energy=float(st.energy[k]),
+            atoms.info.update(converged=status == RelaxStatus.CONVERGED.value, steps=steps, energy=float(st.energy[k]),
                               fmax=float(st.fmax[k]), status=status)
             self._save_trajectory(atoms, key)
             yield key, atoms
@@ -624,5 +645,6 @@ class _Run:
 
 def _finish_failed(atoms, message):
     atoms = atoms.copy()
-    atoms.info.update(converged=False, steps=0, energy=math.nan, fmax=math.nan, status=f"failed: {message}")
+    atoms.info.update(converged=False, steps=0, energy=math.nan, fmax=math.nan,
+                      status=RelaxStatus.FAILED.with_reason(message))
     return atoms
