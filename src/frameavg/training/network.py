@@ -12,7 +12,7 @@ from torch import nn
 
 from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, RadiusGraph
 from frameavg.derivatives import differentiable_inputs
-from frameavg.outputs import ENERGY, FORCES, GRADIENT_FORCES, STRESS
+from frameavg.outputs import ENERGY, FORCES, FROM_ENERGY, GRADIENT_FORCES, STRESS
 from frameavg.training.denoising import DenoiseSettings
 from frameavg.training.normalization import EnergyNormalizer
 
@@ -26,11 +26,19 @@ def build_network(config: dict) -> nn.Module:
     model_cfg.pop("init_from", None)  # weights to start from: applied by training.run.init_weights
     if DenoiseSettings.from_config(config).enabled:
         model_cfg["denoising_head"] = True
+    rng = torch.random.get_rng_state()
     model = build_model(name, **model_cfg)
     frames = config["frames"]
     if str(frames["dims"]).lower() in ("none", "false", "null"):
         return model
     from frameavg.frames.averaging import FrameAveraging
+
+    if getattr(model, "regress_forces", None) == FROM_ENERGY:
+        # −∂E/∂x must run through the frames: the model returns energies only and the caller
+        # (``PhysicalOutputs``, ``Potential``) differentiates the frame-averaged energy. The same
+        # weights, initialised from the same random state.
+        torch.random.set_rng_state(rng)
+        model = build_model(name, **{**model_cfg, "regress_forces": None})
 
     return FrameAveraging(model, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"],
                           seed=config["seed"], canonicalizer=frames.get("canonicalizer"),
