@@ -5,7 +5,8 @@
 * no reads of another object's or module's private (``_name``) attributes, except ALLOWED_PRIVATE;
 * no import cycles inside the package (module-level and function-level imports);
 * layers: a module imports only from its own package, earlier packages or the top-level modules
-  (``LAYERS``), except ALLOWED_LAYER_EXCEPTIONS.
+  (``LAYERS``), except ALLOWED_LAYER_EXCEPTIONS;
+* no function longer than MAX_FUNCTION_LINES, except those in LONG_FUNCTIONS (with a reason).
 
 Each failure lists ``file:line`` of every violation.
 """
@@ -422,3 +423,36 @@ def test_imports_follow_the_layers():
         if (path, name) not in ALLOWED_LAYER_EXCEPTIONS])
     stale = sorted(set(ALLOWED_LAYER_EXCEPTIONS) - {(path, name) for path, _, name in found})
     assert not stale, f"ALLOWED_LAYER_EXCEPTIONS entries no longer needed (remove them): {stale}"
+
+
+# --------------------------------------------------------------------------------------------
+# function length
+
+#: Lines from ``def`` to the last line of the body (docstring and signature included).
+MAX_FUNCTION_LINES = 80
+#: ``file:function`` -> why it is longer (empty today).
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def long_functions(sources: dict[str, tuple[str, ast.Module]]) -> list[str]:
+    """``file:line function (n lines)`` of every function over MAX_FUNCTION_LINES not in LONG_FUNCTIONS."""
+    found = []
+    for path, (_, tree) in sources.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and f"{path}:{node.name}" not in LONG_FUNCTIONS:
+                    found.append(f"{path}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_long_function_detector():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    text = f"def short():\n    return 1\n\n\ndef long():\n{body}\n"
+    assert long_functions({"frameavg/x.py": (text, ast.parse(text))}) == [
+        f"frameavg/x.py:5 long ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_no_function_is_longer_than_the_limit():
+    _fail(f"functions over {MAX_FUNCTION_LINES} lines (split them, or list them in LONG_FUNCTIONS with a reason)",
+          long_functions(_sources()))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -70,13 +71,9 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
         max_systems: evaluate only the first N systems (by index) of each split.
         progress: called as ``progress(stage, done, total)``.
     """
-    from frameavg.data.atomic_data import data_to_atoms
-    from frameavg.data.readers import read_structures
-    from frameavg.evaluation.adsorbml import detect_anomalies, success_rates
     from frameavg.data.adsorption import LABEL, read_manifest, read_slabs
-    from frameavg.simulation.optimizers import ADSORBML_LBFGS
-    from frameavg.simulation.relaxation import as_provider, relax
-    from frameavg.metrics import relaxation_metrics
+    from frameavg.evaluation.adsorbml import success_rates
+    from frameavg.simulation.relaxation import as_provider
 
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -97,58 +94,9 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
               "ks": ks, "ml_fmax": fmax, "ml_steps": steps, "max_systems": max_systems, "splits": {}}
     evaluated = []
     for split in splits:
-        path = folder / "dense" / f"{split}.lmdb"
-        datas = read_structures(path, dtype=torch.float64)
-        _check_placements(datas, path)
-        if max_systems is not None:
-            kept = sorted({int(d.system_index.reshape(-1)[0]) for d in datas})[:max_systems]
-            datas = [d for d in datas if int(d.system_index.reshape(-1)[0]) in set(kept)]
-        groups: dict[int, list[int]] = {}
-        for k, data in enumerate(datas):
-            groups.setdefault(int(data.system_index.reshape(-1)[0]), []).append(k)
-        too_small = [systems_by_index[i]["system"] for i, members in groups.items() if len(members) < 2]
-        if too_small:
-            raise DataError(f"system(s) {', '.join(too_small)} have fewer than 2 placements: a dense set needs "
-                            "several placements per system", source=str(folder / "dense" / f"{split}.lmdb"))
-        initial = [data_to_atoms(d) for d in datas]
-        start = time.perf_counter()
-        ml = relax(initial, provider, optimizer="lbfgs", optimizer_options=ADSORBML_LBFGS, fmax=fmax,
-                   steps=steps, max_atoms_per_batch=budget_rows(provider, datas, str(path)), progress=None if progress is None else
-                   (lambda done, total, s=split: progress(f"ML relaxations ({s})", done, total)))
-        ml_seconds = time.perf_counter() - start
-        anomalies = []
-        for atoms0, atoms1, data in zip(initial, ml, datas):
-            system = systems_by_index[int(data.system_index.reshape(-1)[0])]
-            if not math.isfinite(atoms1.info["energy"]):
-                anomalies.append(["failed"])
-                continue
-            anomalies.append(detect_anomalies(atoms0, atoms1, slabs[f"{system['metal']}-{system['facet']}"]))
-        entries = _ground_truth_candidates(groups, ml, anomalies, initial, datas, systems_by_index, calculator, ks,
-                                           slabs, split, progress)
-        skipped = [e["system"] for e in entries if e["gt_min"] is None]
-        evaluated.extend(e for e in entries if e["gt_min"] is not None)
-        ok = [k for k, atoms in enumerate(ml) if math.isfinite(atoms.info["energy"])]
-        metrics = relaxation_metrics(
-            [ml[k].positions for k in ok], [datas[k].pos_relaxed.double().numpy() for k in ok],
-            [datas[k].cell.reshape(3, 3).double().numpy() for k in ok], [datas[k].pbc.reshape(3).numpy() for k in ok],
-            [~datas[k].fixed.numpy() for k in ok], pred_energies=[ml[k].info["energy"] for k in ok],
-            target_energies=[float(datas[k].energy_relaxed.reshape(-1)[0]) for k in ok])
-        taken = [atoms.info["steps"] for atoms in ml]
-        flagged = {}
-        for flags in anomalies:
-            for flag in flags:
-                flagged[flag] = flagged.get(flag, 0) + 1
-        report["splits"][split] = {
-            "systems": len(groups), "placements": len(datas),
-            "ml_converged": sum(RelaxStatus.of(a.info["status"]) is RelaxStatus.CONVERGED for a in ml),
-            "anomalous_placements": sum(bool(f) for f in anomalies), "anomalies": flagged,
-            "relaxed_energy_mae": metrics["relaxed_energy_mae"], "adwt": metrics["average_distance_within_threshold"],
-            "ml_seconds": ml_seconds, "ml_structure_evaluations": int(sum(n + 1 for n in taken)),  # steps + 1 per placement
-            "placements_per_s": len(datas) / ml_seconds if ml_seconds > 0 else math.inf,
-            "less_physical_systems": sum(systems_by_index[i]["less_physical"] for i in groups),
-            # every ground-truth placement of these failed or was anomalous: no minimum to compare with
-            "systems_without_ground_truth_min": skipped,
-        }
+        context = _Screening(provider, calculator, slabs, systems_by_index, ks, fmax, steps, progress)
+        report["splits"][split], entries = _screen_split(folder, split, max_systems, context)
+        evaluated.extend(entries)
     rates = success_rates(evaluated, ks=ks)
     for split in splits:
         report["splits"][split]["success"] = rates[split]
@@ -157,6 +105,86 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
                          {"ml_best": min((c["ml_energy"] for c in entry["candidates"] if not c["anomalous"]),
                                          default=None)} for entry in evaluated]
     return report
+
+
+@dataclass
+class _Screening:
+    """What every split's screening shares: the ML provider, the ground-truth calculator, the clean
+    slabs by ``metal-facet``, the manifest's systems by index, the k values, the ML relaxation
+    settings (fmax eV/Å, steps) and the progress callback."""
+
+    provider: object
+    calculator: object
+    slabs: dict
+    systems_by_index: dict
+    ks: list
+    fmax: float
+    steps: int
+    progress: Callable | None
+
+
+def _screen_split(folder: Path, split: str, max_systems: int | None, context: _Screening) -> tuple[dict, list]:
+    """(the split's report, its systems with a ground-truth minimum) after ML-relaxing every placement
+    of ``split`` and validating the lowest candidates with the ground truth."""
+    from frameavg.data.atomic_data import data_to_atoms
+    from frameavg.data.readers import read_structures
+    from frameavg.evaluation.adsorbml import detect_anomalies
+    from frameavg.metrics import relaxation_metrics
+    from frameavg.simulation.optimizers import ADSORBML_LBFGS
+    from frameavg.simulation.relaxation import relax
+
+    c, systems_by_index, progress = context, context.systems_by_index, context.progress
+    path = folder / "dense" / f"{split}.lmdb"
+    datas = read_structures(path, dtype=torch.float64)
+    _check_placements(datas, path)
+    if max_systems is not None:
+        kept = sorted({int(d.system_index.reshape(-1)[0]) for d in datas})[:max_systems]
+        datas = [d for d in datas if int(d.system_index.reshape(-1)[0]) in set(kept)]
+    groups: dict[int, list[int]] = {}
+    for k, data in enumerate(datas):
+        groups.setdefault(int(data.system_index.reshape(-1)[0]), []).append(k)
+    too_small = [systems_by_index[i]["system"] for i, members in groups.items() if len(members) < 2]
+    if too_small:
+        raise DataError(f"system(s) {', '.join(too_small)} have fewer than 2 placements: a dense set needs "
+                        "several placements per system", source=str(path))
+    initial = [data_to_atoms(d) for d in datas]
+    start = time.perf_counter()
+    ml = relax(initial, c.provider, optimizer="lbfgs", optimizer_options=ADSORBML_LBFGS, fmax=c.fmax,
+               steps=c.steps, max_atoms_per_batch=budget_rows(c.provider, datas, str(path)), progress=None if progress is None else
+               (lambda done, total, s=split: progress(f"ML relaxations ({s})", done, total)))
+    ml_seconds = time.perf_counter() - start
+    anomalies = []
+    for atoms0, atoms1, data in zip(initial, ml, datas):
+        system = systems_by_index[int(data.system_index.reshape(-1)[0])]
+        if not math.isfinite(atoms1.info["energy"]):
+            anomalies.append(["failed"])
+            continue
+        anomalies.append(detect_anomalies(atoms0, atoms1, c.slabs[f"{system['metal']}-{system['facet']}"]))
+    entries = _ground_truth_candidates(groups, ml, anomalies, initial, datas, systems_by_index, c.calculator, c.ks,
+                                       c.slabs, split, progress)
+    ok = [k for k, atoms in enumerate(ml) if math.isfinite(atoms.info["energy"])]
+    metrics = relaxation_metrics(
+        [ml[k].positions for k in ok], [datas[k].pos_relaxed.double().numpy() for k in ok],
+        [datas[k].cell.reshape(3, 3).double().numpy() for k in ok], [datas[k].pbc.reshape(3).numpy() for k in ok],
+        [~datas[k].fixed.numpy() for k in ok], pred_energies=[ml[k].info["energy"] for k in ok],
+        target_energies=[float(datas[k].energy_relaxed.reshape(-1)[0]) for k in ok])
+    flagged = {}
+    for flags in anomalies:
+        for flag in flags:
+            flagged[flag] = flagged.get(flag, 0) + 1
+    split_report = {
+        "systems": len(groups), "placements": len(datas),
+        "ml_converged": sum(RelaxStatus.of(a.info["status"]) is RelaxStatus.CONVERGED for a in ml),
+        "anomalous_placements": sum(bool(f) for f in anomalies), "anomalies": flagged,
+        "relaxed_energy_mae": metrics["relaxed_energy_mae"], "adwt": metrics["average_distance_within_threshold"],
+        "ml_seconds": ml_seconds,
+        "ml_structure_evaluations": int(sum(atoms.info["steps"] + 1 for atoms in ml)),  # steps + 1 per placement
+        "placements_per_s": len(datas) / ml_seconds if ml_seconds > 0 else math.inf,
+        "less_physical_systems": sum(systems_by_index[i]["less_physical"] for i in groups),
+        # every ground-truth placement of these failed or was anomalous: no minimum to compare with
+        "systems_without_ground_truth_min": [e["system"] for e in entries if e["gt_min"] is None],
+    }
+    return split_report, [e for e in entries if e["gt_min"] is not None]
 
 
 def budget_rows(provider, datas, source: str | None = None) -> int | None:
