@@ -20,7 +20,6 @@ from frameavg.outputs import DENOISING, ENERGY, FORCES, GRADIENT_FORCES, STRESS
 from frameavg.training.denoising import DenoiseSettings, denoising_loss, new_generator, noised_batch
 from frameavg.training.losses import energy_loss, forces_loss
 from frameavg.training.network import PhysicalOutputs, build_network  # build_network: also its old place
-from frameavg.training.normalization import EnergyNormalizer
 
 
 class AtomisticTask(PhysicalOutputs, L.LightningModule):
@@ -30,16 +29,7 @@ class AtomisticTask(PhysicalOutputs, L.LightningModule):
     def __init__(self, config: dict):
         super().__init__()
         self.save_hyperparameters({"config": config})
-        self.config = config
-        self.net = build_network(config)
-        self.normalizer = EnergyNormalizer()
-        self.predict_forces = bool(config["targets"]["forces"])
-        self.predict_stress = bool(config["targets"].get("stress", False))
-        self.loss_cfg = config["loss"]
-        #: atomic numbers of the training set (saved in checkpoints; None when unknown)
-        self.training_elements: list[int] | None = None
-        #: {"requested", "used", "fallback"} precision of the training run (saved in checkpoints)
-        self.precision_record: dict | None = None
+        self.build_outputs(config)
         #: torch threads of the training run (saved in checkpoints)
         self.threads: int | None = None
         #: weights the run started from (training.run.init_weights: path, loaded/skipped/new names)

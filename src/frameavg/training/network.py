@@ -58,7 +58,21 @@ class PhysicalOutputs:
 
     A mixin for ``nn.Module`` subclasses with ``net``, ``normalizer``, ``predict_forces``,
     ``predict_stress`` and ``loss_cfg`` (the config's ``loss`` section: which derivatives training
-    needs)."""
+    needs), set by ``build_outputs``."""
+
+    def build_outputs(self, config: dict) -> None:
+        """The network, an unfitted normaliser and the prediction settings of ``config``; the
+        training records (elements, precision) start unknown."""
+        self.config = config
+        self.net = build_network(config)
+        self.normalizer = EnergyNormalizer()
+        self.predict_forces = bool(config["targets"]["forces"])
+        self.predict_stress = bool(config["targets"].get("stress", False))
+        self.loss_cfg = config["loss"]
+        #: atomic numbers of the training set (saved in checkpoints; None when unknown)
+        self.training_elements: list[int] | None = None
+        #: {"requested", "used", "fallback"} precision of the training run (saved in checkpoints)
+        self.precision_record: dict | None = None
 
     def normalized_outputs(self, batch, *, forces: bool | None = None, stress: bool | None = None) -> dict:
         """Network outputs in normalised units (the batch is never modified).
@@ -108,16 +122,7 @@ class TrainedModel(PhysicalOutputs, nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
-        self.config = config
-        self.net = build_network(config)
-        self.normalizer = EnergyNormalizer()
-        self.predict_forces = bool(config["targets"]["forces"])
-        self.predict_stress = bool(config["targets"].get("stress", False))
-        self.loss_cfg = config["loss"]
-        #: atomic numbers of the training set (None when unknown)
-        self.training_elements: list[int] | None = None
-        #: {"requested", "used", "fallback"} precision of the training run
-        self.precision_record: dict | None = None
+        self.build_outputs(config)
 
     @property
     def device(self) -> torch.device:
