@@ -56,7 +56,7 @@ def model(dim: str, envelope: str, norm: str, periodic: str, continuous: bool) -
     net = FAENet(cutoff=CUTOFF, hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=20,
                  tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,
                  regress_forces=None, envelope=envelope, norm=norm)
-    return FrameAveraging(net, frames=dim, method="all", forces=None, cutoff=CUTOFF, periodic=periodic,
+    return FrameAveraging(net, dims=dim, method="all", forces=None, cutoff=CUTOFF, periodic=periodic,
                           continuous=continuous).double().eval()
 
 
@@ -78,7 +78,7 @@ def cost_table(structures, repeats: int) -> list[dict]:
             net = FAENet(cutoff=CUTOFF, hidden_channels=128, num_filters=128, num_gaussians=32, num_interactions=3,
                          tag_hidden_channels=0, pg_hidden_channels=16, mp_type="updownscale_base", skip_co=False,
                          second_layer_MLP=False, regress_forces=None, envelope=options["envelope"], norm=options["norm"])
-            models[variant] = FrameAveraging(net, frames=dim, method="all", forces="from_energy", cutoff=CUTOFF,
+            models[variant] = FrameAveraging(net, dims=dim, method="all", forces="from_energy", cutoff=CUTOFF,
                                              periodic=options["periodic"], continuous=options["continuous"]).eval()
         times = {variant: [] for variant in models}
         for _ in range(repeats):

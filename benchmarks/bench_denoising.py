@@ -54,10 +54,9 @@ CONFIG_FILES = {"qm9": "faenet_qm9_small.yaml", "ethanol": "faenet_ethanol_small
 def mad_of_run(result: dict) -> dict:
     """FAENet's MAD per layer on the first 256 test structures of a finished run."""
     task = load_task(result["checkpoint"])
-    data = task.config["data"]
-    structures = read_structures(data["test"] or data["train"], keys=data["keys"] or None,
-                                 **(data["options"] or {}))[:256]
-    transform = graph_transform(data)
+    data = task.config.data
+    structures = read_structures(data.test or data.train, keys=data.keys or None, **data.options)[:256]
+    transform = data.neighbors.transform()
     return {"mad_per_layer": mad_per_layer(task.net, [transform(d) for d in structures])}
 
 

@@ -208,7 +208,7 @@ def run(args) -> dict:
         if name == "is2re":
             from frameavg.frames.averaging import FrameAveraging
 
-            ours_fa = FrameAveraging(ours, frames="2D", method="se3-stochastic", eval_method="se3-all", forces=None)
+            ours_fa = FrameAveraging(ours, dims="2D", method="se3-stochastic", eval_method="se3-all", forces=None)
         if args.compile:
             # The gradient target keeps the graph for the loss backward (retain_graph), which
             # compiled backwards with donated buffers refuse.

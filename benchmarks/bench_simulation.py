@@ -63,7 +63,7 @@ def potential(dim: str, dtype: str) -> Potential:
     torch.manual_seed(0)
     model = FAENet(cutoff=CUTOFF, hidden_channels=64, num_filters=64, num_interactions=2, num_gaussians=20,
                    tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, regress_forces=None)
-    return Potential(FrameAveraging(model, frames=dim, method="all", cutoff=CUTOFF), cutoff=CUTOFF,
+    return Potential(FrameAveraging(model, dims=dim, method="all", cutoff=CUTOFF), cutoff=CUTOFF,
                      max_neighbors=40, dtype=dtype)
 
 

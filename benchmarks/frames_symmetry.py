@@ -180,7 +180,7 @@ def faenet_fa(dim):
     model = FAENet(cutoff=6.0, hidden_channels=64, num_filters=64, num_interactions=2, num_gaussians=20,
                    tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,
                    regress_forces=None)
-    return FrameAveraging(model, frames=dim, method="all", forces="gradient", cutoff=6.0).double().eval()
+    return FrameAveraging(model, dims=dim, method="all", forces="gradient", cutoff=6.0).double().eval()
 
 
 def co_above_cu111():

@@ -31,8 +31,8 @@ def batches(real_data):
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_models_on_cuda_match_the_cpu_in_float32_and_mixed_precision(name, batches):
-    cpu_net = FrameAveraging(small_model(name), frames="3D", method="all", cutoff=CUTOFF)
-    gpu_net = FrameAveraging(small_model(name), frames="3D", method="all", cutoff=CUTOFF).cuda()
+    cpu_net = FrameAveraging(small_model(name), dims="3D", method="all", cutoff=CUTOFF)
+    gpu_net = FrameAveraging(small_model(name), dims="3D", method="all", cutoff=CUTOFF).cuda()
     energy_tol, forces_tol, _ = TOLERANCES[name]
     for batch in batches.values():
         reference = cpu_net(batch)
@@ -82,7 +82,7 @@ def test_calculator_and_relaxation_on_the_gpu(real_data):
     from frameavg.simulation.potential import Potential
     from frameavg.simulation.relaxation import relax
 
-    model = FrameAveraging(small_model("faenet"), frames="2D", method="all", cutoff=CUTOFF)
+    model = FrameAveraging(small_model("faenet"), dims="2D", method="all", cutoff=CUTOFF)
     atoms = ase.io.read(real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz", ":2")
     energies = {}
     for device in ("cpu", "cuda"):

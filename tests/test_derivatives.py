@@ -24,7 +24,7 @@ def faenet_fa():
     torch.manual_seed(0)
     model = FAENet(cutoff=CUTOFF, hidden_channels=64, num_filters=64, num_interactions=2, num_gaussians=16,
                    tag_hidden_channels=0, pg_hidden_channels=8, phys_embeds=False, regress_forces=None)
-    return FrameAveraging(model, frames="3D", method="all", cutoff=CUTOFF).double().eval()
+    return FrameAveraging(model, dims="3D", method="all", cutoff=CUTOFF).double().eval()
 
 
 @pytest.fixture(scope="module")

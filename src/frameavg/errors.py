@@ -37,3 +37,14 @@ def did_you_mean(given, options: Iterable, prefix: str = "") -> str:
     none is close (the hint every "unknown ..." error ends with)."""
     close = difflib.get_close_matches(str(given), [str(option) for option in options], n=1)
     return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+
+
+def renamed_keyword(old_value, old: str, new: str, new_value):
+    """The value of a keyword argument that was renamed from ``old`` to ``new``: ``old_value`` (with
+    a ``FutureWarning``) when the caller still wrote ``old=...``, else ``new_value``."""
+    if old_value is None:
+        return new_value
+    import warnings
+
+    warnings.warn(f"{old}= is deprecated; write {new}=", FutureWarning, stacklevel=3)
+    return old_value

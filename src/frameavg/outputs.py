@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 from frameavg.errors import ConfigError
 
@@ -48,9 +48,16 @@ DENOISING = "denoising"
 #: A per-atom scalar [N] whose −∂(Σ)/∂x is the denoising prediction of invariant models.
 DENOISING_POTENTIAL = "denoising_potential"
 
-FROM_ENERGY = "from_energy"
-DIRECT = "direct"
-DIRECT_WITH_GRADIENT_TARGET = "direct_with_gradient_target"
+class ForceMode(StrEnum):
+    """How ``forces`` is produced (see the module docstring). Members equal their names as
+    strings (``ForceMode.DIRECT == "direct"``), so configs and checkpoints keep plain text."""
+
+    FROM_ENERGY = "from_energy"
+    DIRECT = "direct"
+    DIRECT_WITH_GRADIENT_TARGET = "direct_with_gradient_target"
+
+
+FROM_ENERGY, DIRECT, DIRECT_WITH_GRADIENT_TARGET = ForceMode.FROM_ENERGY, ForceMode.DIRECT, ForceMode.DIRECT_WITH_GRADIENT_TARGET
 #: How ``forces`` is produced (see the module docstring); None: no forces.
 FORCE_MODES = (FROM_ENERGY, DIRECT, DIRECT_WITH_GRADIENT_TARGET, None)
 #: The modes whose ``forces`` come from a direct head.
@@ -60,7 +67,7 @@ LEGACY_FORCE_MODES = {"model": DIRECT, "gradient": FROM_ENERGY, "both": DIRECT_W
 
 
 def force_mode(value, name: str = "regress_forces", allowed: tuple = FORCE_MODES, *,
-               legacy: bool = False) -> str | None:
+               legacy: bool = False) -> ForceMode | None:
     """``value`` as a member of ``allowed`` (a subset of :data:`FORCE_MODES`): ``""``, ``"none"``,
     ``"null"`` and False mean None; with ``legacy`` (``FrameAveraging(forces=...)``), the
     spellings ``model``/``gradient``/``both`` of earlier releases map to ``direct``/
@@ -69,12 +76,12 @@ def force_mode(value, name: str = "regress_forces", allowed: tuple = FORCE_MODES
         value = None
     if legacy and isinstance(value, str) and value in LEGACY_FORCE_MODES:
         new = LEGACY_FORCE_MODES[value]
-        warnings.warn(f"{name}={value!r} is deprecated; write {new!r}", FutureWarning, stacklevel=3)
+        warnings.warn(f"{name}={value!r} is deprecated; write {str(new)!r}", FutureWarning, stacklevel=3)
         value = new
     if value is True or value not in allowed:
-        choices = ", ".join(repr(mode) for mode in allowed)
+        choices = ", ".join(repr(None if mode is None else str(mode)) for mode in allowed)
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
-    return value
+    return None if value is None else ForceMode(value)
 
 
 class Level(str, Enum):

@@ -45,7 +45,7 @@ def test_table_shows_bare_model_is_not_invariant(real_data, capsys):
                                  "--checks", "rotation,permutation", "--cutoff", "5"])
     assert code == 0
     lines = out.splitlines()
-    assert "frames none" in lines[0]
+    assert "dims none" in lines[0]
     rotation = next(line for line in lines if line.startswith("rotation"))
     assert rotation.split()[1] == "no" and float(rotation.split()[4]) > 1e-4
 
@@ -76,7 +76,7 @@ def test_checkpoint_uses_its_frames_and_neighbour_settings(real_data, capsys, tm
                                  "--checks", "rotation,reflection,image", "--json"])
     assert code == 0
     report = json.loads(out)
-    assert (report["meta"]["frames"], report["meta"]["method"]) == ("2D", "se3-all")
+    assert (report["meta"]["dims"], report["meta"]["method"]) == ("2D", "se3-all")
     assert (report["meta"]["cutoff"], report["meta"]["max_neighbors"]) == (5.0, 20)
     rows = {c["check"]: c for c in report["checks"]}
     assert rows["rotation"]["expected"] and rows["rotation"]["energy_abs_max"] < 1e-10

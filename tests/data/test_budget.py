@@ -107,13 +107,15 @@ def test_validation_batches_are_cut_by_the_budget_below_eval_batch_size():
     from frameavg.training.data_module import AtomisticDataModule
     from frameavg.training.module import AtomisticTask
 
-    config = load_config(None, TINY_MODEL + ETHANOL + ["data.val_fraction=0.2", "data.eval_batch_size=8"])
-    data = AtomisticDataModule(config["data"], config["targets"])
+    from frameavg.training.config import load_run_config
+
+    config = load_run_config(None, TINY_MODEL + ETHANOL + ["data.val_fraction=0.2", "data.eval_batch_size=8"])
+    data = AtomisticDataModule(config.data, config.targets)
     data.setup("fit")
     assert [b.num_graphs for b in data.val_dataloader()][:2] == [8, 8]  # no budget: by count
     net = AtomisticTask(config).net
     data.check_budgets(net)  # this machine holds far more than these molecules
-    budget = MemoryBudget.for_config(net, config["data"], available=1e12)
+    budget = MemoryBudget.for_config(net, config.data, available=1e12)
     data.eval_budget = MemoryBudget(**{**budget.__dict__, "limit": budget.base + 3.5 * budget.cost(data.val_set[0])})
     sizes = [b.num_graphs for b in data.val_dataloader()]
     assert max(sizes) == 3 and sum(sizes) == len(data.val_set)

@@ -104,7 +104,7 @@ def test_planted_discontinuity_is_found_at_its_step(structures):
 def test_smooth_frame_averaged_model_counts_frames(structures):
     torch.manual_seed(0)
     painn = build_model("painn", hidden_channels=16, num_interactions=2, cutoff=4.0, regress_forces=None)
-    model = FrameAveraging(painn, frames="3D", method="all").double().eval()
+    model = FrameAveraging(painn, dims="3D", method="all").double().eval()
     result = continuity_check(model, _data(structures["bulk_thermal"]), steps=20, step=0.002, seed=2, cutoff=4.0)
     assert result.jumps == 0, result.to_dict()
     assert result.frame_changes is not None and 0 <= result.frame_changes <= 20

@@ -74,7 +74,7 @@ def small_faenet(dim: str = "3D", *, cutoff: float = 6.0, periodic: str = "cloud
     model = FAENet(cutoff=cutoff, hidden_channels=32, num_filters=32, num_interactions=2, num_gaussians=20,
                    tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,
                    regress_forces=None, envelope="polynomial" if smooth else "none", norm="layer" if smooth else "graph")
-    fa = FrameAveraging(model, frames=dim, method="all", forces=forces, cutoff=cutoff, periodic=periodic,
+    fa = FrameAveraging(model, dims=dim, method="all", forces=forces, cutoff=cutoff, periodic=periodic,
                         continuous=continuous)
     return fa.to(dtype).eval()
 

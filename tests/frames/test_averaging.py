@@ -34,7 +34,7 @@ def _checks(name):
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_all_frames_make_raw_model_exactly_invariant_float64(real_data, name):
     structures, dim = load(real_data, name)
-    model = FrameAveraging(raw_model(), frames=dim, method="all").eval()
+    model = FrameAveraging(raw_model(), dims=dim, method="all").eval()
     assert_symmetric(model, structures, atol=1e-10, checks=_checks(name), dim=dim, cutoff=CUTOFF, seed=1)
 
 
@@ -44,7 +44,7 @@ def test_all_frames_make_raw_model_invariant_float32(real_data, name):
     crystals the frame-averaged forces nearly cancel (max |F| ~ 1e-3 eV/Å for this model), so
     float32 rounding of the O(0.1) per-frame forces dominates any relative measure."""
     structures, dim = load(real_data, name, dtype=torch.float32)
-    model = FrameAveraging(raw_model(torch.float32), frames=dim, method="all").eval()
+    model = FrameAveraging(raw_model(torch.float32), dims=dim, method="all").eval()
     assert_symmetric(model, structures, atol=0.0, rtol=1e-5, forces_atol=1e-6, forces_rtol=1e-5,
                      checks=_checks(name), dim=dim, cutoff=CUTOFF, seed=2)
 
@@ -278,5 +278,5 @@ def test_slab_with_isolated_adsorbate_stays_exact(real_data):
     slab.pos[adsorbate, 2] += 8.0
     frames = frames_for_batch(graphs([slab], cutoff=CUTOFF), "all", "2D", cutoff=CUTOFF)
     assert frames.degeneracy_names() != ["point"] and frames.cloud_level.tolist() == [1]
-    model = FrameAveraging(raw_model(), frames="2D", method="all").eval()
+    model = FrameAveraging(raw_model(), dims="2D", method="all").eval()
     assert_symmetric(model, [slab], atol=1e-10, checks=_checks("oc20_is2re"), dim="2D", cutoff=CUTOFF, seed=4)

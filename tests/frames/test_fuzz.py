@@ -37,7 +37,7 @@ def _model(dim: str) -> FrameAveraging:
     faenet = FAENet(cutoff=CUTOFF, hidden_channels=48, num_filters=32, num_interactions=2, num_gaussians=16,
                     tag_hidden_channels=0, pg_hidden_channels=8, max_atomic_number=100, regress_forces=None,
                     graph_norm=False)
-    return FrameAveraging(faenet, frames=dim, method="all", forces="from_energy", cutoff=CUTOFF).double().eval()
+    return FrameAveraging(faenet, dims=dim, method="all", forces="from_energy", cutoff=CUTOFF).double().eval()
 
 
 @pytest.mark.slow

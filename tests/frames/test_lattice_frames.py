@@ -13,7 +13,7 @@ from frameavg.data import atoms_to_data, read_structures
 from frameavg.evaluation.testing import assert_symmetric
 from frameavg.frames.compute import compute_frames, frames_for_batch
 from frameavg.frames.lattice_frames import reduction_transform
-from frameavg.training.config import DEFAULTS
+from frameavg.training.config import DEFAULTS, checkpoint_config
 from frameavg.training.module import build_network
 
 from .structures import graphs, small_faenet
@@ -152,8 +152,8 @@ def test_config_default_is_lattice_and_old_checkpoints_keep_the_cloud():
                                    "num_interactions": 1, "num_gaussians": 8, "tag_hidden_channels": 4,
                                    "pg_hidden_channels": 4},
               "frames": {"dims": "3D", "train": "stochastic", "eval": "all"}, "denoise": {"mode": "none"}}
-    old = build_network(config)
-    assert (old.periodic, old.continuous) == ("cloud", False)
+    old = build_network(checkpoint_config(config))  # a checkpoint saved before the keys existed
+    assert (old.periodic, old.continuous, old.cutoff) == ("cloud", False, 6.0)
     config["frames"].update(periodic="lattice", continuous=True)
     new = build_network(config)
     assert (new.periodic, new.continuous) == ("lattice", True)

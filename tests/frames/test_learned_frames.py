@@ -28,7 +28,7 @@ def _checks(name, method):
 
 def _learned(dtype, dim, method="learned", seed=0):
     torch.manual_seed(seed + 10)
-    return FrameAveraging(raw_model(dtype, seed), frames=dim, method=method, cutoff=CUTOFF).to(dtype).eval()
+    return FrameAveraging(raw_model(dtype, seed), dims=dim, method=method, cutoff=CUTOFF).to(dtype).eval()
 
 
 @pytest.mark.parametrize("method", ["learned", "se3-learned"])

@@ -31,7 +31,7 @@ def faenet_fa(dim: str, forces: str = "from_energy") -> FrameAveraging:
     model = FAENet(cutoff=CUTOFF, hidden_channels=64, num_filters=64, num_interactions=2, num_gaussians=20,
                    tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, max_atomic_number=100,
                    regress_forces=None)
-    return FrameAveraging(model, frames=dim, method="all", forces=forces, cutoff=CUTOFF).double().eval()
+    return FrameAveraging(model, dims=dim, method="all", forces=forces, cutoff=CUTOFF).double().eval()
 
 
 def co_above_cu111(height: float = 7.5):

@@ -112,7 +112,7 @@ def assert_frame_averaging_changes_nothing(model, real_data, dtype: torch.dtype,
     from frameavg.evaluation.testing import assert_symmetric
     from frameavg.frames import FrameAveraging
 
-    averaged = FrameAveraging(model, frames="3D", method="all").eval()
+    averaged = FrameAveraging(model, dims="3D", method="all").eval()
     structures = molecules(real_data, dtype)[:3] + slabs(real_data, dtype)[2:]
     assert_symmetric(averaged, structures, cutoff=5.0, max_neighbors=max_neighbors,
                      checks=("rotation", "reflection", "translation"), **tolerances)

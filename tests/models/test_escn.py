@@ -198,7 +198,7 @@ def test_grid_variant_is_symmetric_up_to_the_grid_error(real_data, regress_force
 
 def test_frame_averaging_wrapper_makes_it_exactly_O3_symmetric(real_data):
     """FrameAveraging(escn, "3D", "all"): rotations *and reflections*, exact even with the grid."""
-    model = FrameAveraging(_model(regress_forces="from_energy"), frames="3D", method="all").eval()
+    model = FrameAveraging(_model(regress_forces="from_energy"), dims="3D", method="all").eval()
     structures = _structures(real_data, torch.float64, n_molecules=2, n_slabs=0)
     assert_symmetric(model, structures, atol=1e-10, checks=("rotation", "reflection", "permutation"), cutoff=CUTOFF)
 

@@ -132,7 +132,7 @@ def test_stress_through_ewald_is_independent_of_cell_basis(periodic_structures):
 
 def test_aperiodic_faenet_with_all_frames_is_rotation_invariant(molecules):
     faenet = _model("faenet", variant="aperiodic", k_cutoff=0.6, delta_k=0.2)
-    model = FrameAveraging(faenet, frames="3D", method="all").eval()
+    model = FrameAveraging(faenet, dims="3D", method="all").eval()
     assert_symmetric(model, molecules, atol=1e-10, rtol=1e-10, forces_atol=1e-9,
                      checks=("rotation", "reflection", "translation", "permutation", "batch"),
                      cutoff=CUTOFF, seed=5)
@@ -244,7 +244,7 @@ def test_bf16_autocast_runs_and_stays_close_to_float32(which, request):
         d.pos, d.cell = d.pos.float(), d.cell.float()
     torch.manual_seed(0)
     faenet = build_model("faenet", ewald={}, regress_forces="direct", **SMALL["faenet"])
-    model = FrameAveraging(faenet, frames="3D", method="stochastic", eval_method="all")
+    model = FrameAveraging(faenet, dims="3D", method="stochastic", eval_method="all")
     batch = _batch(structures)
     reference = model.eval()(batch)
     with torch.autocast("cpu", dtype=torch.bfloat16):

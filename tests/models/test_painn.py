@@ -83,7 +83,7 @@ def test_frame_averaging_wrapper_stays_symmetric(real_data):
     """Measured (conservative forces): |ΔE| <= 6e-14 eV, |ΔF| <= 4e-13 eV/Å on the OC20 slab."""
     molecules, slab = load(real_data, "qm9")[:2], load(real_data, "oc20_is2re")[:1]
     for regress_forces in ("from_energy", "direct"):
-        wrapped = FrameAveraging(small_model(regress_forces), frames="3D", method="all").eval()
+        wrapped = FrameAveraging(small_model(regress_forces), dims="3D", method="all").eval()
         assert_symmetric(wrapped, molecules, atol=1e-10, checks=MOLECULE_CHECKS, cutoff=CUTOFF)
     assert_symmetric(wrapped, slab, atol=1e-10, checks=PERIODIC_CHECKS, cutoff=CUTOFF)
     structures = molecules + slab

@@ -86,7 +86,7 @@ def relative_error(low: torch.Tensor, reference: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_bf16_runs_products_in_bf16_and_geometry_in_float32(name, real_batches):
-    net = FrameAveraging(small_model(name), frames="3D", method="all", cutoff=CUTOFF)
+    net = FrameAveraging(small_model(name), dims="3D", method="all", cutoff=CUTOFF)
     batch = real_batches["slabs"]
     recorder = OpRecorder()
     with torch.autocast("cpu", dtype=torch.bfloat16), recorder:
@@ -129,7 +129,7 @@ def _rotated(batch, seed: int = 1):
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_bf16_matches_float32_and_frame_averaging_stays_invariant(name, real_batches):
-    net = FrameAveraging(small_model(name), frames="3D", method="all", cutoff=CUTOFF)
+    net = FrameAveraging(small_model(name), dims="3D", method="all", cutoff=CUTOFF)
     energy_tol, forces_tol, rotation_tol = TOLERANCES[name]
     for batch in real_batches.values():
         reference = net(batch)
@@ -152,7 +152,7 @@ def test_bf16_training_step_gradients_follow_float32(regress_forces, real_batche
     from frameavg.derivatives import energy_gradients
 
     model = small_model("faenet", regress_forces=regress_forces, force_decoder_type="mlp")
-    net = FrameAveraging(model, frames="3D", method="stochastic", cutoff=CUTOFF).train()
+    net = FrameAveraging(model, dims="3D", method="stochastic", cutoff=CUTOFF).train()
     batch = real_batches["molecules"]
 
     def gradients(autocast: bool) -> torch.Tensor:

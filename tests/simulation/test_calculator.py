@@ -27,7 +27,7 @@ def calculator(dim: str = "3D", skin: float = 0.5, **kwargs) -> FrameavgCalculat
     torch.manual_seed(0)
     model = FAENet(cutoff=CUTOFF, hidden_channels=64, num_filters=64, num_interactions=2, num_gaussians=16,
                    tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, regress_forces=None, **kwargs)
-    return FrameavgCalculator(model=FrameAveraging(model, frames=dim, method="all", cutoff=CUTOFF), skin=skin)
+    return FrameavgCalculator(model=FrameAveraging(model, dims=dim, method="all", cutoff=CUTOFF), skin=skin)
 
 
 def atoms_of(real_data, path, indices):
@@ -177,4 +177,4 @@ def test_direct_forces_warn_that_they_are_not_conservative():
     model = FAENet(cutoff=CUTOFF, hidden_channels=64, num_filters=32, num_interactions=1, num_gaussians=8,
                    tag_hidden_channels=0, pg_hidden_channels=8, phys_embeds=False, regress_forces="direct")
     with pytest.warns(UserWarning, match="not conservative"):
-        FrameavgCalculator(model=FrameAveraging(model, frames="3D", method="all"), direct_forces=True)
+        FrameavgCalculator(model=FrameAveraging(model, dims="3D", method="all"), direct_forces=True)

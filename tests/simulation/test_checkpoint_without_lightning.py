@@ -88,7 +88,7 @@ def test_trained_model_predicts_as_the_task(checkpoint, structures_file):
     assert model.training_elements == task.training_elements
     assert model.precision_record == task.precision_record
     assert model.state_dict().keys() == task.state_dict().keys()
-    transform = graph_transform(model.config["data"])
+    transform = graph_transform(model.config.data)
     batch = Batch.from_data_list([transform(d) for d in read_structures(structures_file)])
     with torch.no_grad():
         ours, theirs = model(batch), task(batch)

@@ -82,7 +82,7 @@ def test_md_nve_reports_drift_and_stability(ethanol_checkpoint, tmp_path, capsys
                  "--index", "3", "--ensemble", "nve", "--temperature", "300", "--timestep", "0.25", "--steps", "100",
                  "--every", "10", "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["steps"] == 100 and summary["recorded_frames"] == 11 and summary["steps_per_s"] > 0
+    assert summary["steps"] == 100 and summary["recorded_snapshots"] == 11 and summary["steps_per_s"] > 0
     assert summary["drift_meV_per_atom_per_ps"] is not None and summary["stability_fs"] is None
     assert 1 <= summary["neighbor_rebuilds"] <= summary["calculator_calls"]
     frames = ase.io.read(out, ":")

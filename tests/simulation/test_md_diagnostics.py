@@ -39,7 +39,7 @@ def _totals(path) -> np.ndarray:
 def test_nve_jump_and_range_follow_from_the_trajectory(copper, tmp_path):
     result = run_md(copper, EMT(), ensemble="nve", temperature_K=600, timestep_fs=1.0, steps=80, every=1, seed=3)
     path = tmp_path / "md.extxyz"
-    ase.io.write(path, result.frames, format="extxyz")
+    ase.io.write(path, result.snapshots, format="extxyz")
     totals = _totals(path)
     assert len(totals) == 81
     assert result.max_step_jump_meV == pytest.approx(1000 * np.abs(np.diff(totals)).max(), rel=1e-6)
@@ -53,14 +53,14 @@ def test_nve_jump_and_range_follow_from_the_trajectory(copper, tmp_path):
 def test_jump_and_range_use_every_step_not_only_recorded_frames(copper):
     every = run_md(copper, EMT(), ensemble="nve", temperature_K=600, timestep_fs=1.0, steps=40, every=1, seed=4)
     sparse = run_md(copper, EMT(), ensemble="nve", temperature_K=600, timestep_fs=1.0, steps=40, every=20, seed=4)
-    assert len(sparse.frames) == 3
+    assert len(sparse.snapshots) == 3
     assert sparse.max_step_jump_meV == pytest.approx(every.max_step_jump_meV, rel=1e-9)
     assert sparse.energy_range_meV_per_atom == pytest.approx(every.energy_range_meV_per_atom, rel=1e-9)
 
 
 def test_planted_energy_step_is_the_largest_jump(copper):
     smooth = run_md(copper, EMT(), ensemble="nve", temperature_K=600, timestep_fs=1.0, steps=60, every=1, seed=5)
-    x = np.array([f.positions[0, 0] for f in smooth.frames])
+    x = np.array([f.positions[0, 0] for f in smooth.snapshots])
     assert abs(x[30] - x[0]) > 1e-3
     plane = 0.5 * (x[0] + x[30])  # atom 0 crosses it at least once (same path: the step leaves forces alone)
     stepped = run_md(copper, SteppedEMT(plane, height=0.05), ensemble="nve", temperature_K=600, timestep_fs=1.0,

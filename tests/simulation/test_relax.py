@@ -95,7 +95,7 @@ def small_faenet(dim="2D"):
     torch.manual_seed(0)
     model = FAENet(cutoff=5.0, hidden_channels=48, num_filters=32, num_interactions=2, num_gaussians=16,
                    tag_hidden_channels=8, pg_hidden_channels=8, phys_embeds=False, regress_forces=None)
-    return FrameAveraging(model, frames=dim, method="all", cutoff=5.0)
+    return FrameAveraging(model, dims=dim, method="all", cutoff=5.0)
 
 
 def test_batched_model_path_equals_ase_looped_over_the_calculator(real_data):

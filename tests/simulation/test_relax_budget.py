@@ -32,7 +32,7 @@ def recording_potential() -> RecordingPotential:
     torch.manual_seed(0)
     model = FAENet(cutoff=5.0, hidden_channels=16, num_filters=16, num_interactions=1, num_gaussians=8,
                    tag_hidden_channels=4, pg_hidden_channels=4, phys_embeds=False, regress_forces=None)
-    return RecordingPotential(FrameAveraging(model, frames="2D", method="all", cutoff=5.0), cutoff=5.0,
+    return RecordingPotential(FrameAveraging(model, dims="2D", method="all", cutoff=5.0), cutoff=5.0,
                               dtype="float32")
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from frameavg.training.config import load_config
+from frameavg.training.config_sections import TrainerConfig
 from frameavg.training.run import default_threads, read_checkpoint, train
 from tiny import ETHANOL, TINY_MODEL
 
@@ -106,7 +107,7 @@ def test_default_threads_are_the_free_cores(monkeypatch, cores, load, trainer, t
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
-    assert default_threads(trainer) == threads
+    assert default_threads(TrainerConfig.from_dict(trainer)) == threads
 
 
 def test_isolated_atom_references_from_a_file(tmp_path, real_data):

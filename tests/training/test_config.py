@@ -55,14 +55,14 @@ def test_old_frames_key_is_read_as_frames_dims_with_a_warning(tmp_path):
     with pytest.warns(FutureWarning, match=r"'frames.frames' is deprecated; write 'frames.dims'"):
         config = load_config(path)
     assert config["frames"] == {"dims": "2D", "train": "se3-stochastic", "eval": "all", "periodic": "lattice",
-                                "continuous": True, "canonicalizer": {}}
+                                "continuous": True, "canonicalizer": {}, "cloud_cutoff": None}
     with pytest.warns(FutureWarning, match="override: 'frames.frames' is deprecated"):
         assert load_config(None, ["frames.frames=none"])["frames"]["dims"] == "none"
     with pytest.warns(FutureWarning):
         assert load_config(None, ["--frames.frames", "2D", "frames.dims=2D"])["frames"]["dims"] == "2D"
     assert load_config(None, ["frames.dims=none"])["frames"] == {"dims": "none", "train": "stochastic", "eval": "all",
                                                               "periodic": "lattice", "continuous": True,
-                                                              "canonicalizer": {}}
+                                                              "canonicalizer": {}, "cloud_cutoff": None}
 
 
 def test_old_and_new_frames_keys_that_disagree_are_an_error(tmp_path):
@@ -81,8 +81,10 @@ def test_checkpoint_configs_of_earlier_releases_are_upgraded_silently(recwarn):
 
     old = {"seed": 0, "frames": {"frames": "2D", "train": "all", "eval": "all"}, "model": {"name": "faenet"}}
     config = checkpoint_config(old, where="old.ckpt")
-    assert config["frames"] == {"dims": "2D", "train": "all", "eval": "all"} and config["plugins"] == []
-    assert list(config["frames"]) == ["dims", "train", "eval"]  # renamed in place
+    # the keys it lacks are what it was trained with: cloud frames of 6 Å, plain frame sets
+    assert config.frames.to_dict() == {"dims": "2D", "train": "all", "eval": "all", "periodic": "cloud",
+                                       "continuous": False, "canonicalizer": {}, "cloud_cutoff": 6.0}
+    assert config.plugins == []
     assert old["frames"]["frames"] == "2D"  # a copy: the checkpoint's dict is untouched
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
     with pytest.raises(ConfigError, match="old.ckpt: cannot import plugin 'no_such_plugin_module'"):
@@ -122,10 +124,10 @@ def test_faenet_envelope_and_norm_defaults_for_new_runs_and_saved_configs(tmp_pa
 
     assert load_config(None, ["model.envelope=cosine"])["model"]["envelope"] == "cosine"
     assert load_config(None, ["model.name=painn"])["model"] == {"name": "painn"}
-    saved = checkpoint_config({"model": {"name": "faenet", "hidden_channels": 64}})
-    assert saved["model"]["envelope"] == "none" and saved["model"]["norm"] == "graph"
-    kept = checkpoint_config({"model": {"name": "faenet", "envelope": "polynomial", "norm": "layer"}})
-    assert kept["model"]["envelope"] == "polynomial" and kept["model"]["norm"] == "layer"
+    saved = checkpoint_config({"model": {"name": "faenet", "hidden_channels": 64}}).model.arguments
+    assert saved["envelope"] == "none" and saved["norm"] == "graph"
+    kept = checkpoint_config({"model": {"name": "faenet", "envelope": "polynomial", "norm": "layer"}}).model.arguments
+    assert kept["envelope"] == "polynomial" and kept["norm"] == "layer"
     with pytest.raises(ConfigError, match="did you mean 'polynomial'"):
         validate_model_section(load_config(None, ["model.envelope=polynomal"]))
     with pytest.raises(ConfigError, match="did you mean 'layer'"):

@@ -9,7 +9,7 @@ import torch
 from torch_geometric.data import Batch
 
 from frameavg.data import read_structures
-from frameavg.data.neighbors import RadiusGraph, radius_graph_batch
+from frameavg.data.neighbors import RadiusGraph, radius_graph_batch, NeighborSettings
 from frameavg.errors import ConfigError
 from frameavg.evaluation.symmetry import transform_structure
 from frameavg.frames.averaging import FrameAveraging
@@ -32,7 +32,7 @@ def test_noise_lands_only_on_free_atoms_and_the_graph_is_rebuilt():
     batch = Batch.from_data_list(slabs())
     settings = DenoiseSettings(mode="noisy_nodes", sigma=0.3)
     original = batch.pos.clone()
-    noised = noised_batch(batch, settings, new_generator(settings), cutoff=CUTOFF, max_neighbors=None)
+    noised = noised_batch(batch, settings, new_generator(settings), NeighborSettings(CUTOFF))
     fixed = batch.fixed.bool()
     assert bool(fixed.any()) and bool((~fixed).any())
     moved = (noised.batch.pos - batch.pos).norm(dim=-1)
@@ -56,13 +56,13 @@ def test_corrupt_ratio_prob_and_the_relaxed_target():
     batch = Batch.from_data_list(slabs())
     free = ~batch.fixed.bool()
     half = DenoiseSettings(mode="noisy_nodes", corrupt_ratio=0.5)
-    noised = noised_batch(batch, half, new_generator(half), cutoff=CUTOFF, max_neighbors=None)
+    noised = noised_batch(batch, half, new_generator(half), NeighborSettings(CUTOFF))
     fraction = float(noised.mask.sum()) / float(free.sum())
     assert 0.3 < fraction < 0.7 and not bool((noised.mask & ~free).any())
     never = DenoiseSettings(mode="noisy_nodes", prob=1e-9)
-    assert noised_batch(batch, never, new_generator(never), cutoff=CUTOFF, max_neighbors=None) is None
+    assert noised_batch(batch, never, new_generator(never), NeighborSettings(CUTOFF)) is None
     relaxed = DenoiseSettings(mode="noisy_nodes", target="relaxed")
-    noised = noised_batch(batch, relaxed, new_generator(relaxed), cutoff=CUTOFF, max_neighbors=None)
+    noised = noised_batch(batch, relaxed, new_generator(relaxed), NeighborSettings(CUTOFF))
     assert torch.allclose(noised.target, batch.pos_relaxed - noised.batch.pos)
     assert torch.equal(noised.mask, free)
     assert float(denoising_loss(noised.target, noised)) == 0.0
@@ -71,18 +71,18 @@ def test_corrupt_ratio_prob_and_the_relaxed_target():
 def test_the_noise_is_seeded_and_its_stream_survives_a_checkpoint():
     batch = Batch.from_data_list(slabs())
     settings = DenoiseSettings(mode="noisy_nodes", seed=7)
-    first = noised_batch(batch, settings, new_generator(settings), cutoff=CUTOFF, max_neighbors=None)
-    again = noised_batch(batch, settings, new_generator(settings), cutoff=CUTOFF, max_neighbors=None)
+    first = noised_batch(batch, settings, new_generator(settings), NeighborSettings(CUTOFF))
+    again = noised_batch(batch, settings, new_generator(settings), NeighborSettings(CUTOFF))
     assert torch.equal(first.batch.pos, again.batch.pos)
     config = load_config(None, TINY_MODEL + ETHANOL + ["denoise.mode=noisy_nodes", "denoise.seed=7"])
     task = AtomisticTask(config)
-    noised_batch(batch, task.denoise, task.noise_generator, cutoff=CUTOFF, max_neighbors=None)  # advance
+    noised_batch(batch, task.denoise, task.noise_generator, NeighborSettings(CUTOFF))  # advance
     saved = {}
     task.on_save_checkpoint(saved)
-    expected = noised_batch(batch, task.denoise, task.noise_generator, cutoff=CUTOFF, max_neighbors=None)
+    expected = noised_batch(batch, task.denoise, task.noise_generator, NeighborSettings(CUTOFF))
     resumed = AtomisticTask(config)
     resumed.on_load_checkpoint(saved)
-    drawn = noised_batch(batch, resumed.denoise, resumed.noise_generator, cutoff=CUTOFF, max_neighbors=None)
+    drawn = noised_batch(batch, resumed.denoise, resumed.noise_generator, NeighborSettings(CUTOFF))
     assert torch.equal(drawn.batch.pos, expected.batch.pos)
 
 
@@ -181,7 +181,7 @@ def test_pretrain_command_and_mad_per_layer(tmp_path, capsys):
     from frameavg.training.run import load_task
 
     task = load_task(result["checkpoint"])
-    assert task.denoise.enabled and not any(task.config["targets"].values()) and task.config["data"]["keys"] == {}
+    assert task.denoise.enabled and not any(task.config.targets.to_dict().values()) and task.config.data.keys == {}
     assert main(["oversmoothing", "--checkpoint", result["checkpoint"], "--data", "shipped:rmd17_ethanol/test",
                  "--limit", "8", "--json"]) == 0
     mad = json.loads(capsys.readouterr().out)["mad_per_layer"]

@@ -85,7 +85,7 @@ def test_extending_guide_runs_as_written(tmp_path, monkeypatch, capsys, forget_p
     assert read_checkpoint(checkpoint)["hyper_parameters"]["config"]["plugins"] == ["toy_plugin"]
     assert "toy_plugin" in sys.modules  # imported again, by loading the checkpoint
     report = json.loads(output("frameavg symmetry --checkpoint"))
-    assert (report["meta"]["frames"], report["meta"]["method"]) == ("3D", "all")
+    assert (report["meta"]["dims"], report["meta"]["method"]) == ("3D", "all")
     checks = {row["check"]: row for row in report["checks"]}
     assert {"rotation", "reflection", "translation", "permutation"} <= set(checks)
     for row in checks.values():

@@ -46,7 +46,7 @@ def test_symmetry_command_measures_the_trained_model(trained, capsys):
     from frameavg.cli.symmetry_cmd import build_symmetry_model
 
     class Args:
-        checkpoint, frames, method, seed, cutoff, max_neighbors = trained["checkpoint"], None, None, 0, None, None
+        checkpoint, dims, method, seed, cutoff, max_neighbors = trained["checkpoint"], None, None, 0, None, None
 
     model, *_ = build_symmetry_model(Args, torch.float64)
     task = load_task(trained["checkpoint"]).to(torch.float64).eval()
@@ -55,7 +55,7 @@ def test_symmetry_command_measures_the_trained_model(trained, capsys):
     with torch.no_grad():
         torch.testing.assert_close(model(batch)["energy"], task(batch)["energy"], atol=1e-10, rtol=0)
     with pytest.raises(ConfigError, match="learned frames need the canonicaliser"):
-        Args.frames = "2D"
+        Args.dims = "2D"
         build_symmetry_model(Args, torch.float64)
 
 

@@ -147,7 +147,7 @@ def test_checkpoint_of_an_earlier_release_loads(tmp_path):
     path = tmp_path / "old.ckpt"
     torch.save({"hyper_parameters": {"config": old}, "state_dict": state}, path)
     task = load_task(path)
-    assert task.config["frames"]["dims"] == "2D" and task.config["plugins"] == []
+    assert task.config.frames.dims == "2D" and task.config.plugins == []
     assert (task.net.eval_spec.dim, task.net.eval_spec.name) == ("2D", "se3-all")
 
 

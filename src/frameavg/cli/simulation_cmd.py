@@ -72,7 +72,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=nonnegative_int, default=300, help="ML relaxations: maximum optimiser steps")
     p.add_argument("--max-systems", type=positive_int, default=None, help="evaluate the first N systems of each split")
     add_precision_args(p, default_precision="32-true")
-    p.add_argument("--frames", default="auto", help="evaluation frame method of frame-averaged models (default auto: all, or learned for models trained with learned frames)")
+    p.add_argument("--frame-method", "--frames", dest="frame_method", default="auto",
+                   help="evaluation frame method of frame-averaged models (default auto: all, or learned for models "
+                        "trained with learned frames; --frames is its old name)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     p.set_defaults(func=run_adsorbml_command)
 
@@ -99,7 +101,7 @@ def run_adsorbml_command(args) -> int:
 
     report = run_adsorbml(args.checkpoint, resolve_path(args.data), ks=ks, ground_truth=args.ground_truth,
                           splits=args.splits.split(",") if args.splits else None, device=args.device,
-                          precision=precision.name, frames=args.frames, fmax=args.fmax, steps=args.steps,
+                          precision=precision.name, frame_method=args.frame_method, fmax=args.fmax, steps=args.steps,
                           max_systems=args.max_systems, progress=progress)
     for bar in bars.values():
         bar.close()
@@ -113,7 +115,9 @@ def run_adsorbml_command(args) -> int:
 def _add_model_args(p) -> None:
     add_checkpoint_args(p)
     add_precision_args(p, default_precision="64-true")
-    p.add_argument("--frames", default="auto", help="evaluation frame method of frame-averaged models (default auto: all, exact; learned for models trained with learned frames)")
+    p.add_argument("--frame-method", "--frames", dest="frame_method", default="auto",
+                   help="evaluation frame method of frame-averaged models (default auto: all, exact; learned for "
+                        "models trained with learned frames; --frames is its old name)")
     p.add_argument("--skin", type=float, default=0.5, help="Verlet skin of the neighbour lists, Å")
     p.add_argument("--direct-forces", action="store_true",
                    help="use the model's force head instead of -dE/dx (not conservative)")
@@ -140,7 +144,7 @@ def _potential(args, device: str | None = None):
     with warnings.catch_warnings():  # runtime_precision has reported any fallback
         warnings.simplefilter("ignore")
         return Potential.from_checkpoint(args.checkpoint, device=device or args.device, precision=args.precision,
-                                         frames=args.frames, direct_forces=args.direct_forces)
+                                         frame_method=args.frame_method, direct_forces=args.direct_forces)
 
 
 def run_relax(args) -> int:
@@ -234,13 +238,13 @@ def format_relaxation_summary(summary: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def _write_atoms(path: Path, frames: list) -> None:
+def _write_atoms(path: Path, snapshots: list) -> None:
     import ase.io
 
     from frameavg.files import atomic_output
 
     clean = []
-    for atoms in frames:
+    for atoms in snapshots:
         calc = atoms.calc
         atoms = atoms.copy()
         atoms.calc = calc
@@ -289,7 +293,7 @@ def run_md_command(args) -> int:
                     friction_per_fs=args.friction, taut_fs=args.taut, seed=args.seed,
                     progress=lambda step, total: bar.update(step - bar.n))
     bar.close()
-    _write_atoms(out, result.frames)
+    _write_atoms(out, result.snapshots)
     summary = result.summary() | {"neighbor_rebuilds": calculator.neighbors.rebuilds,
                                   "calculator_calls": calculator.neighbors.calls, "atoms": len(atoms[args.index])}
     if args.json:

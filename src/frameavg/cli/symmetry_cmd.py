@@ -36,7 +36,7 @@ def register(sub) -> None:
                             "network that is not invariant by itself)")
     which.add_argument("--checkpoint", default=None, help="trained frameavg checkpoint (.ckpt)")
     add_plugins_arg(parser)
-    parser.add_argument("--frames", default=None, choices=["3D", "2D", "none"],
+    parser.add_argument("--dims", "--frames", dest="dims", default=None, choices=["3D", "2D", "none"],
                         help="frame averaging dimension (default: the checkpoint's, else 3D); none = the bare model")
     parser.add_argument("--method", default=None, choices=list(METHODS),
                         help="frame method (default: the checkpoint's evaluation method, else all)")
@@ -82,23 +82,23 @@ def run(args) -> int:
 
     dtype = getattr(torch, args.dtype)
     checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
-    model, frames, method, cutoff, max_neighbors, name = build_symmetry_model(args, dtype)
+    model, dims, method, cutoff, max_neighbors, name = build_symmetry_model(args, dtype)
     limit = args.limit if args.limit is not None else (1 if args.continuity else 64)
     stream = iter_structures(args.data, args.format, dtype=dtype)
     structures = list(itertools.islice(stream, limit) if limit else stream)
     if args.continuity:
-        return run_continuity(args, model, structures, frames=frames, method=method, cutoff=cutoff,
+        return run_continuity(args, model, structures, dims=dims, method=method, cutoff=cutoff,
                               max_neighbors=max_neighbors, name=name)
     report = symmetry_report(
-        model, structures, checks=checks, dim=frames if frames != "none" else "3D", cutoff=cutoff,
+        model, structures, checks=checks, dim=dims if dims != "none" else "3D", cutoff=cutoff,
         max_neighbors=max_neighbors, strict_neighbors=args.strict_neighbors, trials=args.trials, batch_size=args.batch_size, seed=args.seed,
-        expected=claims(frames, method, _bare_model(model), periodic=_periodic_frames(model)), atol=args.atol, rtol=args.rtol,
+        expected=claims(dims, method, _bare_model(model), periodic=_periodic_frames(model)), atol=args.atol, rtol=args.rtol,
     )
-    report.meta.update({"data": str(args.data), "model": name, "frames": frames, "method": method})
+    report.meta.update({"data": str(args.data), "model": name, "dims": dims, "method": method})
     if args.json:
         print_json(report.to_dict())
     else:
-        print(f"model {name} | frames {frames} | method {method} | {report.meta['structures']} structures "
+        print(f"model {name} | dims {dims} | method {method} | {report.meta['structures']} structures "
               f"({report.meta['periodic']} periodic) | {args.dtype} | cutoff {cutoff} Å")
         print(report.table())
     broken = report.broken_claims()
@@ -111,7 +111,7 @@ def run(args) -> int:
     return 0
 
 
-def run_continuity(args, model, structures, *, frames, method, cutoff, max_neighbors, name) -> int:
+def run_continuity(args, model, structures, *, dims, method, cutoff, max_neighbors, name) -> int:
     """``--continuity``: ``continuity_check`` on each structure; one JSON document with ``--json``."""
     from frameavg.cli.main import print_json
     from frameavg.errors import DataError
@@ -128,14 +128,14 @@ def run_continuity(args, model, structures, *, frames, method, cutoff, max_neigh
                                   batch_size=args.batch_size)
         rows.append({"index": index, **result.to_dict()})
     jumps = sum(row["jumps"] for row in rows)
-    report = {"meta": {"data": str(args.data), "model": name, "frames": frames, "method": method,
+    report = {"meta": {"data": str(args.data), "model": name, "dims": dims, "method": method,
                        "dtype": args.dtype, "cutoff": cutoff, "max_neighbors": max_neighbors, "seed": args.seed,
                        "steps": args.steps, "step_A": args.step, "factor": args.factor},
               "jumps": jumps, "structures": rows}
     if args.json:
         print_json(report)
     else:
-        print(f"model {name} | frames {frames} | method {method} | {args.dtype} | cutoff {cutoff} Å | "
+        print(f"model {name} | dims {dims} | method {method} | {args.dtype} | cutoff {cutoff} Å | "
               f"{args.steps} steps of {args.step} Å RMS per atom, seed {args.seed}")
         for row in rows:
             changes = "" if row["frame_changes"] is None else \
@@ -164,11 +164,11 @@ def _frame_options(args, net) -> dict:
     return options
 
 
-def claims(frames: str, method: str | None, model=None, periodic: str = "cloud") -> dict:
+def claims(dims: str, method: str | None, model=None, periodic: str = "cloud") -> dict:
     """The symmetries guaranteed by the frame method (exactly for all/det; approximately never) or
     by the model's construction (its ``invariances`` attribute, e.g. SchNet's rotations).
     ``periodic="lattice"`` frames depend on how a cell is written: no claim on ``cell``."""
-    if frames == "none" or method is None:
+    if dims == "none" or method is None:
         out = {"permutation": True, "image": True, "cell": True, "batch": True, "repeat": True,
                "rotation": False, "reflection": False, "translation": False}
     else:
@@ -199,7 +199,7 @@ def _bare_model(model):
 
 
 def build_symmetry_model(args, dtype):
-    """(model in eval mode, frames, method, cutoff, max_neighbors, description)."""
+    """(model in eval mode, dims, method, cutoff, max_neighbors, description)."""
     from frameavg.frames.averaging import FrameAveraging
 
     if args.checkpoint:
@@ -208,40 +208,40 @@ def build_symmetry_model(args, dtype):
         task = load_trained_model(args.checkpoint)
         net = task.net
         inner = net.model if isinstance(net, FrameAveraging) else net
-        frames = args.frames or (net.eval_spec.dim if isinstance(net, FrameAveraging) else "none")
+        dims = args.dims or (net.eval_spec.dim if isinstance(net, FrameAveraging) else "none")
         method = args.method or (net.eval_spec.name if isinstance(net, FrameAveraging) else None)
-        if frames != "none":
-            if isinstance(net, FrameAveraging) and frames == net.eval_spec.dim and not _frame_options(args, None):
+        if dims != "none":
+            if isinstance(net, FrameAveraging) and dims == net.eval_spec.dim and not _frame_options(args, None):
                 # the same wrapper, so learned frames keep the checkpoint's trained canonicaliser
                 task.net = net.with_eval_method(method or "all")
                 task.net.reset_generator(args.seed)
             elif (method or "").removeprefix("se3-") == "learned":
-                raise ConfigError(f"--frames {frames}: learned frames need the canonicaliser trained with the "
-                                  "checkpoint's own frames; leave --frames out")
+                raise ConfigError(f"--dims {dims}: learned frames need the canonicaliser trained with the "
+                                  "checkpoint's own frames; leave --dims out")
             else:
-                task.net = FrameAveraging(inner, frames=frames, method=method or "all", seed=args.seed,
+                task.net = FrameAveraging(inner, dims=dims, method=method or "all", seed=args.seed,
                                           **_frame_options(args, net))
         else:
             task.net = inner
             method = None
-        data_cfg = task.config.get("data", {})
-        cutoff = args.cutoff or data_cfg.get("cutoff", 6.0)
-        max_neighbors = args.max_neighbors if args.max_neighbors is not None else data_cfg.get("max_neighbors")
-        return task.to(dtype).eval(), frames, method, cutoff, max_neighbors, f"checkpoint {args.checkpoint}"
+        neighbors = task.config.data.neighbors
+        cutoff = args.cutoff or neighbors.cutoff
+        max_neighbors = args.max_neighbors if args.max_neighbors is not None else neighbors.max_neighbors
+        return task.to(dtype).eval(), dims, method, cutoff, max_neighbors, f"checkpoint {args.checkpoint}"
 
     from frameavg.models import build_model
-    from frameavg.training.config import DEFAULTS, NEW_RUN_MODEL_DEFAULTS
+    from frameavg.training.config_sections import NEW_RUN_MODEL_DEFAULTS, FramesConfig
 
     name = args.model or "raw-mpnn"
     torch.manual_seed(args.seed)
     inner = build_model(name, **NEW_RUN_MODEL_DEFAULTS.get(name, {}))  # as a new run would build it
-    frames = args.frames or "3D"
-    method = None if frames == "none" else (args.method or "all")
-    options = {"periodic": DEFAULTS["frames"]["periodic"], "continuous": DEFAULTS["frames"]["continuous"],
+    dims = args.dims or "3D"
+    method = None if dims == "none" else (args.method or "all")
+    options = {"periodic": FramesConfig.periodic, "continuous": FramesConfig.continuous,
                **_frame_options(args, None)}
-    model = inner if frames == "none" else FrameAveraging(inner, frames=frames, method=method, seed=args.seed,
+    model = inner if dims == "none" else FrameAveraging(inner, dims=dims, method=method, seed=args.seed,
                                                           **options)
     cutoff = args.cutoff or float(getattr(inner, "cutoff", 6.0))
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {args.limit}")
-    return model.to(dtype).eval(), frames, method, cutoff, args.max_neighbors, f"{name} (random init, seed {args.seed})"
+    return model.to(dtype).eval(), dims, method, cutoff, args.max_neighbors, f"{name} (random init, seed {args.seed})"

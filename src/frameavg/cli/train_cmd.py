@@ -118,7 +118,7 @@ def _load_model(args):
     precision = runtime_precision(args)
     task = load_trained_model(args.checkpoint).to(args.device)
     task.net.to(precision.dtype)
-    keys = dict(task.config["data"]["keys"] or {})
+    keys = dict(task.config.data.keys)
     if args.keys:
         try:
             keys = dict(item.split("=", 1) for item in args.keys.split(","))
@@ -132,11 +132,10 @@ def _read(path, args, task, keys, precision):
     prepared). A structure that fails does not stop the others: it is reported and skipped."""
     from frameavg.data import read_structures
     from frameavg.errors import DataError
-    from frameavg.training.network import graph_transform
 
     structures = read_structures(path, format=args.format, keys=keys or None, trusted=args.trusted,
                                  dtype=precision.dtype)
-    transform = graph_transform(task.config["data"])
+    transform = task.config.data.neighbors.transform()
     failed = {}
     for i, data in enumerate(structures):
         try:
@@ -163,7 +162,7 @@ def run_oversmoothing(args) -> int:
     structures, failed = _read(args.data, args, task, keys if args.keys else {}, precision)
     kept = [d for i, d in enumerate(structures) if i not in failed][: max(1, args.limit)]
     mad = mad_per_layer(task.net, kept, batch_size=args.batch_size,
-                        budget=MemoryBudget.for_config(task.net, task.config["data"]), source=args.data)
+                        budget=MemoryBudget.for_config(task.net, task.config.data), source=args.data)
     if args.json:
         print_json({"mad_per_layer": mad, "structures": len(kept)})
     else:
@@ -183,7 +182,7 @@ def run_test(args) -> int:
     per_file = {}
     for path in args.data:
         structures, failed = _read(path, args, task, keys, precision)
-        missing = [t for t, on in task.config["targets"].items() if on and t not in structures[0]]
+        missing = [t for t, on in task.config.targets.to_dict().items() if on and t not in structures[0]]
         if missing:
             raise FrameavgError(f"{path}: no '{', '.join(missing)}' labels to test against (use --keys)")
         metrics, pred = evaluate(task, structures, args.batch_size, failed=failed, precision=precision,

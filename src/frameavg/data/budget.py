@@ -175,12 +175,11 @@ class MemoryBudget:
                    fraction=fraction)
 
     @classmethod
-    def for_config(cls, net, data: dict, *, training: bool = False, available: float | None = None) -> "MemoryBudget":
-        """``for_network`` with the cutoff, neighbour cap and ``memory_fraction`` of a config's
-        ``data`` section (checkpoints saved before the key: ``MEMORY_FRACTION``)."""
-        return cls.for_network(net, cutoff=data["cutoff"], max_neighbors=data.get("max_neighbors"),
-                               fraction=data.get("memory_fraction", MEMORY_FRACTION), training=training,
-                               available=available)
+    def for_config(cls, net, data, *, training: bool = False, available: float | None = None) -> "MemoryBudget":
+        """``for_network`` with the neighbour settings (``data.neighbors``) and ``memory_fraction``
+        of a config's ``data`` section (``training.config_sections.DataConfig``)."""
+        return cls.for_network(net, cutoff=data.neighbors.cutoff, max_neighbors=data.neighbors.max_neighbors,
+                               fraction=data.memory_fraction, training=training, available=available)
 
     @property
     def base(self) -> float:

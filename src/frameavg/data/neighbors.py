@@ -9,6 +9,8 @@ itself).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch_geometric.data import Data
@@ -142,6 +144,36 @@ def radius_graph_batch(
     )
 
 
+@dataclass(frozen=True)
+class NeighborSettings:
+    """How one run builds every neighbour list: ``cutoff`` (Å), ``max_neighbors`` per atom (None:
+    no limit), ``strict`` (exact ``max_neighbors``; False keeps ties within ``TIE_TOLERANCE``, as
+    OCP) and the memory guard ``max_edges_per_atom`` (see ``neighbor_list``). Training batches,
+    noised batches, ``frameavg test``/``predict`` and the simulations all build their graphs from
+    the run's one instance (``training.config_sections.DataConfig.neighbors``)."""
+
+    cutoff: float
+    max_neighbors: int | None = None
+    strict: bool = True
+    max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM
+
+    def __post_init__(self):
+        if not self.cutoff > 0:  # NaN too
+            raise DataError(f"cutoff must be positive, got {self.cutoff}")
+
+    def transform(self) -> "RadiusGraph":
+        """The PyG transform that adds these neighbour lists to a ``Data``."""
+        return RadiusGraph(self.cutoff, self.max_neighbors, self.strict, self.max_edges_per_atom)
+
+    def verlet_list(self, skin: float) -> "VerletList":
+        """A neighbour list with a ``skin`` (Å) for one structure that moves a little per call."""
+        return VerletList(self.cutoff, skin, self.max_neighbors, self.strict, self.max_edges_per_atom)
+
+    def edges_of(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``radius_graph_batch`` of ``batch`` with these settings."""
+        return radius_graph_batch(batch, self.cutoff, self.max_neighbors, self.strict, self.max_edges_per_atom)
+
+
 class RadiusGraph(BaseTransform):
     """PyG transform adding ``edge_index`` [2,E], ``cell_offsets`` [E,3] and ``neighbors`` [1].
 
@@ -154,17 +186,14 @@ class RadiusGraph(BaseTransform):
 
     def __init__(self, cutoff: float, max_neighbors: int | None = None, strict: bool = True,
                  max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM):
-        if cutoff <= 0:
-            raise DataError(f"cutoff must be positive, got {cutoff}")
+        self.settings = NeighborSettings(cutoff, max_neighbors, strict, max_edges_per_atom)
         self.cutoff = cutoff
         self.max_neighbors = max_neighbors
         self.strict = strict
         self.max_edges_per_atom = max_edges_per_atom
 
     def forward(self, data: Data) -> Data:
-        edge_index, cell_offsets, neighbors = radius_graph_batch(
-            data, self.cutoff, self.max_neighbors, self.strict, self.max_edges_per_atom
-        )
+        edge_index, cell_offsets, neighbors = self.settings.edges_of(data)
         data.edge_index = edge_index
         data.cell_offsets = cell_offsets
         data.neighbors = neighbors

@@ -200,7 +200,7 @@ def _prepare(case: BenchCase) -> _Prepared:
     cutoff, max_neighbors = _neighbor_settings(kwargs)
     net = build_model(name, **kwargs)
     if frames is not None:
-        net = FrameAveraging(net, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"], seed=0,
+        net = FrameAveraging(net, dims=frames["dims"], method=frames["train"], eval_method=frames["eval"], seed=0,
                              canonicalizer=frames.get("canonicalizer"), periodic=frames.get("periodic", "lattice"),
                              continuous=frames.get("continuous", True))
     params = sum(p.numel() for p in net.parameters())  # a learned-frames canonicaliser included

@@ -4,7 +4,7 @@ Example::
 
     from frameavg.evaluation.testing import assert_invariant, assert_equivariant
     structures = read_structures("my_data.extxyz", dtype=torch.float64)[:8]
-    model = FrameAveraging(MyModel(), frames="3D", method="all").double().eval()
+    model = FrameAveraging(MyModel(), dims="3D", method="all").double().eval()
     assert_invariant(model, structures)  # default tolerance of float64
     assert_equivariant(model, structures, atol=1e-10)
     assert_symmetric(model, structures)  # both from one report (half the work)

@@ -19,7 +19,7 @@ from torch_geometric.data import Batch
 
 from frameavg.data.pyg_compat import batch_increments, batch_slices, set_num_graphs
 from frameavg.derivatives import energy_gradients
-from frameavg.errors import ConfigError
+from frameavg.errors import ConfigError, renamed_keyword
 from frameavg.frames.compute import DEFAULT_MAX_FRAMES, DEFAULT_TOL, Frames, compute_frames
 from frameavg.frames.lattice_frames import PERIODIC_FRAMES
 from frameavg.frames.methods import FrameMethod
@@ -47,7 +47,6 @@ DEFAULT_VECTOR_KEYS = VECTOR_OUTPUTS
 DEFAULT_TENSOR_KEYS = TENSOR_OUTPUTS
 _HANDLED = {"pos", "batch", "ptr", "cell", "edge_index"}
 
-
 class FrameAveraging(nn.Module):
     """Wrap ``model`` so that its outputs are averaged over frames.
 
@@ -55,7 +54,7 @@ class FrameAveraging(nn.Module):
         model: any module whose ``forward(batch)`` returns a dict of tensors (energy [B],
             forces [N,3], ...). It sees a PyG ``Batch`` with canonical ``pos``/``cell`` and every
             other field of the input.
-        frames: ``3D`` or ``2D`` (PCA in x,y about z: slabs).
+        dims: ``3D`` or ``2D`` (PCA in x,y about z: slabs); ``frames=`` is its deprecated name.
         method: ``all`` | ``stochastic`` | ``det`` | ``DA`` or ``se3-`` variants (see FrameMethod),
             used in training mode.
         eval_method: method used in eval mode (default: ``method``); e.g. train ``stochastic``,
@@ -93,7 +92,7 @@ class FrameAveraging(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        frames: str = "3D",
+        dims: str = "3D",
         method: str = "all",
         eval_method: str | None = None,
         *,
@@ -108,12 +107,14 @@ class FrameAveraging(nn.Module):
         canonicalizer: dict | None = None,
         periodic: str = "cloud",
         continuous: bool = False,
+        frames: str | None = None,
     ):
         super().__init__()
+        dims = renamed_keyword(frames, "frames", "dims", dims)  # "frames" now names frames only
         forces = force_mode(forces, "forces", FORCE_MODES, legacy=True)
         self.model = model
-        self.train_spec = FrameMethod.parse(method, frames)
-        self.eval_spec = FrameMethod.parse(eval_method or method, frames)
+        self.train_spec = FrameMethod.parse(method, dims)
+        self.eval_spec = FrameMethod.parse(eval_method or method, dims)
         self.forces = forces
         self.energy_key = energy_key
         self.vector_keys = tuple(dict.fromkeys((*vector_keys, GRADIENT_FORCES, DIRECT_FORCES)))
@@ -230,19 +231,16 @@ class FrameAveraging(nn.Module):
                     out[GRADIENT_FORCES] = forces
         return (out, frames) if return_frames else out
 
-
 def _keep_generator_without_saved_state(module, state_dict, prefix, *args) -> None:
     """Weights saved before the random stream was part of ``state_dict`` load with the stream as
     it is (seeded)."""
     state_dict.setdefault(prefix + "_extra_state", module.get_extra_state())
-
 
 def _graph_vector(batch) -> tuple[torch.Tensor, int]:
     vector = getattr(batch, "batch", None)
     if vector is None:
         return torch.zeros(batch.pos.shape[0], dtype=torch.long, device=batch.pos.device), 1
     return vector, int(batch.num_graphs)
-
 
 def expand_batch(
     batch, frames: Frames, graph_of_atom: torch.Tensor | None = None
@@ -309,7 +307,6 @@ def expand_batch(
         out[key] = expanded
     return out, edges
 
-
 def _expanded_ids(counts: torch.Tensor, frame_graph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Original id and expanded graph of every element of every frame copy (elements grouped by graph)."""
     start = torch.cumsum(counts, 0) - counts
@@ -318,7 +315,6 @@ def _expanded_ids(counts: torch.Tensor, frame_graph: torch.Tensor) -> tuple[torc
     new_start = torch.cumsum(sizes, 0) - sizes
     owner = torch.repeat_interleave(torch.arange(frame_graph.shape[0], device=counts.device), sizes, output_size=total)
     return torch.arange(total, device=counts.device) + (start[frame_graph] - new_start)[owner], owner
-
 
 def _field_level(key, value, slices, counts, edge_counts, num_atoms, num_edges, num_graphs) -> str:
     if slices is not None:
@@ -338,7 +334,6 @@ def _field_level(key, value, slices, counts, edge_counts, num_atoms, num_edges, 
     if size == num_graphs:
         return "graph"
     raise ConfigError(f"field '{key}' has leading size {size}: not atoms ({num_atoms}), edges or graphs ({num_graphs})")
-
 
 def average_outputs(
     outputs: dict,
@@ -385,7 +380,6 @@ def average_outputs(
             0, target, w * value
         )
     return result
-
 
 def _output_kind(key: str, value: torch.Tensor, rows: dict, vector_keys, tensor_keys, energy_key) -> tuple[Level, Rank]:
     """(level, rank) of output ``key`` on the enlarged batch (``rows``: rows per level)."""

@@ -56,7 +56,7 @@ def _ground_truth_calculator(name: str, manifest: dict):
 
 def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | None = None,
                  ks: Sequence[int] = (1, 2, 3, 4, 5), ground_truth: str = "emt", device: str = "cpu",
-                 precision: str | None = None, frames: str = "all", fmax: float = RELAX_FMAX,
+                 precision: str | None = None, frame_method: str = "all", fmax: float = RELAX_FMAX,
                  steps: int = RELAX_STEPS, max_systems: int | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Run the pipeline (see the module docstring); returns the report dictionary.
 
@@ -88,7 +88,7 @@ def run_adsorbml(force_provider, folder: str | Path, *, splits: Sequence[str] | 
         raise DataError(f"no dense placements for split(s) {', '.join(missing)} (present: {', '.join(available)})",
                         source=str(folder))
     slabs = read_slabs(folder)
-    provider = as_provider(force_provider, device=device, frames=frames, precision=precision)
+    provider = as_provider(force_provider, device=device, frame_method=frame_method, precision=precision)
     systems_by_index = {s["index"]: s for s in manifest["systems"]}
     report = {"label": manifest.get("label", LABEL), "folder": str(folder), "ground_truth": ground_truth,
               "ks": ks, "ml_fmax": fmax, "ml_steps": steps, "max_systems": max_systems, "splits": {}}

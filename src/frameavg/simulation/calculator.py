@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, CalculationFailed, PropertyNotImplementedError, all_changes
 
-from frameavg.data.neighbors import VerletList
+
 from frameavg.derivatives import matrix_to_voigt
-from frameavg.errors import ConfigError
+from frameavg.errors import ConfigError, renamed_keyword
 from frameavg.outputs import ENERGY, FORCES, STRESS
 from frameavg.simulation.potential import Potential
 
@@ -39,7 +39,7 @@ class FrameavgCalculator(Calculator):
             model's) and ``max_neighbors``; or
         potential: a ready ``Potential``.
         device: ``cpu`` or ``cuda``. dtype: ``float64`` (default) or ``float32``.
-        frames: evaluation frame method of frame-averaged models (default ``auto``: ``all``, exact, or
+        frame_method: evaluation frame method of frame-averaged models (``frames=``: its old name) (default ``auto``: ``all``, exact, or
             ``learned`` for models trained with learned frames).
         direct_forces: use the model's force head instead of −∂E/∂x (not conservative).
         skin: Verlet skin of the neighbour list, Å (0: rebuild at every call).
@@ -49,10 +49,12 @@ class FrameavgCalculator(Calculator):
 
     def __init__(self, checkpoint=None, *, model=None, normalizer=None, potential: Potential | None = None,
                  cutoff: float | None = None, max_neighbors: int | None = None, device: str = "cpu",
-                 dtype: str | torch.dtype = "float64", precision: str | None = None, frames: str | None = "auto",
-                 direct_forces: bool = False, skin: float = 0.5, **kwargs):
+                 dtype: str | torch.dtype = "float64", precision: str | None = None, frame_method: str | None = "auto",
+                 direct_forces: bool = False, skin: float = 0.5, frames: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        options = dict(device=device, dtype=dtype, precision=precision, frames=frames, direct_forces=direct_forces)
+        frame_method = renamed_keyword(frames, "frames", "frame_method", frame_method)
+        options = dict(device=device, dtype=dtype, precision=precision, frame_method=frame_method,
+                       direct_forces=direct_forces)
         if sum(x is not None for x in (checkpoint, model, potential)) != 1:
             raise ConfigError("give exactly one of checkpoint=, model= (with normalizer=) or potential=")
         if potential is not None:
@@ -67,9 +69,7 @@ class FrameavgCalculator(Calculator):
         if self.potential.direct_forces and self.potential.has_direct_forces:
             warnings.warn("direct forces are a model head, not −∂E/∂x: they are not conservative "
                           "(energy drifts in molecular dynamics)", stacklevel=2)
-        p = self.potential
-        self.neighbors = VerletList(p.cutoff, skin, p.max_neighbors, strict=False,
-                                    max_edges_per_atom=p.max_edges_per_atom)
+        self.neighbors = self.potential.neighbors.verlet_list(skin)
 
     def check_state(self, atoms, tol=1e-15):
         """ASE's changes, plus tags (models embed them; ASE's calculators do not watch them)."""

@@ -41,7 +41,7 @@ BOND_DEVIATION = 0.5
 class MDResult:
     """steps, timestep_fs, steps_per_s; temperatures [K] and total/potential energies [eV] of the
     recorded frames (``times_fs``); ``drift_meV_per_atom_per_ps``, ``max_excursion_meV_per_atom``,
-    ``max_step_jump_meV`` and ``energy_range_meV_per_atom`` (NVE only, see the module docstring); ``stability_fs`` (None: stable to the end); ``frames``: recorded ``ase.Atoms``."""
+    ``max_step_jump_meV`` and ``energy_range_meV_per_atom`` (NVE only, see the module docstring); ``stability_fs`` (None: stable to the end); ``snapshots``: recorded ``ase.Atoms``."""
 
     ensemble: str
     steps: int
@@ -56,14 +56,14 @@ class MDResult:
     max_step_jump_meV: float | None = None
     energy_range_meV_per_atom: float | None = None
     stability_fs: float | None = None
-    frames: list = field(default_factory=list, repr=False)
+    snapshots: list = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
-        """Everything but the frames and per-frame series (for ``--json``)."""
+        """Everything but the snapshots and per-snapshot series (for ``--json``)."""
         out = asdict(self)
-        for key in ("frames", "times_fs", "temperatures_K", "potential_energies", "total_energies"):
+        for key in ("snapshots", "times_fs", "temperatures_K", "potential_energies", "total_energies"):
             out.pop(key)
-        out["recorded_frames"] = len(self.frames)
+        out["recorded_snapshots"] = len(self.snapshots)
         out["simulated_ps"] = self.steps * self.timestep_fs / 1000.0
         return out
 
@@ -137,7 +137,7 @@ def run_md(
         frame.calc = SinglePointCalculator(frame, energy=potential, forces=atoms.get_forces())
         frame.info.update(step=step, time_fs=step * timestep_fs, kinetic_energy=kinetic,
                           temperature_K=float(atoms.get_temperature()))
-        result.frames.append(frame)
+        result.snapshots.append(frame)
         result.times_fs.append(step * timestep_fs)
         result.temperatures_K.append(float(atoms.get_temperature()))
         result.potential_energies.append(potential)

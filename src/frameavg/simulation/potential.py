@@ -19,10 +19,10 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 
 from frameavg.data.atomic_data import atoms_to_data
-from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, RadiusGraph
+from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, NeighborSettings
 from frameavg.derivatives import with_derivatives
-from frameavg.errors import ConfigError
-from frameavg.outputs import ENERGY, FORCES, STRESS
+from frameavg.errors import ConfigError, renamed_keyword
+from frameavg.outputs import DIRECT_MODES, ENERGY, FORCES, STRESS
 from frameavg.precision import resolve as resolve_precision
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -46,7 +46,7 @@ class Potential:
         cutoff, max_neighbors, max_edges_per_atom: the neighbour list the model expects (ties at
             ``max_neighbors`` kept, as in training). A hard cap (``max_neighbors`` not None) warns
             once: the energy jumps whenever the k-th and (k+1)-th neighbours swap.
-        frames: evaluation frame method of a frame-averaged net. ``auto`` (default): ``all`` (exact),
+        frame_method: evaluation frame method of a frame-averaged net (``frames=``: its old name). ``auto`` (default): ``all`` (exact),
             or ``learned`` for a net evaluated with learned frames (its canonicaliser was trained
             with it; PCA frames would show it inputs it never saw).
         direct_forces: use the model's own force head (if any) instead of −∂E/∂x.
@@ -59,9 +59,10 @@ class Potential:
     """
 
     def __init__(self, net: nn.Module, normalizer=None, *, cutoff: float, max_neighbors: int | None = None,
-                 max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM, frames: str | None = "auto",
+                 max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM, frame_method: str | None = "auto",
                  direct_forces: bool = False, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype = torch.float64, precision: str | None = None, training_elements=None):
+                 dtype: str | torch.dtype = torch.float64, precision: str | None = None, training_elements=None,
+                 frames: str | None = None):
         from frameavg.frames.averaging import FrameAveraging
 
         dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
@@ -72,15 +73,18 @@ class Potential:
         self.precision = resolve_precision(precision, device)
         self.dtype = self.precision.dtype
         self.device = torch.device(device)
-        if isinstance(net, FrameAveraging) and frames is not None:
-            if frames == "auto":
-                frames = net.eval_spec.name if net.eval_spec.kind == "learned" else "all"
-            net = net.with_eval_method(frames)
+        frame_method = renamed_keyword(frames, "frames", "frame_method", frame_method)
+        if isinstance(net, FrameAveraging) and frame_method is not None:
+            if frame_method == "auto":
+                frame_method = net.eval_spec.name if net.eval_spec.kind == "learned" else "all"
+            net = net.with_eval_method(frame_method)
         self.net = net.to(device=self.device, dtype=self.dtype).eval()
         if normalizer is not None:
             normalizer = normalizer.to(self.device)
         self.normalizer = normalizer
-        self.cutoff = float(cutoff)
+        #: how every neighbour list of this potential is built (ties at max_neighbors kept, as in training)
+        self.neighbors = NeighborSettings(float(cutoff), max_neighbors, strict=False, max_edges_per_atom=max_edges_per_atom)
+        self.cutoff = self.neighbors.cutoff
         self.max_neighbors = max_neighbors
         if max_neighbors is not None:
             warnings.warn(neighbor_cap_warning(max_neighbors), stacklevel=2)
@@ -88,7 +92,7 @@ class Potential:
         self.direct_forces = direct_forces
         self.training_elements = None if training_elements is None else {int(z) for z in training_elements}
         self._warned: set[int] = set()
-        self.graph = RadiusGraph(self.cutoff, max_neighbors, strict=False, max_edges_per_atom=max_edges_per_atom)
+        self.graph = self.neighbors.transform()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -102,10 +106,10 @@ class Potential:
     def from_task(cls, task, **kwargs) -> "Potential":
         """The potential of a trained ``AtomisticTask`` or ``TrainedModel`` (its net, normaliser and
         data settings)."""
-        data = task.config["data"]
-        kwargs.setdefault("cutoff", data["cutoff"])
-        kwargs.setdefault("max_neighbors", data["max_neighbors"])
-        kwargs.setdefault("max_edges_per_atom", data.get("max_edges_per_atom", MAX_EDGES_PER_ATOM))
+        neighbors = task.config.data.neighbors
+        kwargs.setdefault("cutoff", neighbors.cutoff)
+        kwargs.setdefault("max_neighbors", neighbors.max_neighbors)
+        kwargs.setdefault("max_edges_per_atom", neighbors.max_edges_per_atom)
         kwargs.setdefault("training_elements", getattr(task, "training_elements", None))
         return cls(task.net, task.normalizer, **kwargs)
 
@@ -114,7 +118,7 @@ class Potential:
         """Whether the model has a force head (``direct_forces=True`` would use it)."""
         inner = getattr(self.net, "model", self.net)
         mode = getattr(inner, "regress_forces", None)
-        return mode in ("direct", "direct_with_gradient_target")
+        return mode in DIRECT_MODES
 
     # ------------------------------------------------------------------ inputs
     def to_data(self, atoms, *, source: str = "structure", index: int | None = None) -> Data:

@@ -67,19 +67,14 @@ class PotentialProvider:
     batched = True
 
     def __init__(self, potential, skin: float = 0.5):
-        from frameavg.data.neighbors import VerletList
-
         self.potential, self.skin = potential, skin
         self._lists: dict[int, object] = {}
         self._templates: dict[int, object] = {}
-        self._verlet = VerletList
 
     def prepare(self, key: int, atoms) -> None:
         """Validate a structure and keep its model inputs (``DataError`` for bad input)."""
         self._templates[key] = self.potential.to_data(atoms, source="structure", index=key)
-        p = self.potential
-        self._lists[key] = self._verlet(p.cutoff, self.skin, p.max_neighbors, strict=False,
-                                        max_edges_per_atom=p.max_edges_per_atom)
+        self._lists[key] = self.potential.neighbors.verlet_list(self.skin)
 
     def release(self, key: int) -> None:
         self._templates.pop(key, None)
@@ -146,7 +141,7 @@ class AseProvider:
         return result
 
 
-def as_provider(force_provider, *, device="cpu", dtype="float64", frames="auto", skin=0.5, precision=None):
+def as_provider(force_provider, *, device="cpu", dtype="float64", frame_method="auto", skin=0.5, precision=None):
     """A provider from a checkpoint path, a ``Potential``, a training task, an ASE calculator, or
     an object that is one already (``prepare``, ``release``, ``evaluate``)."""
     from ase.calculators.calculator import BaseCalculator
@@ -160,10 +155,10 @@ def as_provider(force_provider, *, device="cpu", dtype="float64", frames="auto",
     if isinstance(force_provider, Potential):
         return PotentialProvider(force_provider, skin)
     if isinstance(force_provider, (str, Path)):
-        return PotentialProvider(Potential.from_checkpoint(force_provider, device=device, dtype=dtype, frames=frames,
+        return PotentialProvider(Potential.from_checkpoint(force_provider, device=device, dtype=dtype, frame_method=frame_method,
                                                            precision=precision), skin)
     if hasattr(force_provider, "normalizer") and hasattr(force_provider, "net"):
-        return PotentialProvider(Potential.from_task(force_provider, device=device, dtype=dtype, frames=frames,
+        return PotentialProvider(Potential.from_task(force_provider, device=device, dtype=dtype, frame_method=frame_method,
                                                      precision=precision), skin)
     raise ConfigError(f"force_provider must be a checkpoint path, a Potential, a training task or an ASE "
                       f"calculator, got {type(force_provider).__name__}")
@@ -296,7 +291,7 @@ def relax(
     optimizer_options: dict | None = None,
     device: str = "cpu",
     dtype: str = "float64",
-    frames: str = "all",
+    frame_method: str = "all",
     skin: float = 0.5,
     precision: str | None = None,
     names: Sequence | None = None,
@@ -318,12 +313,13 @@ def relax(
             and ``info["budget_source"]`` (``given``, ``measured``, ``cached``, ``all``, ``default``).
         trajectory: True keeps every step in ``info["trajectory"]`` (a list of Atoms); a folder
             path writes ``{name}.traj`` per structure there (``names``: default the input index).
-        device, dtype, frames, skin, precision: for checkpoint/task providers (see ``Potential``).
+        device, dtype, frame_method, skin, precision: for checkpoint/task providers (see ``Potential``).
         progress: called as ``progress(done, total)`` after every step.
     """
     if fmax <= 0 or steps < 0:
         raise ConfigError(f"fmax must be positive and steps >= 0, got {fmax} and {steps}")
-    provider = as_provider(force_provider, device=device, dtype=dtype, frames=frames, skin=skin, precision=precision)
+    provider = as_provider(force_provider, device=device, dtype=dtype, frame_method=frame_method, skin=skin,
+                           precision=precision)
     results: list = [None] * len(structures)
     waiting = []
     for key, atoms in enumerate(structures):
@@ -343,7 +339,7 @@ def relax(
         pos, cell = _geometry(st, relax_cell)
         out, budget = _evaluate(provider, st, pos[st.atom], cell, relax_cell, budget)
         st, failure = _absorb(st, out, pos, cell, relax_cell)
-        if run.frames is not None:
+        if run.snapshots is not None:
             run.record(st, failure == 0)
         leaving = (failure > 0) | (st.fmax < fmax) | (st.steps >= steps)
         if bool(leaving.any()):
@@ -587,9 +583,9 @@ def _absorb(st, out, pos, cell, relax_cell):
 class _Run:
     """Per-structure outputs of a relaxation: results of leaving structures, trajectories."""
 
-    def __init__(self, structures, provider, trajectory, names, frames):
+    def __init__(self, structures, provider, trajectory, names, snapshots):
         self.structures, self.provider, self.trajectory, self.names = structures, provider, trajectory, names
-        self.frames = frames  # {key: [Atoms]} when trajectories are kept
+        self.snapshots = snapshots  # {key: [Atoms]} when trajectories are kept
 
     def _atoms(self, st, k: int, start: int):
         """The input structure ``st.key[k]`` at its last good evaluation (rows from ``start``)."""
@@ -606,7 +602,7 @@ class _Run:
         """A snapshot of every structure evaluated this step (``ok`` [S])."""
         starts = (torch.cumsum(st.rows, 0) - st.rows).tolist()
         for k in torch.nonzero(ok).squeeze(1).tolist():
-            self.frames.setdefault(int(st.key[k]), []).append(self._atoms(st, k, starts[k]))
+            self.snapshots.setdefault(int(st.key[k]), []).append(self._atoms(st, k, starts[k]))
 
     def finish(self, st, leaving, failure, errors, fmax):
         """(key, result Atoms) of each structure ``leaving`` [S] (``fmax``: the threshold, eV/Å)."""
@@ -628,7 +624,7 @@ class _Run:
     def _save_trajectory(self, atoms, key):
         if not self.trajectory:
             return
-        frames = self.frames.pop(key, [])
+        snapshots = self.snapshots.pop(key, [])
         if isinstance(self.trajectory, (str, Path)):
             from ase.io import write
 
@@ -638,9 +634,9 @@ class _Run:
             folder.mkdir(parents=True, exist_ok=True)
             name = key if self.names is None else self.names[key]
             with atomic_output(folder / f"{name}.traj") as tmp:
-                write(str(tmp), frames, format="traj")
+                write(str(tmp), snapshots, format="traj")
         else:
-            atoms.info["trajectory"] = frames
+            atoms.info["trajectory"] = snapshots
 
 
 def _finish_failed(atoms, message):

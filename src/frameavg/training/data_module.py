@@ -17,7 +17,8 @@ from torch_geometric.loader import DataLoader
 from frameavg.data.budget import BudgetBatchSampler, MemoryBudget
 from frameavg.data.splits import random_split
 from frameavg.errors import ConfigError, DataError
-from frameavg.training.network import graph_transform  # also its old place
+from frameavg.training.config_sections import DataConfig, TargetsConfig
+from frameavg.training.network import graph_transform  # noqa: F401  (also its old place)
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -92,7 +93,7 @@ class ResumableLoader(DataLoader):
 class AtomisticDataModule(L.LightningDataModule):
     """Train/val/test datasets from the ``data`` section of a training config."""
 
-    def __init__(self, data: dict, targets: dict, seed: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(self, data: DataConfig, targets: TargetsConfig, seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg, self.targets, self.seed = data, targets, seed
         self.dtype = dtype  # float64 for precision 64-true
@@ -105,55 +106,55 @@ class AtomisticDataModule(L.LightningDataModule):
         self.eval_budget: MemoryBudget | None = None
 
     def required_labels(self) -> tuple[str, ...]:
-        return tuple(name for name, on in self.targets.items() if on)
+        return tuple(name for name, on in self.targets.to_dict().items() if on)
 
     def read(self, path):
         """A dataset with graphs: in-memory files get their edges once here, LMDBs on access."""
         from frameavg.data import StructureDataset, open_dataset
 
-        transform = graph_transform(self.cfg)
-        dataset = open_dataset(path, self.cfg["format"], transform=transform, keys=self.cfg["keys"] or None,
-                               required=self.required_labels(), trusted=self.cfg["trusted"],
-                               dtype=self.dtype, **(self.cfg["options"] or {}))
+        transform = self.cfg.neighbors.transform()
+        dataset = open_dataset(path, self.cfg.format, transform=transform, keys=self.cfg.keys or None,
+                               required=self.required_labels(), trusted=self.cfg.trusted,
+                               dtype=self.dtype, **self.cfg.options)
         if isinstance(dataset, StructureDataset):
             return StructureDataset([dataset[i] for i in range(len(dataset))])
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None or stage in ("test", "predict"):
-            if stage == "test" and self.test_set is None and self.cfg["test"]:
-                self.test_set = self.read(self.cfg["test"])
+            if stage == "test" and self.test_set is None and self.cfg.test:
+                self.test_set = self.read(self.cfg.test)
             return
-        if not self.cfg["train"]:
+        if not self.cfg.train:
             raise ConfigError("data.train is not set: give the path of the training structures")
-        full = self.read(self.cfg["train"])
+        full = self.read(self.cfg.train)
         sizes = {}  # held-out splits drawn from the training file, the rest trains
-        if not self.cfg["val"]:
-            sizes["val"] = max(1, round(self.cfg["val_fraction"] * len(full)))
-        if not self.cfg["test"] and self.cfg["test_fraction"]:
-            sizes["test"] = max(1, round(self.cfg["test_fraction"] * len(full)))
+        if not self.cfg.val:
+            sizes["val"] = max(1, round(self.cfg.val_fraction * len(full)))
+        if not self.cfg.test and self.cfg.test_fraction:
+            sizes["test"] = max(1, round(self.cfg.test_fraction * len(full)))
         if sum(sizes.values()) >= len(full):
-            raise DataError(f"{self.cfg['train']}: {len(full)} structures are too few to split off {sizes}")
-        split = random_split(len(full), sizes | {"train": None}, seed=self.cfg["split_seed"])
-        self.val_set = Subset(full, split["val"].tolist()) if "val" in split else self.read(self.cfg["val"])
+            raise DataError(f"{self.cfg.train}: {len(full)} structures are too few to split off {sizes}")
+        split = random_split(len(full), sizes | {"train": None}, seed=self.cfg.split_seed)
+        self.val_set = Subset(full, split["val"].tolist()) if "val" in split else self.read(self.cfg.val)
         if "test" in split:
             self.test_set = Subset(full, split["test"].tolist())
-        elif self.cfg["test"]:
-            self.test_set = self.read(self.cfg["test"])
+        elif self.cfg.test:
+            self.test_set = self.read(self.cfg.test)
         train_idx = split["train"]
-        if self.cfg["max_train"]:
-            train_idx = train_idx[: self.cfg["max_train"]]
+        if self.cfg.max_train:
+            train_idx = train_idx[: self.cfg.max_train]
         self.train_set = Subset(full, train_idx.tolist())
 
     def train_dataloader(self):
-        return ResumableLoader(self.train_set, self.cfg["batch_size"], self.seed, resume=self.resume_loader_state,
-                               num_workers=self.cfg["num_workers"], drop_last=False)
+        return ResumableLoader(self.train_set, self.cfg.batch_size, self.seed, resume=self.resume_loader_state,
+                               num_workers=self.cfg.num_workers, drop_last=False)
 
     def val_dataloader(self):
-        return self._eval_loader(self.val_set, "validation set", self.cfg["val"])
+        return self._eval_loader(self.val_set, "validation set", self.cfg.val)
 
     def test_dataloader(self):
-        return self._eval_loader(self.test_set, "test set", self.cfg["test"])
+        return self._eval_loader(self.test_set, "test set", self.cfg.test)
 
     def check_budgets(self, net) -> None:
         """Before the first step: set ``eval_budget`` from ``net`` and refuse (one-line error) a
@@ -161,7 +162,7 @@ class AtomisticDataModule(L.LightningDataModule):
         from frameavg.data.budget import check_training_batches
 
         check_training_batches(self.train_set, MemoryBudget.for_config(net, self.cfg, training=True),
-                               self.cfg["batch_size"])
+                               self.cfg.batch_size)
         self.eval_budget = MemoryBudget.for_config(net, self.cfg)
         for loader in (self.val_dataloader(), self.test_dataloader() if self.test_set else None):
             if loader is not None:
@@ -169,6 +170,6 @@ class AtomisticDataModule(L.LightningDataModule):
 
     def _eval_loader(self, dataset, name: str, path) -> DataLoader:
         """Batches in order, of at most ``eval_batch_size`` structures within ``eval_budget``."""
-        source = f"{name} ({path or 'split of ' + str(self.cfg['train'])})"
-        sampler = BudgetBatchSampler(dataset, self.eval_budget, self.cfg["eval_batch_size"], source=source)
+        source = f"{name} ({path or 'split of ' + str(self.cfg.train)})"
+        sampler = BudgetBatchSampler(dataset, self.eval_budget, self.cfg.eval_batch_size, source=source)
         return DataLoader(dataset, batch_sampler=sampler)

@@ -16,46 +16,21 @@ calls :func:`noised_batch`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from frameavg.data.neighbors import radius_graph_batch
+from frameavg.data.neighbors import NeighborSettings
 from frameavg.data.pyg_compat import replace_edges
 from frameavg.errors import ConfigError, DataError
+from frameavg.training.config_sections import DenoiseConfig, RunConfig, TargetsConfig
 
 
-@dataclass(frozen=True)
-class DenoiseSettings:
-    """The ``denoise`` section of a training config (see ``training.config.DEFAULTS``)."""
-
-    mode: str = "none"
-    sigma: float = 0.1
-    prob: float = 1.0
-    corrupt_ratio: float = 1.0
-    weight: float = 0.1
-    weight_final: float | None = None
-    target: str = "noise"
-    energy_on_noised: str = "original"
-    seed: int | None = None
-
-    @classmethod
-    def from_config(cls, config: dict) -> "DenoiseSettings":
-        section = dict(config.get("denoise") or {})
-        if section.get("seed") is None:
-            section["seed"] = int(config.get("seed", 0))
-        return cls(**section)
-
-    @property
-    def enabled(self) -> bool:
-        return self.mode != "none"
-
-    def weight_at(self, progress: float) -> float:
-        """Loss weight after ``progress`` (0..1) of the schedule: linear from ``weight`` to
-        ``weight_final`` (constant when that is None)."""
-        final = self.weight if self.weight_final is None else self.weight_final
-        return self.weight + (final - self.weight) * min(max(progress, 0.0), 1.0)
+#: The ``denoise`` section of a training config (``training.config_sections.DenoiseConfig``);
+#: ``DenoiseSettings.from_config(config)`` resolves its seed.
+DenoiseSettings = DenoiseConfig
 
 
 @dataclass
@@ -72,13 +47,13 @@ def new_generator(settings: DenoiseSettings) -> torch.Generator:
     return torch.Generator().manual_seed(int(settings.seed or 0))
 
 
-def noised_batch(batch, settings: DenoiseSettings, generator: torch.Generator, *, cutoff: float,
-                 max_neighbors: int | None, max_edges_per_atom: float | None = None) -> NoisedBatch | None:
+def noised_batch(batch, settings: DenoiseSettings, generator: torch.Generator,
+                 neighbors: NeighborSettings) -> NoisedBatch | None:
     """A noised copy of ``batch`` with probability ``settings.prob`` (else None: a clean batch).
 
     Draws, in this order and always from ``generator`` (reproducible, also after a resume): the
     batch's coin, the atoms that move, the noise. The neighbour list of the copy is rebuilt with
-    ``cutoff`` (Å), ``max_neighbors`` and ``max_edges_per_atom``, as the data pipeline builds it.
+    the run's ``neighbors`` settings, as the data pipeline builds it.
     """
     coin = float(torch.rand((), generator=generator))
     num_atoms = batch.pos.shape[0]
@@ -94,9 +69,8 @@ def noised_batch(batch, settings: DenoiseSettings, generator: torch.Generator, *
     noised = copy.copy(batch)
     noised.pos = batch.pos.detach() + epsilon
     if getattr(batch, "edge_index", None) is not None:
-        kwargs = {} if max_edges_per_atom is None else {"max_edges_per_atom": max_edges_per_atom}
-        edge_index, cell_offsets, neighbors = radius_graph_batch(noised, cutoff, max_neighbors, **kwargs)
-        noised = replace_edges(noised, edge_index.to(device), cell_offsets.to(device=device), neighbors.to(device))
+        edge_index, cell_offsets, counts = neighbors.edges_of(noised)
+        noised = replace_edges(noised, edge_index.to(device), cell_offsets.to(device=device), counts.to(device))
     if settings.target == "relaxed":
         relaxed = getattr(batch, "pos_relaxed", None)
         if relaxed is None:
@@ -116,23 +90,19 @@ def denoising_loss(prediction: Tensor, noised: NoisedBatch) -> Tensor:
     return error.pow(2).mean()
 
 
-def pretraining_config(config: dict) -> dict:
+def pretraining_config(config: RunConfig | dict) -> RunConfig:
     """``config`` for denoising pre-training on structures without labels (``frameavg
     pretrain``): no energy, force or stress targets, no label mapping and no test set; Noisy Nodes
-    with the ``noise``
-    target on (its sigma, prob, corrupt ratio and weights as the config gives them). A copy."""
-    out = copy.deepcopy(config)
-    out["targets"] = {key: False for key in out["targets"]}
-    out["normalize"]["energy"] = False
-    out["data"]["test"] = None
-    out["data"]["keys"] = {}  # label names: labels are ignored
-    out["data"]["test_fraction"] = 0.0
-    denoise = out["denoise"]
-    if denoise["mode"] == "none":
-        denoise["mode"] = "noisy_nodes"
-    if denoise["target"] != "noise":
+    with the ``noise`` target on (its sigma, prob, corrupt ratio and weights as the config gives
+    them)."""
+    run = RunConfig.of(config)
+    if run.denoise.target != "noise":
         raise ConfigError("pre-training predicts the noise: denoise.target must be noise")
-    return out
+    return run.replace(
+        targets=TargetsConfig(energy=False, forces=False, stress=False),
+        normalize=dataclasses.replace(run.normalize, energy=False),
+        data=dataclasses.replace(run.data, test=None, keys={}, test_fraction=0.0),  # labels are ignored
+        denoise=run.denoise if run.denoise.enabled else dataclasses.replace(run.denoise, mode="noisy_nodes"))
 
 
 __all__ = ["DenoiseSettings", "pretraining_config", "NoisedBatch", "denoising_loss", "new_generator", "noised_batch"]

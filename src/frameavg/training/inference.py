@@ -46,7 +46,7 @@ def evaluate(task: PhysicalOutputs, structures: list, batch_size: int = 64,
     outputs: list[dict | None] = [None] * len(structures)
     todo = [i for i in range(len(structures)) if status[i] == "ok"]
     if budget is None:
-        budget = MemoryBudget.for_config(task.net, task.config["data"])
+        budget = MemoryBudget.for_config(task.net, task.config.data)
     for chunk in list(batches_by_budget(structures, budget, batch_size, source=source, indices=todo)):
         try:
             parts = _predict_split(task, [structures[i] for i in chunk], stress, precision)
@@ -79,7 +79,7 @@ def evaluate(task: PhysicalOutputs, structures: list, batch_size: int = 64,
         target[STRESS] = torch.cat([voigt_to_matrix(d.stress.double()) for d in structures])[ok]
     kept = {key: value[atom_ok] if key == FORCES else value[ok] for key, value in pred.items()}
     free = None
-    if task.config["loss"]["train_on_free_atoms"]:
+    if task.config.loss.train_on_free_atoms:
         free = torch.cat([~d.fixed if "fixed" in d else torch.ones(int(d.natoms), dtype=torch.bool)
                           for d in structures])[atom_ok]
     metrics = oc20_metrics(kept, target, natoms[ok], free) if bool(ok.any()) else {}
@@ -114,7 +114,7 @@ def baseline_metrics(task: PhysicalOutputs, structures: list) -> dict:
     target = {ENERGY: batch.energy}
     if task.predict_forces:
         pred[FORCES], target[FORCES] = torch.zeros_like(batch.forces), batch.forces
-    free = ~batch.fixed if task.config["loss"]["train_on_free_atoms"] else None
+    free = ~batch.fixed if task.config.loss.train_on_free_atoms else None
     return oc20_metrics(pred, target, batch.natoms, free)
 
 

@@ -14,10 +14,11 @@ import lightning as L
 import torch
 
 from frameavg.derivatives import voigt_to_matrix
-from frameavg.errors import ConfigError, TrainingError
+from frameavg.errors import TrainingError
 from frameavg.metrics import oc20_metrics
 from frameavg.outputs import DENOISING, ENERGY, FORCES, GRADIENT_FORCES, STRESS
 from frameavg.training.denoising import DenoiseSettings, denoising_loss, new_generator, noised_batch
+from frameavg.training.config_sections import RunConfig
 from frameavg.training.losses import energy_loss, forces_loss
 from frameavg.training.network import PhysicalOutputs, build_network  # build_network: also its old place
 
@@ -26,9 +27,10 @@ class AtomisticTask(PhysicalOutputs, L.LightningModule):
     """Trains ``build_network(config)`` on energies and/or forces (predicts through
     ``PhysicalOutputs``, as the Lightning-free ``TrainedModel`` of a checkpoint does)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: RunConfig | dict):
         super().__init__()
-        self.save_hyperparameters({"config": config})
+        config = RunConfig.of(config)
+        self.save_hyperparameters({"config": config.to_dict()})  # the document: plain data in checkpoints
         self.build_outputs(config)
         #: torch threads of the training run (saved in checkpoints)
         self.threads: int | None = None
@@ -46,32 +48,30 @@ class AtomisticTask(PhysicalOutputs, L.LightningModule):
         sum ``loss``."""
         cfg = self.loss_cfg
         losses = {}
-        if self.config["targets"]["energy"] and energy:
+        if self.config.targets.energy and energy:
             target = self.normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
-            losses["energy"] = cfg["energy_weight"] * energy_loss(cfg["energy"], out[ENERGY], target.to(out[ENERGY].dtype))
+            losses["energy"] = cfg.energy_weight * energy_loss(cfg.energy, out[ENERGY], target.to(out[ENERGY].dtype))
         if self.predict_forces and forces:
-            mask = ~batch.fixed if cfg["train_on_free_atoms"] and "fixed" in batch else None
+            mask = ~batch.fixed if cfg.train_on_free_atoms and "fixed" in batch else None
             target = self.normalizer.normalize_forces(batch.forces).to(out[FORCES].dtype)
-            losses["forces"] = cfg["forces_weight"] * forces_loss(cfg["forces"], out[FORCES], target, mask)
+            losses["forces"] = cfg.forces_weight * forces_loss(cfg.forces, out[FORCES], target, mask)
             if GRADIENT_FORCES in out and out[GRADIENT_FORCES] is not out[FORCES]:
-                if cfg["gradient_weight"] > 0:  # direct forces follow the conservative ones
-                    losses["gradient"] = cfg["gradient_weight"] * forces_loss(
-                        cfg["forces"], out[FORCES], out[GRADIENT_FORCES].detach(), mask)
-                if cfg["conservation_weight"] > 0:  # the energy's gradient follows the reference forces
-                    losses["conservation"] = cfg["conservation_weight"] * forces_loss(
-                        cfg["forces"], out[GRADIENT_FORCES], target, mask)
+                if cfg.gradient_weight > 0:  # direct forces follow the conservative ones
+                    losses["gradient"] = cfg.gradient_weight * forces_loss(
+                        cfg.forces, out[FORCES], out[GRADIENT_FORCES].detach(), mask)
+                if cfg.conservation_weight > 0:  # the energy's gradient follows the reference forces
+                    losses["conservation"] = cfg.conservation_weight * forces_loss(
+                        cfg.forces, out[GRADIENT_FORCES], target, mask)
         if self.predict_stress:
             target = self.normalizer.normalize_forces(voigt_to_matrix(batch.stress)).to(out[STRESS].dtype)
-            losses["stress"] = cfg["stress_weight"] * energy_loss(cfg["stress"], out[STRESS], target)
+            losses["stress"] = cfg.stress_weight * energy_loss(cfg.stress, out[STRESS], target)
         losses["loss"] = sum(losses.values()) if losses else out[ENERGY].sum() * 0.0
         return losses
 
     def training_step(self, batch, batch_idx):
         noised = None
         if self.denoise.enabled:
-            data = self.config["data"]
-            noised = noised_batch(batch, self.denoise, self.noise_generator, cutoff=data["cutoff"],
-                                  max_neighbors=data["max_neighbors"], max_edges_per_atom=data["max_edges_per_atom"])
+            noised = noised_batch(batch, self.denoise, self.noise_generator, self.config.data.neighbors)
         if noised is None:
             losses = self.compute_loss(batch, self.normalized_outputs(batch))
         else:
@@ -98,7 +98,7 @@ class AtomisticTask(PhysicalOutputs, L.LightningModule):
         out = self.normalized_outputs(batch)
         losses = self.compute_loss(batch, {k: v.detach() for k, v in out.items()})
         pred, target = {}, {}
-        if self.config["targets"]["energy"]:  # pre-training has no labels to measure
+        if self.config.targets.energy:  # pre-training has no labels to measure
             pred[ENERGY] = self.normalizer.denormalize_energy(out[ENERGY].detach(), batch.atomic_numbers, batch.batch)
             target[ENERGY] = batch.energy
         if self.predict_forces:
@@ -107,7 +107,7 @@ class AtomisticTask(PhysicalOutputs, L.LightningModule):
         if self.predict_stress:
             pred[STRESS] = self.normalizer.denormalize_forces(out[STRESS].detach())
             target[STRESS] = voigt_to_matrix(batch.stress)
-        free = ~batch.fixed if "fixed" in batch and self.config["loss"]["train_on_free_atoms"] else None
+        free = ~batch.fixed if "fixed" in batch and self.config.loss.train_on_free_atoms else None
         metrics = oc20_metrics(pred, target, batch.natoms, free)
         shown = ("energy_mae_meV", "forces_mae_meV_per_A")  # on the progress bar, in meV and meV/Å
         logged = {f"val/{k}": v for k, v in losses.items()} | {f"val/{k}": v for k, v in metrics.items() if k not in shown}
@@ -117,18 +117,15 @@ class AtomisticTask(PhysicalOutputs, L.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
-        cfg = self.config["optim"]
-        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        kind = cfg["scheduler"]
+        cfg = self.config.optim
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        kind = cfg.scheduler  # one of OptimConfig.SCHEDULERS (checked when the config was read)
         if kind == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, factor=cfg["plateau_factor"], patience=cfg["plateau_patience"])
+                optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
             return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": scheduler, "monitor": cfg["monitor"], "interval": "epoch"}}
-        if kind not in ("cosine", "constant"):
-            raise ConfigError(f"unknown optim.scheduler '{kind}' (choose cosine, plateau or constant)")
-        warmup, floor = int(cfg["warmup_steps"]), float(cfg["min_lr_ratio"])
-        warmup_fraction = float(cfg["warmup_fraction"])
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": cfg.monitor, "interval": "epoch"}}
+        warmup, floor, warmup_fraction = cfg.warmup_steps, cfg.min_lr_ratio, cfg.warmup_fraction
         self.schedule_steps = max(1, int(self.trainer.estimated_stepping_batches))
 
         def factor(step: int) -> float:
@@ -152,12 +149,12 @@ class AtomisticTask(PhysicalOutputs, L.LightningModule):
         across resumes) when there is one and it is further along: the run stops at whichever limit
         it reaches first, and ends at its final learning rate either way. The learning rate and the
         denoising weight follow it."""
-        cfg = self.config["optim"]
-        warmup = int(cfg["warmup_steps"])
+        cfg = self.config.optim
+        warmup = cfg.warmup_steps
         total = self.schedule_steps or max(1, int(self.trainer.estimated_stepping_batches))
         steps_done = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
-        if cfg["max_time_minutes"]:
-            return max(steps_done, min(1.0, self.training_seconds() / (60.0 * cfg["max_time_minutes"])))
+        if cfg.max_time_minutes:
+            return max(steps_done, min(1.0, self.training_seconds() / (60.0 * cfg.max_time_minutes)))
         return steps_done
 
     def training_seconds(self) -> float:

@@ -10,47 +10,47 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from frameavg.data.neighbors import MAX_EDGES_PER_ATOM, RadiusGraph
+from frameavg.data.neighbors import RadiusGraph
 from frameavg.derivatives import differentiable_inputs
-from frameavg.outputs import ENERGY, FORCES, FROM_ENERGY, GRADIENT_FORCES, STRESS
-from frameavg.training.denoising import DenoiseSettings
+from frameavg.outputs import DIRECT, DIRECT_WITH_GRADIENT_TARGET, ENERGY, FORCES, FROM_ENERGY, GRADIENT_FORCES, STRESS
+from frameavg.training.config_sections import DataConfig, RunConfig
 from frameavg.training.normalization import EnergyNormalizer
 
 
-def build_network(config: dict) -> nn.Module:
-    """The model of ``config['model']``, wrapped in frame averaging per ``config['frames']``."""
+def build_network(config: RunConfig | dict) -> nn.Module:
+    """The model of ``config.model``, wrapped in frame averaging per ``config.frames``."""
     from frameavg.models import build_model
 
-    model_cfg = dict(config["model"])
-    name = model_cfg.pop("name")
-    model_cfg.pop("init_from", None)  # weights to start from: applied by training.run.init_weights
-    if DenoiseSettings.from_config(config).enabled:
-        model_cfg["denoising_head"] = True
+    config = RunConfig.of(config)
+    arguments = dict(config.model.arguments)  # init_from: applied by training.run.init_weights
+    if config.denoise.enabled:
+        arguments["denoising_head"] = True
     rng = torch.random.get_rng_state()
-    model = build_model(name, **model_cfg)
-    frames = config["frames"]
-    if str(frames["dims"]).lower() in ("none", "false", "null"):
+    model = build_model(config.model.name, **arguments)
+    frames = config.frames
+    if not frames.enabled:
         return model
     from frameavg.frames.averaging import FrameAveraging
 
-    if getattr(model, "regress_forces", None) == FROM_ENERGY:
-        # −∂E/∂x must run through the frames: the model returns energies only and the caller
-        # (``PhysicalOutputs``, ``Potential``) differentiates the frame-averaged energy. The same
-        # weights, initialised from the same random state.
+    if getattr(model, "regress_forces", None) in (FROM_ENERGY, DIRECT_WITH_GRADIENT_TARGET):
+        # −∂E/∂x must run through the frames: from_energy models return energies only, and the
+        # gradient target of direct_with_gradient_target comes from the averaged energy (the
+        # caller, ``PhysicalOutputs`` or ``Potential``, differentiates it); the direct head stays.
+        # The same weights, initialised from the same random state.
         torch.random.set_rng_state(rng)
-        model = build_model(name, **{**model_cfg, "regress_forces": None})
+        forces = None if model.regress_forces == FROM_ENERGY else DIRECT
+        model = build_model(config.model.name, **{**arguments, "regress_forces": forces})
 
-    return FrameAveraging(model, frames=frames["dims"], method=frames["train"], eval_method=frames["eval"],
-                          seed=config["seed"], canonicalizer=frames.get("canonicalizer"),
-                          # checkpoints saved before these keys: cloud frames, plain frame sets
-                          periodic=frames.get("periodic", "cloud"), continuous=frames.get("continuous", False))
+    return FrameAveraging(model, dims=frames.dims, method=frames.train, eval_method=frames.eval,
+                          seed=config.seed, canonicalizer=frames.canonicalizer, periodic=frames.periodic,
+                          continuous=frames.continuous, cutoff=frames.cloud_cutoff or config.data.cutoff)
 
 
-def graph_transform(data_cfg: dict) -> RadiusGraph:
+def graph_transform(data: DataConfig | dict) -> RadiusGraph:
     """The neighbour-list transform of a config's ``data`` section (training, test, predict and
     simulations all build their graphs with it). Ties at ``max_neighbors`` are kept."""
-    return RadiusGraph(data_cfg["cutoff"], data_cfg["max_neighbors"], strict=False,
-                       max_edges_per_atom=data_cfg.get("max_edges_per_atom", MAX_EDGES_PER_ATOM))
+    data = data if isinstance(data, DataConfig) else DataConfig.from_dict(data, "data")
+    return data.neighbors.transform()
 
 
 class PhysicalOutputs:
@@ -60,15 +60,15 @@ class PhysicalOutputs:
     ``predict_stress`` and ``loss_cfg`` (the config's ``loss`` section: which derivatives training
     needs), set by ``build_outputs``."""
 
-    def build_outputs(self, config: dict) -> None:
+    def build_outputs(self, config: RunConfig) -> None:
         """The network, an unfitted normaliser and the prediction settings of ``config``; the
         training records (elements, precision) start unknown."""
         self.config = config
         self.net = build_network(config)
         self.normalizer = EnergyNormalizer()
-        self.predict_forces = bool(config["targets"]["forces"])
-        self.predict_stress = bool(config["targets"].get("stress", False))
-        self.loss_cfg = config["loss"]
+        self.predict_forces = config.targets.forces
+        self.predict_stress = config.targets.stress
+        self.loss_cfg = config.loss
         #: atomic numbers of the training set (saved in checkpoints; None when unknown)
         self.training_elements: list[int] | None = None
         #: {"requested", "used", "fallback"} precision of the training run (saved in checkpoints)
@@ -91,8 +91,8 @@ class PhysicalOutputs:
         with torch.enable_grad():
             inputs = differentiable_inputs(batch, stress=stress)
             out = dict(self.net(inputs.batch))
-            cfg = self.loss_cfg
-            needs_own = cfg["conservation_weight"] > 0 or (cfg["gradient_weight"] > 0 and GRADIENT_FORCES not in out)
+            loss = self.loss_cfg
+            needs_own = loss.conservation_weight > 0 or (loss.gradient_weight > 0 and GRADIENT_FORCES not in out)
             if FORCES not in out or (self.training and needs_own) or stress:
                 derived = inputs.derivatives(out[ENERGY], create_graph=self.training)
                 out[GRADIENT_FORCES] = derived.pop(FORCES)
@@ -120,9 +120,9 @@ class TrainedModel(PhysicalOutputs, nn.Module):
     """A trained network and its normaliser (the inference half of ``AtomisticTask``); its
     ``state_dict`` keys (``net.*``, ``normalizer.*``) are those of a training checkpoint."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: RunConfig | dict):
         super().__init__()
-        self.build_outputs(config)
+        self.build_outputs(RunConfig.of(config))
 
     @property
     def device(self) -> torch.device:

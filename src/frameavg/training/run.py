@@ -20,18 +20,20 @@ from frameavg.errors import ConfigError, DataError, FrameavgError
 from frameavg.precision import device_of_accelerator, normalize_name as normalize_precision, resolve as resolve_precision
 # read_checkpoint: also imported from here (its old place)
 from frameavg.training.checkpoint_io import instantiate, read_checkpoint, read_config, restore
-from frameavg.training.config import save_config, validate_model_section
+from frameavg.training.config import save_config
+from frameavg.training.config_sections import RunConfig, TrainerConfig
 from frameavg.training.data_module import AtomisticDataModule
 from frameavg.training.module import AtomisticTask
 from frameavg.training.normalization import EnergyNormalizer
 
 
-def fit_normalizer(config: dict, batch: Batch) -> EnergyNormalizer:
+def fit_normalizer(config: RunConfig | dict, batch: Batch) -> EnergyNormalizer:
     """The energy normaliser of a config fitted on the training structures (one ``Batch``)."""
-    cfg = config["normalize"]
-    if not config["targets"]["energy"] or not cfg["energy"]:
+    config = RunConfig.of(config)
+    cfg = config.normalize
+    if not config.targets.energy or not cfg.energy:
         return EnergyNormalizer()
-    given = cfg["element_references"]
+    given = cfg.element_references
     references = None
     if isinstance(given, str):  # a file of isolated-atom energies
         from frameavg.training.normalization import isolated_atom_references
@@ -42,10 +44,10 @@ def fit_normalizer(config: dict, batch: Batch) -> EnergyNormalizer:
             raise DataError(f"no isolated-atom energy for Z = {', '.join(map(str, missing))}", source=given)
     fitted = EnergyNormalizer.fit(batch.atomic_numbers, batch.batch, batch.energy,
                                   use_element_references=bool(given), references=references)
-    mean = fitted.mean.item() if cfg["mean"] is None else cfg["mean"]
-    std = cfg["std"]
+    mean = fitted.mean.item() if cfg.mean is None else cfg.mean
+    std = cfg.std
     if std is None:  # with forces, one scale for both: the force RMS (energy std is far smaller)
-        std = batch.forces.double().pow(2).mean().sqrt().item() if config["targets"]["forces"] else fitted.std.item()
+        std = batch.forces.double().pow(2).mean().sqrt().item() if config.targets.forces else fitted.std.item()
     return EnergyNormalizer(mean, std, fitted.element_references)
 
 
@@ -119,7 +121,7 @@ class BudgetTimer(Timer):
     def on_test_end(self, trainer, module) -> None:
         self._end_time[RunningStage.TESTING] = self.clock()
 
-def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: str | None = None,
+def build_trainer(config: RunConfig, run_dir: Path, callbacks_extra=(), precision: str | None = None,
                   clock=time.monotonic) -> L.Trainer:
     """Lightning's trainer for ``config`` (``precision``: the resolved precision, which may differ
     from the config's after a fallback; see ``frameavg.precision``)."""
@@ -127,13 +129,13 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: st
                                              ModelCheckpoint)
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    optim, trainer_cfg = config["optim"], dict(config["trainer"])
+    optim, trainer_cfg = config.optim, config.trainer.to_dict()
     every_n = trainer_cfg.pop("checkpoint_every_n_steps", None)
     trainer_cfg.pop("threads", None)  # applied by train() (torch.set_num_threads)
     trainer_cfg["precision"] = normalize_precision(precision or trainer_cfg["precision"])
     callbacks = [
         # no "-v1" copies: a fresh run gets a fresh run_dir, a resumed one continues its own files
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=optim["monitor"],
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=optim.monitor,
                         save_last=True, mode="min", enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
         *callbacks_extra,
@@ -146,18 +148,18 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: st
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step}",
                                          auto_insert_metric_name=False, every_n_train_steps=int(every_n),
                                          save_top_k=-1, save_last=True, enable_version_counter=False))
-    if optim["early_stopping_patience"]:
-        callbacks.append(EarlyStopping(monitor=optim["monitor"], patience=optim["early_stopping_patience"]))
-    if optim["ema_decay"]:
-        callbacks.append(EMAWeightAveraging(decay=float(optim["ema_decay"])))
-    if optim["max_time_minutes"]:
-        callbacks.append(BudgetTimer(optim["max_time_minutes"], clock))
-        if optim["scheduler"] != "plateau" and "check_val_every_n_epoch" not in trainer_cfg:
-            callbacks.append(BudgetValidationCadence(optim["max_val_time_fraction"], clock))
+    if optim.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=optim.monitor, patience=optim.early_stopping_patience))
+    if optim.ema_decay:
+        callbacks.append(EMAWeightAveraging(decay=optim.ema_decay))
+    if optim.max_time_minutes:
+        callbacks.append(BudgetTimer(optim.max_time_minutes, clock))
+        if optim.scheduler != "plateau" and "check_val_every_n_epoch" not in trainer_cfg:
+            callbacks.append(BudgetValidationCadence(optim.max_val_time_fraction, clock))
     try:
         return L.Trainer(
-            default_root_dir=run_dir, max_epochs=optim["max_epochs"],
-            gradient_clip_val=optim["clip_grad"], callbacks=callbacks, inference_mode=False,
+            default_root_dir=run_dir, max_epochs=optim.max_epochs,
+            gradient_clip_val=optim.clip_grad, callbacks=callbacks, inference_mode=False,
             use_distributed_sampler=False, deterministic=False,
             logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
             **trainer_cfg,
@@ -170,7 +172,7 @@ def build_trainer(config: dict, run_dir: Path, callbacks_extra=(), precision: st
 BUDGET_CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}
 
 
-def train(config: dict, resume: str | None = None, report=None, *, clock=None, callbacks=()) -> dict:
+def train(config: RunConfig | dict, resume: str | None = None, report=None, *, clock=None, callbacks=()) -> dict:
     """Train per ``config``. Returns {"run_dir", "checkpoint", "epochs", "test", "baseline", "plots"}
     on rank 0 ("test" is None without a test set) and None on the other ranks of a DDP run.
 
@@ -182,12 +184,13 @@ def train(config: dict, resume: str | None = None, report=None, *, clock=None, c
     ``optim.budget_clock`` names); ``callbacks``:
     extra Lightning callbacks (the tests drive a fake clock with one).
     Lightning's start-up banners, tips and known deprecation chatter are silenced."""
-    validate_model_section(config)
-    clock = clock or BUDGET_CLOCKS[config["optim"]["budget_clock"]]
+    config = RunConfig.of(config)
+    config.check_model()
+    clock = clock or BUDGET_CLOCKS[config.optim.budget_clock]
     checkpoint = None if resume is None else _resume_checkpoint(resume, config)
-    requested = config["trainer"]["precision"]
-    precision = resolve_precision(requested, device_of_accelerator(config["trainer"]["accelerator"]))
-    threads = config["trainer"].get("threads") or default_threads(config["trainer"])
+    requested = config.trainer.precision
+    precision = resolve_precision(requested, device_of_accelerator(config.trainer.accelerator))
+    threads = config.trainer.threads or default_threads(config.trainer)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # restored when the run ends
     try:
@@ -217,10 +220,10 @@ def _quiet_lightning():
         banners.setLevel(level)
 
 
-def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, requested: str, threads: int,
+def _fit(config: RunConfig, checkpoint: dict | None, resume: str | None, precision, requested: str, threads: int,
          report, clock, callbacks):
-    L.seed_everything(config["seed"], workers=True, verbose=False)
-    data = AtomisticDataModule(config["data"], config["targets"], seed=config["seed"], dtype=precision.dtype)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = AtomisticDataModule(config.data, config.targets, seed=config.seed, dtype=precision.dtype)
     start = time.perf_counter()
     data.setup("fit")
     sizes = {name: len(split) for name, split in (("train", data.train_set), ("val", data.val_set),
@@ -237,15 +240,15 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
         task.normalizer = fit_normalizer(config, train_batch)
         task.training_elements = train_batch.atomic_numbers.unique().tolist()
         report(describe_normalizer(task.normalizer, task.training_elements))
-        if config["model"].get("init_from"):
-            task.init_record = init_weights(task, config["model"]["init_from"])
+        if config.model.init_from:
+            task.init_record = init_weights(task, config.model.init_from)
             report(describe_init(task.init_record))
     else:
         data.resume_loader_state = _loader_state(checkpoint)
     data.check_budgets(task.net)
     run_dir = _run_dir(config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    save_config(config.to_dict(), run_dir / "config.yaml")
     trainer = build_trainer(config, run_dir, callbacks, precision=precision.name, clock=clock)
     trainer.fit(task, datamodule=data, ckpt_path=resume)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -258,8 +261,8 @@ def _fit(config: dict, checkpoint: dict | None, resume: str | None, precision, r
         result["test_weights"] = "last"
         from frameavg.training.inference import baseline_metrics, evaluate, paper_unit_metrics
 
-        metrics, pred = evaluate(task, data.test_set, config["data"]["eval_batch_size"])
-        result["test"] = metrics | paper_unit_metrics((config["data"]["keys"] or {}).get("energy"), metrics)
+        metrics, pred = evaluate(task, data.test_set, config.data.eval_batch_size)
+        result["test"] = metrics | paper_unit_metrics(config.data.keys.get("energy"), metrics)
         result["baseline"] = baseline_metrics(task, data.test_set)
         (run_dir / "test_metrics.json").write_text(json.dumps(
             {"model": metrics, "baseline": result["baseline"]}, indent=2))
@@ -305,26 +308,28 @@ def describe_normalizer(normalizer: EnergyNormalizer, elements) -> str:
             + (f", references (eV/atom): {refs}" if bool(normalizer.element_references.any()) else ""))
 
 
-def default_threads(trainer_cfg: dict) -> int:
+def default_threads(trainer_cfg: TrainerConfig) -> int:
     """torch threads per process when ``trainer.threads`` is not set: the cores this process may
     use (its CPU affinity) less the 1-minute load average (other work; rounded), shared by the
     processes of this node (``devices`` on CPU), at least 1. Oversubscribed threads cost more than
     they give (measured: an epoch 57 s with 2 threads on a loaded 2-core machine, 24 s with 1)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     free = cores - round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else cores
-    devices = trainer_cfg.get("devices", 1)
-    processes = devices if isinstance(devices, int) and str(trainer_cfg.get("accelerator", "cpu")) == "cpu" else 1
+    devices = trainer_cfg.devices
+    processes = devices if isinstance(devices, int) and str(trainer_cfg.accelerator) == "cpu" else 1
     return max(1, free // max(1, processes))
 
 
-def _resume_checkpoint(path, config: dict) -> dict:
+def _resume_checkpoint(path, config: RunConfig) -> dict:
     """The checkpoint to resume from, checked against ``config`` (same model and targets)."""
     checkpoint = read_checkpoint(path)
-    saved = checkpoint["hyper_parameters"]["config"]
+    saved = checkpoint["hyper_parameters"]["config"]  # as trained: no defaults of other releases added
     for section in ("model", "targets"):
-        if saved.get(section) != config.get(section):
+        kind = RunConfig.SECTIONS[section]
+        if kind.from_dict(saved.get(section), str(path)) != getattr(config, section):
             raise FrameavgError(f"{path}: cannot resume: the checkpoint's '{section}' section "
-                                f"{saved.get(section)} differs from the config's {config.get(section)}")
+                                f"{saved.get(section)} differs from the config's "
+                                f"{getattr(config, section).to_dict()}")
     return checkpoint
 
 
@@ -338,7 +343,7 @@ def _loader_state(checkpoint: dict) -> dict | None:
 OWNER_FILE = ".owner_pid"
 
 
-def _run_dir(config: dict, resume: str | None) -> Path:
+def _run_dir(config: RunConfig, resume: str | None) -> Path:
     """The run's folder, the same on every process of a distributed run.
 
     A new run never overwrites an old one (``name-1``, ``name-2``, ... if taken); the process that
@@ -346,7 +351,7 @@ def _run_dir(config: dict, resume: str | None) -> Path:
     launches for DDP (``LOCAL_RANK`` > 0, started by rank 0) take the folder their parent owns;
     under torchrun/SLURM (``RANK`` set from the start) the folder is ``run_dir/name`` as given.
     """
-    run_dir = Path(config["run_dir"]) / config["name"]
+    run_dir = Path(config.run_dir) / config.name
     if "RANK" in os.environ:
         return run_dir
     if os.environ.get("LOCAL_RANK", "0") != "0":

@@ -181,7 +181,7 @@ def build_model(name: str, layers: int, cutoff: float, hidden_channels: int, reg
     kwargs.update({key: value for key, value in options.items() if key in params})
     model = _fresh_model(cls, kwargs, seed).to(dtype)
     if name in FAENET_VARIANTS:
-        model = FrameAveraging(model, frames="3D", seed=seed, **FAENET_VARIANTS[name])
+        model = FrameAveraging(model, dims="3D", seed=seed, **FAENET_VARIANTS[name])
     return model
 
 
