@@ -11,6 +11,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("frameavg.cli.data_cmd", "inspect and convert structure files"),
     "train": ("frameavg.cli.train_cmd", "train a model from a YAML config"),
+    "config": ("frameavg.cli.config_cmd", "a run's configuration resolved and checked (defaults, overrides, cutoffs, "
+               "frames), or every key with its default, unit and meaning"),
     "pretrain": ("frameavg.cli.train_cmd", "denoising pre-training on structures without labels (fine-tune with "
                  "model.init_from)"),
     "oversmoothing": ("frameavg.cli.train_cmd", "mean average distance of FAENet's atom states per layer "
