@@ -59,14 +59,14 @@ def _add_checkpoint_data_args(p, several_files: bool = False) -> None:
 
 def run_train(args) -> int:
     from frameavg.cli.main import print_json
-    from frameavg.training.config import load_config
+    from frameavg.training.config import load_run_config
     from frameavg.training.run import train
 
     overrides, flags = split_flags(args.overrides, valued=("--resume",), switches=("--json",))
     resume = flags.get("--resume", args.resume)
     as_json = args.json or "--json" in flags
     # with --json, stdout holds the one JSON document: Lightning's progress bar goes to stderr
-    config = load_config(args.config, overrides)
+    config = load_run_config(args.config, overrides)
     if getattr(args, "pretrain", False):
         from frameavg.training.denoising import pretraining_config
 
