@@ -13,7 +13,7 @@ def _run(capsys, argv):
 
 def test_json_report_frame_averaged_raw_model_on_slabs(real_data, capsys):
     path = real_data / "oc20_is2re_samples" / "is2re_bs3.extxyz"
-    code, out, _ = _run(capsys, ["symmetry", "--data", str(path), "--limit", "2", "--frames", "2D", "--method", "all",
+    code, out, _ = _run(capsys, ["symmetry", "--data", str(path), "--limit", "2", "--dims", "2D", "--method", "all",
                                  "--periodic", "lattice-symmetric",
                                  "--checks", "rotation,reflection,image,cell,batch", "--cutoff", "5", "--json"])
     assert code == 0
@@ -41,6 +41,7 @@ def test_lattice_frames_claim_no_invariance_to_the_choice_of_cell(real_data, cap
 
 def test_table_shows_bare_model_is_not_invariant(real_data, capsys):
     path = real_data / "rmd17_ethanol" / "train.xyz"
+    # --frames: the flag's old name, still read
     code, out, _ = _run(capsys, ["symmetry", "--data", str(path), "--limit", "3", "--frames", "none",
                                  "--checks", "rotation,permutation", "--cutoff", "5"])
     assert code == 0

@@ -280,3 +280,10 @@ def test_slab_with_isolated_adsorbate_stays_exact(real_data):
     assert frames.degeneracy_names() != ["point"] and frames.cloud_level.tolist() == [1]
     model = FrameAveraging(raw_model(), dims="2D", method="all").eval()
     assert_symmetric(model, [slab], atol=1e-10, checks=_checks("oc20_is2re"), dim="2D", cutoff=CUTOFF, seed=4)
+
+
+def test_the_old_keyword_frames_still_names_the_dimension_with_a_warning():
+    """``FrameAveraging(frames=...)`` (the name before "frames" kept one meaning) means ``dims``."""
+    with pytest.warns(FutureWarning, match="frames= is deprecated; write dims="):
+        model = FrameAveraging(raw_model(), frames="2D", method="all")
+    assert (model.train_spec.dim, model.eval_spec.dim) == ("2D", "2D")

@@ -51,3 +51,17 @@ def test_uncapped_potential_does_not_warn():
         Potential(model, cutoff=4.0, max_neighbors=12)
     messages = _cap_warnings(record)
     assert len(messages) == 1 and "caps neighbours at 12" in messages[0]
+
+
+def test_the_potential_keeps_its_checkpoint_s_neighbour_settings_and_the_old_frames_keyword(capped_checkpoint):
+    """``Potential.from_checkpoint`` builds its graphs from the checkpoint's ``data.neighbors``;
+    ``frames=`` (the old name of ``frame_method``) still selects the evaluation frame method."""
+    from frameavg.training.checkpoint_io import load_trained_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the cap's own warning
+        with pytest.warns(FutureWarning, match="frames= is deprecated; write frame_method="):
+            potential = Potential.from_checkpoint(capped_checkpoint, frames="det")
+    assert potential.neighbors == load_trained_model(capped_checkpoint).config.data.neighbors
+    assert (potential.cutoff, potential.max_neighbors) == (potential.neighbors.cutoff, 6)
+    assert potential.net.eval_spec.name == "det"

@@ -182,7 +182,7 @@ def run_test(args) -> int:
     per_file = {}
     for path in args.data:
         structures, failed = _read(path, args, task, keys, precision)
-        missing = [t for t, on in task.config.targets.to_dict().items() if on and t not in structures[0]]
+        missing = [t for t in task.config.targets.enabled if t not in structures[0]]
         if missing:
             raise FrameavgError(f"{path}: no '{', '.join(missing)}' labels to test against (use --keys)")
         metrics, pred = evaluate(task, structures, args.batch_size, failed=failed, precision=precision,

@@ -187,10 +187,22 @@ class RadiusGraph(BaseTransform):
     def __init__(self, cutoff: float, max_neighbors: int | None = None, strict: bool = True,
                  max_edges_per_atom: float | None = MAX_EDGES_PER_ATOM):
         self.settings = NeighborSettings(cutoff, max_neighbors, strict, max_edges_per_atom)
-        self.cutoff = cutoff
-        self.max_neighbors = max_neighbors
-        self.strict = strict
-        self.max_edges_per_atom = max_edges_per_atom
+
+    @property
+    def cutoff(self) -> float:
+        return self.settings.cutoff
+
+    @property
+    def max_neighbors(self) -> int | None:
+        return self.settings.max_neighbors
+
+    @property
+    def strict(self) -> bool:
+        return self.settings.strict
+
+    @property
+    def max_edges_per_atom(self) -> float | None:
+        return self.settings.max_edges_per_atom
 
     def forward(self, data: Data) -> Data:
         edge_index, cell_offsets, neighbors = self.settings.edges_of(data)

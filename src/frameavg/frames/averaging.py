@@ -47,6 +47,7 @@ DEFAULT_VECTOR_KEYS = VECTOR_OUTPUTS
 DEFAULT_TENSOR_KEYS = TENSOR_OUTPUTS
 _HANDLED = {"pos", "batch", "ptr", "cell", "edge_index"}
 
+
 class FrameAveraging(nn.Module):
     """Wrap ``model`` so that its outputs are averaged over frames.
 
@@ -231,16 +232,19 @@ class FrameAveraging(nn.Module):
                     out[GRADIENT_FORCES] = forces
         return (out, frames) if return_frames else out
 
+
 def _keep_generator_without_saved_state(module, state_dict, prefix, *args) -> None:
     """Weights saved before the random stream was part of ``state_dict`` load with the stream as
     it is (seeded)."""
     state_dict.setdefault(prefix + "_extra_state", module.get_extra_state())
+
 
 def _graph_vector(batch) -> tuple[torch.Tensor, int]:
     vector = getattr(batch, "batch", None)
     if vector is None:
         return torch.zeros(batch.pos.shape[0], dtype=torch.long, device=batch.pos.device), 1
     return vector, int(batch.num_graphs)
+
 
 def expand_batch(
     batch, frames: Frames, graph_of_atom: torch.Tensor | None = None
@@ -307,6 +311,7 @@ def expand_batch(
         out[key] = expanded
     return out, edges
 
+
 def _expanded_ids(counts: torch.Tensor, frame_graph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Original id and expanded graph of every element of every frame copy (elements grouped by graph)."""
     start = torch.cumsum(counts, 0) - counts
@@ -315,6 +320,7 @@ def _expanded_ids(counts: torch.Tensor, frame_graph: torch.Tensor) -> tuple[torc
     new_start = torch.cumsum(sizes, 0) - sizes
     owner = torch.repeat_interleave(torch.arange(frame_graph.shape[0], device=counts.device), sizes, output_size=total)
     return torch.arange(total, device=counts.device) + (start[frame_graph] - new_start)[owner], owner
+
 
 def _field_level(key, value, slices, counts, edge_counts, num_atoms, num_edges, num_graphs) -> str:
     if slices is not None:
@@ -334,6 +340,7 @@ def _field_level(key, value, slices, counts, edge_counts, num_atoms, num_edges, 
     if size == num_graphs:
         return "graph"
     raise ConfigError(f"field '{key}' has leading size {size}: not atoms ({num_atoms}), edges or graphs ({num_graphs})")
+
 
 def average_outputs(
     outputs: dict,
@@ -380,6 +387,7 @@ def average_outputs(
             0, target, w * value
         )
     return result
+
 
 def _output_kind(key: str, value: torch.Tensor, rows: dict, vector_keys, tensor_keys, energy_key) -> tuple[Level, Rank]:
     """(level, rank) of output ``key`` on the enlarged batch (``rows``: rows per level)."""

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, CalculationFailed, PropertyNotImplementedError, all_changes
 
-
 from frameavg.derivatives import matrix_to_voigt
 from frameavg.errors import ConfigError, renamed_keyword
 from frameavg.outputs import ENERGY, FORCES, STRESS
@@ -39,8 +38,8 @@ class FrameavgCalculator(Calculator):
             model's) and ``max_neighbors``; or
         potential: a ready ``Potential``.
         device: ``cpu`` or ``cuda``. dtype: ``float64`` (default) or ``float32``.
-        frame_method: evaluation frame method of frame-averaged models (``frames=``: its old name) (default ``auto``: ``all``, exact, or
-            ``learned`` for models trained with learned frames).
+        frame_method: evaluation frame method of frame-averaged models (default ``auto``: ``all``,
+            exact, or ``learned`` for models trained with learned frames); ``frames=``: its old name.
         direct_forces: use the model's force head instead of −∂E/∂x (not conservative).
         skin: Verlet skin of the neighbour list, Å (0: rebuild at every call).
     """

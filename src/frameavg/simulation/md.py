@@ -40,7 +40,7 @@ BOND_DEVIATION = 0.5
 @dataclass
 class MDResult:
     """steps, timestep_fs, steps_per_s; temperatures [K] and total/potential energies [eV] of the
-    recorded frames (``times_fs``); ``drift_meV_per_atom_per_ps``, ``max_excursion_meV_per_atom``,
+    recorded snapshots (``times_fs``); ``drift_meV_per_atom_per_ps``, ``max_excursion_meV_per_atom``,
     ``max_step_jump_meV`` and ``energy_range_meV_per_atom`` (NVE only, see the module docstring); ``stability_fs`` (None: stable to the end); ``snapshots``: recorded ``ase.Atoms``."""
 
     ensemble: str

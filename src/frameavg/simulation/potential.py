@@ -46,9 +46,9 @@ class Potential:
         cutoff, max_neighbors, max_edges_per_atom: the neighbour list the model expects (ties at
             ``max_neighbors`` kept, as in training). A hard cap (``max_neighbors`` not None) warns
             once: the energy jumps whenever the k-th and (k+1)-th neighbours swap.
-        frame_method: evaluation frame method of a frame-averaged net (``frames=``: its old name). ``auto`` (default): ``all`` (exact),
-            or ``learned`` for a net evaluated with learned frames (its canonicaliser was trained
-            with it; PCA frames would show it inputs it never saw).
+        frame_method: evaluation frame method of a frame-averaged net. ``auto`` (default): ``all``
+            (exact), or ``learned`` for a net evaluated with learned frames (its canonicaliser was
+            trained with it; PCA frames would show it inputs it never saw). ``frames=``: its old name.
         direct_forces: use the model's own force head (if any) instead of −∂E/∂x.
         device, dtype: where and in which precision the model runs (default cpu, float64).
         precision: instead of ``dtype``, a precision name (``64-true``, ``32-true``, ``bf16-mixed``,
@@ -84,11 +84,8 @@ class Potential:
         self.normalizer = normalizer
         #: how every neighbour list of this potential is built (ties at max_neighbors kept, as in training)
         self.neighbors = NeighborSettings(float(cutoff), max_neighbors, strict=False, max_edges_per_atom=max_edges_per_atom)
-        self.cutoff = self.neighbors.cutoff
-        self.max_neighbors = max_neighbors
         if max_neighbors is not None:
             warnings.warn(neighbor_cap_warning(max_neighbors), stacklevel=2)
-        self.max_edges_per_atom = max_edges_per_atom
         self.direct_forces = direct_forces
         self.training_elements = None if training_elements is None else {int(z) for z in training_elements}
         self._warned: set[int] = set()
@@ -112,6 +109,16 @@ class Potential:
         kwargs.setdefault("max_edges_per_atom", neighbors.max_edges_per_atom)
         kwargs.setdefault("training_elements", getattr(task, "training_elements", None))
         return cls(task.net, task.normalizer, **kwargs)
+
+    @property
+    def cutoff(self) -> float:
+        """Neighbour-list radius, Å (``neighbors.cutoff``)."""
+        return self.neighbors.cutoff
+
+    @property
+    def max_neighbors(self) -> int | None:
+        """Neighbours kept per atom (``neighbors.max_neighbors``; None: all)."""
+        return self.neighbors.max_neighbors
 
     @property
     def has_direct_forces(self) -> bool:

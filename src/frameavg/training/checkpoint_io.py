@@ -16,6 +16,7 @@ from torch import nn
 
 from frameavg.errors import ConfigError, FrameavgError
 from frameavg.training.config import checkpoint_config
+from frameavg.training.config_sections import RunConfig
 from frameavg.training.network import TrainedModel
 
 
@@ -40,12 +41,12 @@ def read_checkpoint(path) -> dict:
     return checkpoint
 
 
-def read_config(checkpoint: dict, path) -> dict:
+def read_config(checkpoint: dict, path) -> RunConfig:
     """The checked config of a checkpoint read by ``read_checkpoint``."""
     return checkpoint_config(checkpoint["hyper_parameters"]["config"], where=str(path))
 
 
-def instantiate(cls, config: dict, path):
+def instantiate(cls, config: RunConfig, path):
     """``cls(config)``; ``FrameavgError`` naming ``path`` if the config builds no model."""
     try:
         return cls(config)

@@ -22,8 +22,7 @@ from typing import Any
 import yaml
 
 from frameavg.errors import ConfigError, did_you_mean
-from frameavg.training.config_sections import (FRAME_DIMS, FRAME_METHODS, NEW_RUN_MODEL_DEFAULTS,  # noqa: F401
-                                               SAVED_DEFAULTS, SAVED_MODEL_DEFAULTS, RunConfig)
+from frameavg.training.config_sections import NEW_RUN_MODEL_DEFAULTS, SAVED_DEFAULTS, SAVED_MODEL_DEFAULTS, RunConfig
 
 #: The document of a new run's defaults (derived from the typed sections: ``RunConfig().to_dict()``).
 DEFAULTS: dict[str, Any] = RunConfig().to_dict()
@@ -35,13 +34,6 @@ FREE_SECTIONS = ("model", "trainer")
 RENAMED: dict[str, str] = {"frames.frames": "frames.dims"}
 
 
-def validate_config(config: dict, where: str = "config") -> dict:
-    """The document ``config`` checked against the typed sections (``ConfigError`` naming the key)
-    and in canonical form: integral floats (``10.0``) as ints, numbers written as strings
-    (``"1e-3"``) as floats. A new mapping."""
-    return RunConfig.from_dict(config, where).to_dict()
-
-
 def validate_model_section(config, where: str = "config") -> None:
     """``RunConfig.check_model``: the model exists, takes every ``model`` key (with a did-you-mean
     hint), fits the neighbour list's cutoff and the frames; imports the config's ``plugins``."""
@@ -49,7 +41,14 @@ def validate_model_section(config, where: str = "config") -> None:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
-    """Defaults <- YAML file <- overrides (``a.b=value`` or ``--a.b value`` pairs, YAML values)."""
+    """Defaults <- YAML file <- overrides (``a.b=value`` or ``--a.b value`` pairs, YAML values):
+    the document, checked and in canonical form (``load_run_config``: its typed form)."""
+    return load_run_config(path, overrides).to_dict()
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """The typed config of ``load_config``: checked against the typed sections (an unknown key or
+    a bad value is a ``ConfigError`` naming it), new-run model defaults added."""
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
         path = Path(path)
@@ -69,12 +68,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
     for key, value in pairs:
         merge(config, upgrade_keys(nest(key, value), where="override"), where="override")
     run = RunConfig.from_dict(config, where=str(path) if path is not None else "config")
-    return run.replace(model=run.model.with_defaults(NEW_RUN_MODEL_DEFAULTS)).to_dict()
-
-
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """``load_config`` in its typed form."""
-    return RunConfig.from_dict(load_config(path, overrides), where=str(path) if path is not None else "config")
+    return run.replace(model=run.model.with_defaults(NEW_RUN_MODEL_DEFAULTS))
 
 
 #: data keys that name files or folders; in a config file, a relative one is relative to the file

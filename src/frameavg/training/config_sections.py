@@ -142,9 +142,11 @@ BOOL, TEXT, TEXT_OR_NONE, MAPPING = Rule("bool"), Rule("str"), Rule("str", none=
 BOOL_OR_PATH, TEXT_LIST = Rule("bool_or_path"), Rule("str_list")
 
 
-def setting(default, rule: Rule, doc: str, unit: str | None = None):
-    """A section field: its default, ``Rule``, one-line meaning and unit (Å, eV, ...)."""
-    metadata = {"rule": rule, "doc": doc, "unit": unit}
+def setting(default, rule: Rule, doc: str, unit: str | None = None, written_as: str | None = None):
+    """A section field: its default, ``Rule``, one-line meaning and unit (Å, eV, ...);
+    ``written_as``: how a document writes the field's keys when not under its own name (the
+    model's arguments sit beside ``model.name``)."""
+    metadata = {"rule": rule, "doc": doc, "unit": unit, "written_as": written_as}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -189,7 +191,7 @@ class Section:
     @classmethod
     def describe(cls) -> list[dict]:
         """Every key: ``{"key", "default", "unit", "doc"}`` (for docs and ``--help``)."""
-        return [{"key": f"{cls.section}.{item.name}", "default": getattr(cls(), item.name),
+        return [{"key": item.metadata["written_as"] or f"{cls.section}.{item.name}", "default": getattr(cls(), item.name),
                  "unit": item.metadata["unit"], "doc": item.metadata["doc"]} for item in fields(cls)]
 
 
@@ -255,6 +257,11 @@ class TargetsConfig(Section):
     energy: bool = setting(True, BOOL, "total energy (eV)")
     forces: bool = setting(False, BOOL, "forces (eV/Å)")
     stress: bool = setting(False, BOOL, "stress (eV/Å³)")
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        """The names of the targets that are on (the labels training needs)."""
+        return tuple(item.name for item in fields(self) if getattr(self, item.name))
 
 
 @dataclass(frozen=True)
@@ -373,7 +380,8 @@ class TrainerConfig(Section):
     enable_progress_bar: bool = setting(True, BOOL, "progress bar on a terminal")
     checkpoint_every_n_steps: int | None = setting(None, integer(1, none=True), "also save mid-epoch (resume)")
     threads: int | None = setting(None, integer(1, none=True), "torch threads per process (None: the free cores)")
-    lightning: dict = setting({}, MAPPING, "other lightning.Trainer arguments (written beside the keys above)")
+    lightning: dict = setting({}, MAPPING, "other lightning.Trainer arguments, written beside the keys above",
+                              written_as="trainer.<lightning.Trainer argument>")
 
     @classmethod
     def from_dict(cls, mapping: Mapping | None, where: str = "config") -> "TrainerConfig":
@@ -397,7 +405,8 @@ class ModelConfig(Section):
     section: ClassVar[str] = "model"
     name: str = setting("faenet", TEXT, "registered model (frameavg.models.MODELS)")
     init_from: str | None = setting(None, TEXT_OR_NONE, "checkpoint whose matching weights start the run")
-    arguments: dict = setting({}, MAPPING, "the model constructor's arguments")
+    arguments: dict = setting({}, MAPPING, "the model constructor's arguments, written beside model.name",
+                              written_as="model.<constructor argument>")
 
     @classmethod
     def from_dict(cls, mapping: Mapping | None, where: str = "config") -> "ModelConfig":
@@ -448,10 +457,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
-    SECTIONS: ClassVar[dict[str, type]] = {
-        "model": ModelConfig, "frames": FramesConfig, "data": DataConfig, "targets": TargetsConfig,
-        "denoise": DenoiseConfig, "loss": LossConfig, "normalize": NormalizeConfig, "optim": OptimConfig,
-        "trainer": TrainerConfig}
+    #: {name: section class} of the fields that are sections (set below, from the fields)
+    SECTIONS: ClassVar[dict[str, type]]
 
     @classmethod
     def from_dict(cls, document: Mapping, where: str = "config") -> "RunConfig":
@@ -515,6 +522,10 @@ class RunConfig:
                               f"(models with one: {', '.join(supported)})")
         _check_cutoffs(self, model_class, where)
         _check_invariances(self, model_class, where)
+
+
+RunConfig.SECTIONS = {item.name: item.default_factory for item in fields(RunConfig)
+                      if isinstance(item.default_factory, type) and issubclass(item.default_factory, Section)}
 
 
 def _model_class(model: ModelConfig, where: str):
@@ -581,7 +592,7 @@ def _check_cutoffs(config: RunConfig, model_class, where: str) -> None:
 
 def _check_invariances(config: RunConfig, model_class, where: str) -> None:
     """A model that is not rotation-invariant by construction needs frames to be (warning: an
-    ablation may want it); learned frames need a 3D or 2D frame dimension."""
+    ablation may want it)."""
     invariances = getattr(model_class, "invariances", ())
     if not config.frames.enabled and "rotation" not in invariances:
         warnings.warn(f"{where}: model '{config.model.name}' is not rotation-invariant by construction "

@@ -106,7 +106,7 @@ class AtomisticDataModule(L.LightningDataModule):
         self.eval_budget: MemoryBudget | None = None
 
     def required_labels(self) -> tuple[str, ...]:
-        return tuple(name for name, on in self.targets.to_dict().items() if on)
+        return self.targets.enabled
 
     def read(self, path):
         """A dataset with graphs: in-memory files get their edges once here, LMDBs on access."""
